@@ -1,0 +1,31 @@
+"""Shared pytest fixtures: small volumes with awkward geometry, thread limits for the 2-core CI machine."""
+
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def rotation_direction(ax_deg=20.0, ay_deg=-10.0, az_deg=35.0):
+    """An oblique, proper rotation matrix (row-major tuple) for direction cosines."""
+    ax, ay, az = np.deg2rad([ax_deg, ay_deg, az_deg])
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return tuple((rz @ ry @ rx).ravel())
+
+
+@pytest.fixture
+def oblique_image():
+    """A 13x10x7 (x, y, z) float image with anisotropic spacing and oblique direction cosines."""
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=(7, 10, 13)).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    img.SetSpacing((0.7, 1.3, 2.9))
+    img.SetOrigin((-12.5, 30.25, 101.0))
+    img.SetDirection(rotation_direction())
+    return img

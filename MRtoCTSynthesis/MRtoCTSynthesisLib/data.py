@@ -1,0 +1,108 @@
+"""Paired MR/CT cases on disk -> training slices on the model grid.
+
+Folder layout (SynthRAD): ``<root>/<case>/mr.nii.gz``, ``<root>/<case>/ct.nii.gz`` and optionally
+``<root>/<case>/mask.nii.gz``, the MR already registered to the CT (``mrtoct register``). ``mrtoct
+phantom`` writes this layout. Each case's MR is normalised per volume, its CT mapped with the fixed HU
+mapping, both reoriented to canonical axial order and put on the model grid exactly as inference does
+(:mod:`.slicing`), so training and synthesis see identical inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import InputError
+from .intensity import MRNormalization, check_ct_in_hu, hu_to_model
+from .slicing import to_canonical, to_model_grid
+from .volume import Volume, read_volume, require_same_geometry
+
+
+@dataclass
+class Case:
+    name: str
+    mr: Volume
+    ct: Volume
+    mask: Volume | None
+
+
+def _find(folder: Path, stem: str) -> Path | None:
+    for suf in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        p = folder / f"{stem}{suf}"
+        if p.exists():
+            return p
+    return None
+
+
+def find_cases(root) -> list[Path]:
+    """Case folders under ``root`` holding both an ``mr`` and a ``ct`` volume, sorted by name."""
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"data folder {root} does not exist.", "point --data at a folder of <case>/mr.nii.gz + ct.nii.gz.")
+    cases = sorted(p for p in root.iterdir() if p.is_dir() and _find(p, "mr") and _find(p, "ct"))
+    if not cases:
+        raise InputError(f"no cases found in {root}.",
+                         "each case needs its own folder with mr.nii.gz and ct.nii.gz (try `mrtoct phantom --out DIR`).")
+    return cases
+
+
+def load_case(folder) -> Case:
+    """Read one case, checking that MR, CT (in HU) and mask share one grid."""
+    folder = Path(folder)
+    mr = read_volume(_find(folder, "mr") or folder / "mr.nii.gz", f"{folder.name} MRI")
+    ct = read_volume(_find(folder, "ct") or folder / "ct.nii.gz", f"{folder.name} CT")
+    require_same_geometry(mr, ct, f"{folder.name} MRI", f"{folder.name} CT")
+    check_ct_in_hu(ct.array, f"{folder.name} CT")
+    mask_path = _find(folder, "mask")
+    mask = read_volume(mask_path, f"{folder.name} mask") if mask_path else None
+    if mask is not None:
+        require_same_geometry(mr, mask, f"{folder.name} MRI", f"{folder.name} mask")
+    return Case(folder.name, mr, ct, mask)
+
+
+def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool = True):
+    """``(mr [N, 1+2c, H, W], ct [N, 1, H, W])`` model-range slices of one case.
+
+    With ``body_only`` (and a mask), slices without any body voxel are dropped.
+    """
+    mr = MRNormalization.fit(case.mr.array, what=f"{case.name} MRI").apply(case.mr.array.astype(np.float32))
+    ct = hu_to_model(case.ct.array.astype(np.float32))
+    mr_c, layout = to_canonical(mr, case.mr.geometry)
+    ct_c, _ = to_canonical(ct, case.ct.geometry)
+    keep = np.arange(layout.n_slices)
+    if body_only and case.mask is not None:
+        mask_c, _ = to_canonical(case.mask.array, case.mask.geometry)
+        keep = np.flatnonzero(mask_c.reshape(layout.n_slices, -1).any(axis=1))
+    mr_s = to_model_grid(mr_c, layout, image_size, context, indices=keep)
+    ct_s = to_model_grid(ct_c, layout, image_size, 0, indices=keep)
+    return mr_s, ct_s
+
+
+class SliceDataset:
+    """All slices of a set of cases in memory, with reproducible random mini-batches."""
+
+    def __init__(self, mr: torch.Tensor, ct: torch.Tensor, case_names: list[str]):
+        if len(mr) != len(ct) or len(mr) == 0:
+            raise InputError("the training data has no slices.", "check the cases and their body masks.")
+        self.mr, self.ct, self.case_names = mr, ct, case_names
+
+    @classmethod
+    def from_folders(cls, folders, image_size: int, context: int = 0) -> "SliceDataset":
+        mrs, cts, names = [], [], []
+        for f in folders:
+            case = load_case(f)
+            m, c = case_slices(case, image_size, context)
+            mrs.append(m)
+            cts.append(c)
+            names.append(case.name)
+        return cls(torch.cat(mrs), torch.cat(cts), names)
+
+    def __len__(self) -> int:
+        return len(self.mr)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(self), (batch_size,), generator=generator)
+        return self.mr[idx], self.ct[idx]

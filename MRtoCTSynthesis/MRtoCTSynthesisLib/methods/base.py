@@ -1,0 +1,51 @@
+"""What every synthesis method offers the volume engine (:mod:`..inference`).
+
+A method owns its network(s) and knows how to turn a batch of MR condition slices ``[B, C, H, W]``
+(model range, C = 1 + 2 * context) into CT slices ``[B, 1, H, W]`` in the model range. Diffusion methods
+draw a fresh sample each call (Monte-Carlo uncertainty comes from calling it K times); deterministic
+methods (the CNN) give the same output every time, so their std map is zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class SampleOutput:
+    x0: torch.Tensor  # [B, 1, H, W], model range
+    nfe: int          # network evaluations for this batch
+
+
+class SynthesisModel:
+    """Base class: a trained method ready for inference (see :func:`..methods.load_model`)."""
+
+    method: str = "?"
+    default_sampler: str | None = None
+    valid_samplers: tuple[str, ...] = ()
+
+    def __init__(self, networks: dict[str, torch.nn.Module], metadata: dict):
+        self.networks = networks
+        self.metadata = metadata
+        cond = metadata.get("conditioning", {})
+        self.image_size = int(cond["image_size"])
+        self.context = int(cond.get("context_slices", 0))
+
+    @property
+    def in_channels(self) -> int:
+        return 1 + 2 * self.context
+
+    def to(self, device) -> "SynthesisModel":
+        for net in self.networks.values():
+            net.to(device)
+            net.eval()
+        return self
+
+    def make_sampler(self, name: str | None, steps: int | None, **options):
+        raise NotImplementedError
+
+    def sample(self, cond: torch.Tensor, sampler, generator: torch.Generator | None = None,
+               x0_hook=None, cancel=None) -> SampleOutput:
+        raise NotImplementedError

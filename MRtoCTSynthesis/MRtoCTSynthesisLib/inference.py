@@ -21,7 +21,6 @@ halves the batch and retries (with a message), which changes the noise order and
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Optional
@@ -123,7 +122,7 @@ def synthesize_volume(mri: Volume, model, options: SynthesisOptions | None = Non
     items = np.repeat(np.arange(n_slices), k)  # slice-major: a slice's samples are finished together
     moments = RunningMoments((n_slices, 1, size, size), device=device)
     gen = torch.Generator(device=device).manual_seed(int(options.seed))
-    total_nfe, t0, start = 0, time.perf_counter(), 0
+    total_nfe, n_batches, t0, start = 0, 0, time.perf_counter(), 0
     while start < len(items):
         if cancel is not None and cancel():
             raise CancelledError("synthesis cancelled")
@@ -144,6 +143,7 @@ def synthesize_volume(mri: Volume, model, options: SynthesisOptions | None = Non
             continue
         moments.update(torch.as_tensor(idx, device=device), out.x0.float())
         total_nfe += out.nfe
+        n_batches += 1
         start += len(idx)
         if progress:
             elapsed = time.perf_counter() - t0
@@ -157,7 +157,7 @@ def synthesize_volume(mri: Volume, model, options: SynthesisOptions | None = Non
     seconds = time.perf_counter() - t0
     info = {
         "method": model.method, "sampler": sampler.name, "steps": sampler.steps, "samples": k, "seed": options.seed,
-        "device": str(device), "batch_size": batch, "nfe_per_sample": total_nfe / max(1, math.ceil(len(items) / batch)),
+        "device": str(device), "batch_size": batch, "nfe_per_sample": total_nfe / max(1, n_batches),
         "slices": n_slices, "seconds": seconds, "seconds_per_slice": seconds / n_slices,
         "mr_normalization": norm.to_dict(),
     }

@@ -127,3 +127,15 @@ def test_geometry_mismatch_names_both_grids(oblique_image):
     with pytest.raises(InputError, match="different grids") as err:
         require_same_geometry(a, b, "MRI", "CT")
     assert "register" in err.value.fix
+
+
+def test_written_files_get_normal_permissions(tmp_path, oblique_image):
+    """Atomic writes go through mkstemp (mode 0600); the final file must honour the umask like open() would."""
+    import os
+
+    umask = os.umask(0)
+    os.umask(umask)
+    out = write_volume(Volume.from_sitk(oblique_image), tmp_path / "sct.nii.gz")
+    reference = tmp_path / "plain.txt"
+    reference.write_text("x")  # created by open(): 0666 & ~umask
+    assert (out.stat().st_mode & 0o777) == (reference.stat().st_mode & 0o777) == (0o666 & ~umask)

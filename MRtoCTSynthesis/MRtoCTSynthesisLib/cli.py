@@ -9,7 +9,6 @@ Progress lines for machine readers (the Slicer module) start with ``PROGRESS`` a
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -108,19 +107,10 @@ def cmd_evaluate(args) -> int:
 
 
 def _write_json_atomic(path: Path, obj) -> None:
-    import os
-    import tempfile
+    from .atomic import write_json
 
     _require_output_folder(path, str(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, default=float)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, obj)
 
 
 # ------------------------------------------------------------------------------------------------ parser

@@ -8,12 +8,11 @@ Monte-Carlo standard deviation in HU. The metrics inside the mask are in the tit
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_write
 from .slicing import canonical_layout, to_canonical
 
 
@@ -74,13 +73,9 @@ def save_comparison_figure(path, mri, sct, std, ref=None, mask=None, metrics: di
         title = f"{title}\n" + ",  ".join(parts) + "  (inside the body mask)"
     fig.suptitle(title, fontsize=11)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial.png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=110)
-        os.replace(tmp, path)
+        with atomic_write(path, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=110)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

@@ -44,10 +44,8 @@ level. Arrays are ``(z, y, x)`` like everywhere in the engine.
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -55,6 +53,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import ndimage
 
+from .atomic import write_json
 from .errors import InputError
 from .volume import Geometry, Volume, make_geometry, write_volume
 
@@ -1000,16 +999,7 @@ def generate_case(seed: int, region: str = "pelvis", size: Sequence[int] = DEFAU
 
 
 def _write_json_atomic(obj, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_json(path, obj, sort_keys=True)
 
 
 def write_case(case: PhantomCase, folder: str | os.PathLike, mr_weighting: str = "t2") -> dict:

@@ -15,7 +15,6 @@ cancel never leaves a half-written file in place of a good one.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
 from .errors import InputError
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -221,15 +221,8 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
         raise InputError(f"output folder {p.parent} does not exist.", "create it first or choose another path.")
     arr = volume.array if dtype is None else volume.array.astype(dtype)
     image = Volume(arr, volume.geometry).to_sitk()
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=f".partial{suf}", dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteImage(image, tmp, True)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(p, suffix=suf) as tmp:
+        sitk.WriteImage(image, str(tmp), True)
     return p
 
 

@@ -149,3 +149,21 @@ def test_progress_can_cancel(small_pair):
     with pytest.raises(CancelledError):
         register(ct, mr, mode="rigid", progress=progress)
     assert len(calls) == 1
+
+
+def test_thin_volume_registers_without_coarse_pyramid_failure():
+    """12 slices at 6 mm: the 4x level would leave 3 slices ("All samples map outside ..."); it is skipped."""
+    import SimpleITK as sitk
+
+    from MRtoCTSynthesisLib.phantom import generate_case
+    from MRtoCTSynthesisLib.registration import register, target_registration_error
+    from MRtoCTSynthesisLib.volume import Volume
+
+    case = generate_case(5, size=(48, 48, 12), spacing=(6.0, 6.0, 6.0))
+    shift = sitk.TranslationTransform(3, (6.0, -4.0, 3.0))  # fixed -> moving, mm
+    moving_img = case.mr_t1.to_sitk()
+    moving_img.SetOrigin(tuple(o + d for o, d in zip(moving_img.GetOrigin(), (6.0, -4.0, 3.0))))
+    res = register(case.ct, Volume.from_sitk(moving_img), mode="rigid", seed=0)
+    body = np.argwhere(case.mask.array > 0)[::97][:, ::-1].astype(float)  # (i, j, k) -> physical below
+    pts = np.array([case.ct.to_sitk().TransformContinuousIndexToPhysicalPoint(p.tolist()) for p in body])
+    assert target_registration_error(res.transform, shift, pts).mean() < 2.0

@@ -32,7 +32,6 @@ cores. T2-weighted input is harder for the same settings (about 1-1.4 mm).
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from typing import Callable, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from .atomic import atomic_write
 from .errors import InputError
 from .volume import Geometry, Volume
 
@@ -91,6 +91,7 @@ def _foreground(image: sitk.Image) -> sitk.Image:
 
 SHRINK_FACTORS = (4, 2, 1)
 SMOOTHING_SIGMAS_VOX = (2.0, 1.0, 0.0)
+MIN_LEVEL_VOXELS = 8  # coarse pyramid levels need at least this many voxels along every axis
 MIN_SAMPLES = 20000  # per pyramid level: small or coarse levels are sampled more densely than `sampling`
 
 
@@ -135,6 +136,10 @@ def _run_stage(name, initial, moving_initial, fixed, moving, opts, progress, bas
     pyramid = list(zip(SHRINK_FACTORS, SMOOTHING_SIGMAS_VOX))
     if levels is not None:
         pyramid = [pyramid[i] for i in levels]
+    # a level whose shrunken image is thinner than MIN_LEVEL_VOXELS along some axis leaves the metric too few
+    # samples inside the overlap ("All samples map outside moving image buffer"): skip such coarse levels
+    smallest = min(min(fixed.GetSize()), min(moving.GetSize()))
+    pyramid = [lv for lv in pyramid if lv[0] == 1 or smallest / lv[0] >= MIN_LEVEL_VOXELS]
     n_levels = len(pyramid)
     current = initial
     t0 = time.perf_counter()
@@ -282,15 +287,8 @@ def save_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
     suf = _transform_suffix(p)
     if not p.parent.exists():
         raise InputError(f"output folder {p.parent} does not exist.", "create it first or choose another path.")
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.stem}.", suffix=f".partial{suf}", dir=p.parent)
-    os.close(fd)
-    try:
-        sitk.WriteTransform(transform, tmp)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_write(p, suffix=suf) as tmp:
+        sitk.WriteTransform(transform, str(tmp))
     return p
 
 

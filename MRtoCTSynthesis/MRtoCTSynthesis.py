@@ -1,0 +1,1075 @@
+"""MR to CT Synthesis: a 3D Slicer module that turns an MRI volume into a synthetic CT with diffusion models.
+
+The module itself is thin. It collects the inputs, writes them as NIfTI files to a temporary folder and
+runs the engine's ``mrtoct`` command line (``MRtoCTSynthesisLib.cli``) with Slicer's Python in a
+separate process. It reads that process's output on a QTimer and loads the results back into the
+scene. Everything that can run outside Slicer lives in ``MRtoCTSynthesisLib.slicer_bridge`` (command
+lines, progress and error parsing, geometry conversion) and ``MRtoCTSynthesisLib.mrml_glue`` (arrays and
+matrices in and out of MRML nodes), both tested with pytest outside Slicer.
+"""
+
+import importlib.util
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import threading
+import time
+import typing
+from typing import Annotated, Optional
+
+import ctk
+import numpy as np
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.parameterNodeWrapper import (
+    Choice,
+    GuiConnector,
+    WithinRange,
+    parameterNodeGuiConnector,
+    parameterNodeWrapper,
+)
+from slicer.util import VTKObservationMixin
+
+from MRtoCTSynthesisLib import mrml_glue, slicer_bridge
+
+MODULE_DIR = pathlib.Path(__file__).resolve().parent
+RESOURCES_DIR = MODULE_DIR / "Resources"
+TORCH_REQUIREMENT = ">=2.1"
+
+#
+# MRtoCTSynthesis
+#
+
+
+class MRtoCTSynthesis(ScriptedLoadableModule):
+    """Module description (title, category, help, acknowledgement)."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MR to CT Synthesis"
+        self.parent.categories = ["Image Synthesis"]
+        self.parent.dependencies = []  # PyTorch (PyTorchUtils) is checked at run time, with a clear message
+        self.parent.contributors = ["MRtoCTSynthesis developers"]
+        self.parent.helpText = """
+<p>Synthesises a CT (sCT, in Hounsfield units) from an MRI volume with conditional diffusion models, and a
+per-voxel uncertainty map: the standard deviation over several Monte-Carlo samples.</p>
+<p><b>Workflow</b></p>
+<ol>
+<li>Load an MRI (or click <i>MRtoCTPhantom</i> in Sample Data for a demo case with MRI, CT and body mask).</li>
+<li>Optional: choose a reference CT. <i>Register MRI to CT</i> resamples the MRI onto the CT grid
+(rigid, then affine), so that the sCT can be compared with the CT voxel by voxel.</li>
+<li>Choose a model (the bundled demo model is preselected), a method and a sampler, the number of steps
+and of Monte-Carlo samples. The methods the engine offers are listed: conditional DDPM, VE-SDE score model,
+DDMM-Synth, SynDiff and deterministic CNN/GAN baselines, and the model file must have been trained for the
+chosen method. DDMM-Synth samples a DDPM model and also uses sparse-view projections (N<sub>p</sub>, noise
+&sigma;<sub>n</sub>) simulated from the reference CT.</li>
+<li>Click <i>Apply</i>. The engine runs in a separate process, so Slicer stays responsive. The progress
+bar shows the slices done and the time left, and <i>Cancel</i> stops the run.</li>
+</ol>
+<p>Outputs: the sCT (CT window), the uncertainty map (colour map) and, when a reference CT on the same
+grid is given, the difference sCT &minus; CT, a table with MAE/ME (HU), PSNR and SSIM, and a layout
+that shows MRI | sCT | CT | std side by side with linked views.</p>
+<p>The same engine runs without Slicer: <code>mrtoct demo</code>, or for example
+<code>mrtoct synthesize --mri mr.nii.gz --model model.safetensors --out-ct sct.nii.gz
+--out-std sct_std.nii.gz --samples 10</code>; see <code>mrtoct --help</code>.</p>
+"""
+        self.parent.acknowledgementText = """
+<p>The methods follow these papers:</p>
+<ul>
+<li>Q. Lyu and G. Wang, "Conversion between CT and MRI images using diffusion and score-matching models",
+arXiv:2209.12104, 2022.</li>
+<li>X. Li, K. Shang, G. Wang and M. D. Butala, "DDMM-Synth: a denoising diffusion model for cross-modal medical
+image synthesis with sparse-view measurement embedding", arXiv:2303.15770, 2023.</li>
+<li>M. &Ouml;zbey, O. Dalmaz, S. U. H. Dar, H. A. Bedel, &Scedil;. &Ouml;zturk, A. G&uuml;ng&ouml;r and T. &Ccedil;ukur,
+"Unsupervised medical image translation with adversarial diffusion models" (SynDiff), IEEE Transactions on
+Medical Imaging, 2023.</li>
+<li>S. Sharma et al., "Image modality translation between MRI and CT using diffusion and score-matching
+algorithms", 2025.</li>
+</ul>
+<p>The subprocess runner follows the design of the SlicerMONAIAuto3DSeg extension. PyTorch is installed
+through the SlicerPyTorch extension.</p>
+"""
+        slicer.app.connect("startupCompleted()", registerSampleData)
+
+
+def registerSampleData():
+    """Add the bundled phantom case (MRI, CT, body mask) to the Sample Data module."""
+    try:
+        import SampleData
+    except ImportError:
+        return
+    icon = RESOURCES_DIR / "Icons" / "MRtoCTSynthesis.png"
+    sources = slicer_bridge.sample_data_sources(thumbnail=icon if icon.exists() else None)
+    if not sources:
+        logging.info("MRtoCTSynthesis: demo case not found in %s; sample data not registered", slicer_bridge.DEMO_CASE_DIR)
+    for source in sources:
+        try:
+            SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
+        except TypeError:  # SampleData without checksums/loadFileTypes (older Slicer)
+            legacy = {k: v for k, v in source.items() if k not in ("checksums", "loadFileTypes")}
+            SampleData.SampleDataLogic.registerCustomSampleDataSource(**legacy)
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class MRtoCTSynthesisParameterNode:
+    """Everything the module's GUI shows; saved with the scene.
+
+    ``method`` and ``sampler`` are plain strings whose choices come from the engine at run time (see
+    ``_DynamicChoiceComboBoxConnector``). ``steps`` 0 and ``projections`` 0 mean "the engine's default".
+    """
+
+    inputMRI: vtkMRMLScalarVolumeNode
+    referenceCT: vtkMRMLScalarVolumeNode
+    bodyMask: vtkMRMLScalarVolumeNode
+    registrationMode: Annotated[str, Choice(list(slicer_bridge.REGISTRATION_MODES))] = "rigid+affine"
+    registeredMRI: vtkMRMLScalarVolumeNode
+    modelPath: pathlib.Path = slicer_bridge.DEMO_MODEL
+    method: str = "ddpm"
+    sampler: str = "dpmpp"
+    steps: Annotated[int, WithinRange(0, 100000)] = 0
+    samples: Annotated[int, WithinRange(1, 1000)] = 5
+    projections: Annotated[int, WithinRange(0, 1800)] = 0
+    noiseSigma: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
+    nsmi: Annotated[str, Choice(list(slicer_bridge.NSMI_CHOICES))] = "auto"
+    seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
+    device: Annotated[str, Choice(list(slicer_bridge.DEVICE_CHOICES))] = "auto"
+    keepTemporaryFiles: bool = False
+    outputSCT: vtkMRMLScalarVolumeNode
+    outputStd: vtkMRMLScalarVolumeNode
+    outputDifference: vtkMRMLScalarVolumeNode
+    metricsTable: vtkMRMLTableNode
+
+
+def _plainType(datatype):
+    if typing.get_origin(datatype) is Annotated:
+        return typing.get_args(datatype)[0]
+    return datatype
+
+
+@parameterNodeGuiConnector
+class _DynamicChoiceComboBoxConnector(GuiConnector):
+    """Connects a ``ctkComboBox`` to a ``str`` parameter whose choices the widget fills at run time.
+
+    Slicer's own QComboBox connector needs the choices when the class is defined (a ``Choice``
+    annotation). The methods and samplers come from the engine's registries and the sampler list depends
+    on the chosen method, so the module fills the combo box itself: each item's data is the value, and
+    its text is a label for people.
+    """
+
+    @staticmethod
+    def canRepresent(widget, datatype) -> bool:
+        return type(widget) == ctk.ctkComboBox and _plainType(datatype) is str
+
+    @staticmethod
+    def create(widget, datatype):
+        if _DynamicChoiceComboBoxConnector.canRepresent(widget, datatype):
+            return _DynamicChoiceComboBoxConnector(widget)
+        return None
+
+    def __init__(self, widget):
+        super().__init__()
+        self._widget = widget
+
+    def _connect(self):
+        self._widget.currentIndexChanged.connect(self.changed)
+
+    def _disconnect(self):
+        self._widget.currentIndexChanged.disconnect(self.changed)
+
+    def widget(self):
+        return self._widget
+
+    def read(self) -> str:
+        index = self._widget.currentIndex
+        if index < 0:
+            return ""
+        data = self._widget.itemData(index)
+        return str(data) if data else self._widget.itemText(index)
+
+    def write(self, value) -> None:
+        wasBlocked = self._widget.blockSignals(True)
+        try:
+            self._widget.currentIndex = self._widget.findData(value) if value else -1
+        finally:
+            self._widget.blockSignals(wasBlocked)
+
+
+#
+# MRtoCTSynthesisWidget
+#
+
+
+class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module's panel. It connects the .ui file to the parameter node and to the logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._samplerItemsMethod = None
+        self._updatingWidgets = False
+        self._modelSummaryCache = (None, None, None)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MRtoCTSynthesis.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MRtoCTSynthesisLogic()
+
+        self.ui.modelPathLineEdit.filters = ctk.ctkPathLineEdit.Files | ctk.ctkPathLineEdit.Readable
+        self.ui.modelPathLineEdit.nameFilters = ["Checkpoints (*.safetensors *.pt *.pth)", "All files (*)"]
+        self.ui.progressBar.setRange(0, 1000)
+        self.ui.progressBar.hide()
+        with slicer.util.WaitCursor():
+            self._populateMethods()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
+        self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
+        self.ui.compareLayoutButton.connect("clicked(bool)", self.onCompareLayoutButton)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        if self.logic is not None and self.logic.isRunning():
+            self.logic.cancel(wait=True)
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        if self.logic is not None and self.logic.isRunning():
+            self.logic.cancel()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputMRI:
+            first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputMRI = first
+
+    def setParameterNode(self, inputParameterNode: Optional[MRtoCTSynthesisParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
+            self._samplerItemsMethod = None
+            self._updateWidgets()
+
+    # ------------------------------------------------------------------------------- dynamic widgets
+    def _populateMethods(self) -> None:
+        combo = self.ui.methodComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for name in slicer_bridge.methods():
+                combo.addItem(slicer_bridge.method_label(name), name)
+        finally:
+            combo.blockSignals(wasBlocked)
+
+    def _populateSamplers(self, method: str) -> None:
+        combo = self.ui.samplerComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for name in slicer_bridge.valid_samplers(method):
+                combo.addItem(f"{slicer_bridge.SAMPLER_LABELS.get(name, name)} ({name})", name)
+        finally:
+            combo.blockSignals(wasBlocked)
+        self._samplerItemsMethod = method
+
+    @staticmethod
+    def _select(combo, value) -> None:
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.currentIndex = combo.findData(value)
+        finally:
+            combo.blockSignals(wasBlocked)
+
+    def _modelSummary(self, path):
+        """Checkpoint method etc. from the safetensors header (cached per path and modification time)."""
+        try:
+            mtime = os.path.getmtime(path)
+        except OSError:
+            return None
+        if self._modelSummaryCache[:2] != (str(path), mtime):
+            self._modelSummaryCache = (str(path), mtime, slicer_bridge.read_checkpoint_summary(path))
+        return self._modelSummaryCache[2]
+
+    def _updateWidgets(self, caller=None, event=None) -> None:
+        """Keep method/sampler consistent, enable DDMM-Synth options only for DDMM-Synth, update buttons."""
+        p = self._parameterNode
+        if p is None or self._updatingWidgets:
+            return
+        self._updatingWidgets = True
+        try:
+            available = [self.ui.methodComboBox.itemData(i) for i in range(self.ui.methodComboBox.count)]
+            method = p.method if p.method in available else (available[0] if available else p.method)
+            if self._samplerItemsMethod != method:
+                self._populateSamplers(method)
+            samplers = slicer_bridge.valid_samplers(method)
+            sampler = p.sampler if p.sampler in samplers else slicer_bridge.default_sampler(method)
+            if p.method != method:
+                p.method = method
+            if sampler and p.sampler != sampler:
+                p.sampler = sampler
+            self._select(self.ui.methodComboBox, method)
+            self._select(self.ui.samplerComboBox, sampler)
+
+            self.ui.stepsSpinBox.enabled = slicer_bridge.sampler_takes_steps(sampler)
+            ddmm = slicer_bridge.uses_measurements(method)
+            for w in (self.ui.projectionsSpinBox, self.ui.noiseSigmaSpinBox, self.ui.nsmiComboBox):
+                w.enabled = ddmm
+
+            summary = self._modelSummary(p.modelPath)
+            if not p.modelPath or not pathlib.Path(p.modelPath).is_file():
+                info = "Model file not found."
+            elif summary is None:
+                info = "Not an mrtoct .safetensors checkpoint (legacy .pt files are checked when run)."
+            else:
+                info = f"{summary.get('method')} checkpoint, {summary.get('image_size')} px slices"
+                if not slicer_bridge.checkpoint_matches_method(method, summary.get("method")):
+                    info += f" -- does not fit method '{method}'"
+            self.ui.modelInfoLabel.text = info
+
+            running = self.logic.isRunning()
+            canApply = bool(p.inputMRI) and pathlib.Path(p.modelPath).is_file() and (not ddmm or bool(p.referenceCT))
+            if running:
+                self.ui.applyButton.text = "Cancel"
+                self.ui.applyButton.toolTip = "Stop the engine; nothing is written."
+                self.ui.applyButton.enabled = True
+            else:
+                self.ui.applyButton.text = "Apply"
+                self.ui.applyButton.enabled = canApply
+                self.ui.applyButton.toolTip = ("Synthesise a CT from the MRI." if canApply else
+                                               "Select an MRI and a model file" + (" and a reference CT (DDMM-Synth)." if ddmm else "."))
+            self.ui.registerButton.enabled = (not running) and bool(p.inputMRI) and bool(p.referenceCT)
+            self.ui.compareLayoutButton.enabled = (not running) and bool(p.outputSCT)
+        finally:
+            self._updatingWidgets = False
+
+    # --------------------------------------------------------------------------------------- actions
+    def _callbacks(self):
+        return dict(onProgress=self._onProgress, onLog=self._onLog, onStage=self._onStage, onFinished=self._onFinished)
+
+    def onApplyButton(self) -> None:
+        if self.logic.isRunning():
+            self.logic.cancel()
+            self._onStage("Cancelling...")
+            return
+        with slicer.util.tryWithErrorDisplay("Could not start the synthesis.", waitCursor=True):
+            if not self.logic.ensureDependencies(self._parameterNode.device, needTorch=True):
+                return
+            self.ui.logTextEdit.clear()
+            self.logic.synthesize(self._parameterNode, **self._callbacks())
+            self._setRunning(True)
+
+    def onRegisterButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
+            if not self.logic.ensureDependencies(self._parameterNode.device, needTorch=False):
+                return
+            self.ui.logTextEdit.clear()
+            self.logic.register(self._parameterNode, **self._callbacks())
+            self._setRunning(True)
+
+    def onInstallDependenciesButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay("Could not install the dependencies.", waitCursor=True):
+            if self.logic.ensureDependencies(self._parameterNode.device, needTorch=True, askConfirmation=True):
+                self._populateMethods()
+                self._samplerItemsMethod = None
+                self._updateWidgets()
+                self.ui.statusLabel.text = "All dependencies are installed."
+
+    def onCompareLayoutButton(self) -> None:
+        p = self._parameterNode
+        self.logic.showCompareLayout(p.inputMRI, p.outputSCT, p.referenceCT, p.outputStd)
+
+    # ------------------------------------------------------------------------------ logic callbacks
+    def _setRunning(self, running: bool) -> None:
+        self.ui.progressBar.visible = running
+        if running:
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.format = "%p%"
+        self._updateWidgets()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.value = int(round(fraction * 1000))
+        text = slicer_bridge.progress_text(message)
+        self.ui.progressBar.format = "%p%" + (f"   {text}" if text else "")
+
+    def _onLog(self, line: str) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def _onStage(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+        slicer.util.showStatusMessage(text, 5000)
+
+    def _onFinished(self, status: str, message: str) -> None:
+        self._setRunning(False)
+        self.ui.statusLabel.text = message
+        if status in ("input_error", "failed"):
+            slicer.util.errorDisplay(message, windowTitle="MR to CT Synthesis")
+
+
+#
+# MRtoCTSynthesisLogic
+#
+
+
+class _Job:
+    """One press of Apply or Register: a queue of engine runs sharing a temporary folder."""
+
+    def __init__(self, kind, tempDir, settings, callbacks):
+        self.kind = kind
+        self.tempDir = tempDir
+        self.settings = settings
+        self.onProgress = callbacks.get("onProgress")
+        self.onLog = callbacks.get("onLog")
+        self.onStage = callbacks.get("onStage")
+        self.onFinished = callbacks.get("onFinished")
+        self.stages = []  # [(description, argv, onSuccess)]
+        self.result = None  # (status, message) once finished
+        self.notes = []
+
+
+class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
+    """Runs the engine in a separate process and brings its results into the scene.
+
+    It works without the widget. ``synthesize``/``register`` take the parameter node and return at once.
+    Progress, log lines and the end are reported through the callbacks, and ``wait=True`` (for tests
+    and scripts) keeps processing events until the job ends and returns ``(status, message)``.
+    """
+
+    POLL_INTERVAL_MS = 200
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self._job = None
+        self._process = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(self.POLL_INTERVAL_MS)
+        self._timer.connect("timeout()", self._poll)
+        self.pythonExecutable = slicer_bridge.python_executable()
+
+    def getParameterNode(self):
+        return MRtoCTSynthesisParameterNode(super().getParameterNode())
+
+    def isRunning(self) -> bool:
+        return self._job is not None
+
+    # ------------------------------------------------------------------------------------ dependencies
+    def missingDependencies(self, needTorch: bool = True):
+        """``(pip requirements to install, torch missing)``; nothing is imported."""
+        requirements = slicer_bridge.parse_requirements((RESOURCES_DIR / "requirements.txt").read_text())
+        missing = slicer_bridge.requirements_to_install(requirements)
+        torchMissing = needTorch and importlib.util.find_spec("torch") is None
+        return missing, torchMissing
+
+    def ensureDependencies(self, device: str = "auto", needTorch: bool = True, askConfirmation: bool = True) -> bool:
+        """Install what the engine needs into Slicer's Python on first use; True when all is there.
+
+        Python packages come from ``Resources/requirements.txt`` through ``slicer.util.pip_install``
+        (numpy and SimpleITK ship with Slicer). torch comes from the PyTorch extension's PyTorchUtils,
+        as a CPU build when the device is ``cpu``.
+        """
+        missing, torchMissing = self.missingDependencies(needTorch)
+        if not missing and not torchMissing:
+            return True
+        if torchMissing and not hasattr(slicer.modules, "pytorchutils"):
+            raise RuntimeError(
+                "MR to CT Synthesis needs PyTorch, which is installed through the 'PyTorch' extension.\n"
+                "Fix: open View > Extensions Manager, install the 'PyTorch' extension, restart Slicer and try again.")
+        what = missing + (["torch (through the PyTorch extension" + (", CPU build)" if device == "cpu" else ")")]
+                          if torchMissing else [])
+        if askConfirmation and not slicer.app.commandOptions().testingEnabled:
+            if not slicer.util.confirmOkCancelDisplay(
+                    "MR to CT Synthesis needs these Python packages, which will be downloaded and installed now "
+                    "(this may take several minutes):\n\n  " + "\n  ".join(what), windowTitle="MR to CT Synthesis"):
+                return False
+        for requirement in missing:
+            slicer.util.pip_install(requirement)
+        if torchMissing:
+            import PyTorchUtils
+
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=False, forceComputationBackend=slicer_bridge.torch_backend(device),
+                torchVersionRequirement=TORCH_REQUIREMENT)
+            if torch is None:
+                return False
+        missing, torchMissing = self.missingDependencies(needTorch)
+        if missing or torchMissing:
+            raise RuntimeError("Some dependencies are still missing after installation: "
+                               + ", ".join(missing + (["torch"] if torchMissing else []))
+                               + "\nFix: restart Slicer and try again.")
+        return True
+
+    # --------------------------------------------------------------------------------------- file I/O
+    @staticmethod
+    def writeVolume(node, path) -> None:
+        """Write a volume node to NIfTI with its world geometry (parent linear transforms included)."""
+        import SimpleITK as sitk
+
+        array, _ = mrml_glue.array_and_matrix_from_node(node)
+        sitk.WriteImage(slicer_bridge.sitk_image_from_array(array, mrml_glue.world_ijk_to_ras(node)), str(path), True)
+
+    @staticmethod
+    def readVolumeOntoGrid(path, gridNode, outputNode, name):
+        """Load an engine output that lies on ``gridNode``'s grid into ``outputNode`` (created if None).
+
+        The voxels come from the file. The geometry is ``gridNode``'s own IJK->RAS matrix and parent
+        transform, copied exactly rather than taken from the NIfTI header.
+        """
+        import SimpleITK as sitk
+
+        array, fileMatrix = slicer_bridge.array_and_ijk_to_ras_from_sitk(sitk.ReadImage(str(path)))
+        gridShape = mrml_glue.volume_shape(gridNode)
+        if tuple(array.shape) != tuple(gridShape):
+            raise RuntimeError(f"{path} has {array.shape} voxels but {gridNode.GetName()} has {gridShape}")
+        if not slicer_bridge.same_grid(array.shape, fileMatrix, gridShape, mrml_glue.world_ijk_to_ras(gridNode), tol_mm=1e-2):
+            logging.warning("MRtoCTSynthesis: %s is not exactly on the grid of %s; using %s's geometry",
+                            path, gridNode.GetName(), gridNode.GetName())
+        if outputNode is None:
+            outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name))
+        mrml_glue.volume_node_from_array(slicer.mrmlScene, array.astype(np.float32, copy=False),
+                                         mrml_glue.get_ijk_to_ras(gridNode), node=outputNode)
+        outputNode.SetAndObserveTransformNodeID(gridNode.GetTransformNodeID())
+        return outputNode
+
+    def _newTempDir(self, kind: str) -> pathlib.Path:
+        base = pathlib.Path(slicer.app.temporaryPath) / "MRtoCTSynthesis"
+        base.mkdir(parents=True, exist_ok=True)
+        return pathlib.Path(tempfile.mkdtemp(prefix=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=base))
+
+    # ------------------------------------------------------------------------------------------- jobs
+    @staticmethod
+    def _settings(p) -> dict:
+        """A snapshot of the parameter node, so that changes to the GUI during a run do not affect it."""
+        names = list(MRtoCTSynthesisParameterNode.allParameters)
+        return {name: p.getValue(name) for name in names} | {"_parameterNode": p}
+
+    def synthesize(self, parameterNode, wait: bool = False, timeout: Optional[float] = None, **callbacks):
+        """Run ``mrtoct synthesize`` on the input MRI, then load sCT and std onto the MRI's grid.
+
+        With a reference CT on the same grid, ``mrtoct evaluate`` follows and produces the difference
+        volume, the metrics table and the comparison layout.
+        """
+        s = self._settings(parameterNode)
+        mri, ct = s["inputMRI"], s["referenceCT"]
+        if self.isRunning():
+            raise RuntimeError("The engine is already running; cancel it first.")
+        if mri is None or mri.GetImageData() is None:
+            raise ValueError("Select an input MRI volume.")
+        if not pathlib.Path(s["modelPath"]).is_file():
+            raise ValueError(f"The model file {s['modelPath']} does not exist.\nFix: choose a .safetensors checkpoint.")
+        ddmm = slicer_bridge.uses_measurements(s["method"])
+        if ddmm and ct is None:
+            raise ValueError("DDMM-Synth needs a reference CT: its sparse-view projections are simulated from it.")
+
+        inputs = {node.GetID() for node in (mri, ct, s["bodyMask"]) if node is not None}
+        for name in ("outputSCT", "outputStd", "outputDifference"):
+            if s[name] is not None and s[name].GetID() in inputs:
+                raise ValueError(f"The output '{s[name].GetName()}' is also an input; choose or create another node.")
+
+        job = _Job("synthesize", self._newTempDir("synthesize"), s, callbacks)
+        d = job.tempDir
+        try:
+            self.writeVolume(mri, d / "mri.nii.gz")
+        except Exception:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        ctOnGrid = ct is not None and slicer_bridge.same_grid(
+            mrml_glue.volume_shape(mri), mrml_glue.world_ijk_to_ras(mri),
+            mrml_glue.volume_shape(ct), mrml_glue.world_ijk_to_ras(ct), tol_mm=1e-3)
+        if ct is not None and (ddmm or ctOnGrid):
+            self.writeVolume(ct, d / "ct.nii.gz")
+        argv = slicer_bridge.build_synthesize_command(
+            self.pythonExecutable, d / "mri.nii.gz", s["modelPath"], d / "sct.nii.gz", d / "sct_std.nii.gz",
+            method=s["method"], sampler=s["sampler"] or None, samples=s["samples"],
+            steps=(s["steps"] or None) if slicer_bridge.sampler_takes_steps(s["sampler"]) else None,
+            seed=s["seed"], device=s["device"], info_json=d / "run.json",
+            reference_ct=(d / "ct.nii.gz") if ddmm else None,
+            projections=(s["projections"] or None) if ddmm else None,
+            noise_sigma=s["noiseSigma"] if ddmm else None, nsmi=s["nsmi"] if ddmm else None)
+
+        def loadSynthesis():
+            p = s["_parameterNode"]
+            base = mri.GetName()
+            sct = self.readVolumeOntoGrid(d / "sct.nii.gz", mri, s["outputSCT"], f"{base}_sCT")
+            std = self.readVolumeOntoGrid(d / "sct_std.nii.gz", mri, s["outputStd"], f"{base}_sCT_std")
+            self.showSyntheticCT(sct)
+            self.showUncertainty(std)
+            p.outputSCT, p.outputStd = sct, std
+            if ct is None:
+                self.showCompareLayout(mri, sct, None, std)
+                return
+            if not ctOnGrid:
+                job.notes.append("The reference CT is on a different grid than the MRI, so no metrics were computed. "
+                                 "Use 'Register MRI to CT' first, then synthesise from the registered MRI.")
+                self.showCompareLayout(mri, sct, ct, std)
+                return
+            mask = s["bodyMask"]
+            maskPath = None
+            if mask is not None:
+                if slicer_bridge.same_grid(mrml_glue.volume_shape(mask), mrml_glue.world_ijk_to_ras(mask),
+                                           mrml_glue.volume_shape(mri), mrml_glue.world_ijk_to_ras(mri), tol_mm=1e-3):
+                    maskPath = d / "mask.nii.gz"
+                    self.writeVolume(mask, maskPath)
+                else:
+                    job.notes.append("The body mask is on another grid; metrics use the whole volume.")
+            evaluate = slicer_bridge.build_evaluate_command(self.pythonExecutable, d / "sct.nii.gz", d / "ct.nii.gz",
+                                                            mask=maskPath, json_out=d / "metrics.json")
+            job.stages.append(("Computing metrics against the reference CT...", evaluate, loadMetrics))
+
+        def loadMetrics():
+            import json
+
+            p = s["_parameterNode"]
+            metrics = json.loads((d / "metrics.json").read_text())
+            rows = slicer_bridge.metrics_table_rows(metrics)
+            table = s["metricsTable"] or slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{mri.GetName()}_sCT_metrics"))
+            mrml_glue.fill_table_node(table, rows)
+            p.metricsTable = table
+            sct, std = p.outputSCT, p.outputStd
+            sctArray, _ = mrml_glue.array_and_matrix_from_node(sct)
+            ctArray, _ = mrml_glue.array_and_matrix_from_node(ct)
+            diff = s["outputDifference"] or slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(f"{mri.GetName()}_sCT_minus_CT"))
+            mrml_glue.volume_node_from_array(slicer.mrmlScene, sctArray.astype(np.float32) - ctArray.astype(np.float32),
+                                             mrml_glue.get_ijk_to_ras(sct), node=diff)
+            diff.SetAndObserveTransformNodeID(sct.GetTransformNodeID())
+            self.showDifference(diff)
+            p.outputDifference = diff
+            self.showCompareLayout(mri, sct, ct, std)
+            job.notes.append(", ".join(f"{name} {value}" for name, value in rows[:4]))
+
+        job.stages.append((f"Synthesising a CT ({s['method']}, {s['sampler'] or 'default sampler'}, "
+                           f"{s['samples']} sample(s))...", argv, loadSynthesis))
+        return self._startJob(job, wait, timeout)
+
+    def register(self, parameterNode, wait: bool = False, timeout: Optional[float] = None, **callbacks):
+        """Run ``mrtoct register`` (the MRI moves onto the reference CT's grid). The registered MRI then
+        becomes the input MRI, so that a following synthesis can be compared with the CT."""
+        s = self._settings(parameterNode)
+        mri, ct = s["inputMRI"], s["referenceCT"]
+        if self.isRunning():
+            raise RuntimeError("The engine is already running; cancel it first.")
+        if mri is None or ct is None:
+            raise ValueError("Select both an input MRI and a reference CT to register them.")
+        if s["registeredMRI"] is not None and s["registeredMRI"].GetID() in (mri.GetID(), ct.GetID()):
+            raise ValueError("The registered MRI output is also an input; choose or create another node.")
+        job = _Job("register", self._newTempDir("register"), s, callbacks)
+        d = job.tempDir
+        try:
+            self.writeVolume(mri, d / "mri.nii.gz")
+            self.writeVolume(ct, d / "ct.nii.gz")
+        except Exception:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+        argv = slicer_bridge.build_register_command(self.pythonExecutable, d / "ct.nii.gz", d / "mri.nii.gz",
+                                                    d / "mri_registered.nii.gz", transform=d / "ct_to_mri.tfm",
+                                                    mode=s["registrationMode"], seed=s["seed"])
+
+        def loadRegistration():
+            p = s["_parameterNode"]
+            registered = self.readVolumeOntoGrid(d / "mri_registered.nii.gz", ct, s["registeredMRI"],
+                                                 f"{mri.GetName()}_on_{ct.GetName()}")
+            displayNode = registered.GetDisplayNode()
+            mriDisplay = mri.GetDisplayNode()
+            if displayNode and mriDisplay:
+                displayNode.SetAutoWindowLevel(False)
+                displayNode.SetWindowLevel(mriDisplay.GetWindow(), mriDisplay.GetLevel())
+            p.registeredMRI = registered
+            p.inputMRI = registered
+            slicer.util.setSliceViewerLayers(background=registered, foreground=ct, foregroundOpacity=0.5, fit=True)
+            job.notes.append(f"The registered MRI '{registered.GetName()}' is now the input MRI.")
+
+        job.stages.append((f"Registering {mri.GetName()} to {ct.GetName()} ({s['registrationMode']})...", argv,
+                           loadRegistration))
+        return self._startJob(job, wait, timeout)
+
+    def _startJob(self, job, wait, timeout):
+        self._job = job
+        self._startNextStage()
+        if wait:
+            return self.waitForCompletion(timeout)
+        return None
+
+    def _startNextStage(self) -> None:
+        job = self._job
+        description, argv, _ = job.stages[0]
+        logging.info("MRtoCTSynthesis: %s", " ".join(str(a) for a in argv))
+        if job.onStage:
+            job.onStage(description)
+        if job.onProgress:
+            job.onProgress(0.0, "")
+        # PythonSlicer is a launcher that sets up Slicer's environment itself, so it starts from the environment
+        # Slicer was started with. A bare interpreter (the fallback) needs Slicer's current environment.
+        launcher = pathlib.Path(argv[0]).name.lower().startswith("pythonslicer")
+        env = slicer_bridge.engine_environment(slicer.util.startupEnvironment() if launcher else None)
+        try:
+            popen = slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env,
+                                                     cwd=str(MODULE_DIR))
+        except TypeError:  # Slicer without the cwd argument
+            popen = slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env)
+        self._process = slicer_bridge.EngineProcess(popen)
+        self._timer.start()
+
+    def _poll(self) -> None:
+        job, process = self._job, self._process
+        if job is None or process is None:
+            self._timer.stop()
+            return
+        for line in process.poll():
+            progress = slicer_bridge.parse_progress_line(line)
+            if progress is not None:
+                if job.onProgress:
+                    job.onProgress(*progress)
+            elif job.onLog:
+                job.onLog(line)
+        if not process.finished:
+            return
+        self._timer.stop()
+        self._process = None
+        description, _, onSuccess = job.stages.pop(0)
+        status, message = slicer_bridge.describe_exit(process.returncode, process.output(), what="The engine")
+        if process.cancelled:
+            status, message = "cancelled", "Cancelled; no output was written."
+        if status == "ok":
+            try:
+                onSuccess()
+            except Exception as exc:  # loading results failed: report it like an engine failure
+                logging.exception("MRtoCTSynthesis: loading the results failed")
+                status, message = "failed", f"The results could not be loaded: {exc}"
+        if status == "ok" and job.stages:
+            self._startNextStage()
+            return
+        if status == "ok":
+            message = {"synthesize": "Synthetic CT done.", "register": "Registration done."}[job.kind]
+            if job.notes:
+                message += "\n" + "\n".join(job.notes)
+        self._finishJob(status, message)
+
+    def _finishJob(self, status: str, message: str) -> None:
+        job = self._job
+        self._job = None
+        job.result = (status, message)
+        if not job.settings.get("keepTemporaryFiles"):
+            shutil.rmtree(job.tempDir, ignore_errors=True)
+        else:
+            message += f"\nTemporary files kept in {job.tempDir}"
+            job.result = (status, message)
+        logging.info("MRtoCTSynthesis: %s: %s", status, message)
+        if job.onFinished:
+            job.onFinished(status, message)
+        self._lastResult = job.result
+
+    def cancel(self, wait: bool = False) -> None:
+        """Stop the running engine and every process it started. The GUI is not blocked unless ``wait``."""
+        process = self._process
+        if process is None:
+            if self._job is not None:
+                self._finishJob("cancelled", "Cancelled.")
+            return
+        if wait:
+            process.cancel()
+            self._poll()
+        else:
+            threading.Thread(target=process.cancel, name="mrtoct-cancel", daemon=True).start()
+
+    def waitForCompletion(self, timeout: Optional[float] = None):
+        """Process events until the current job ends; returns ``(status, message)`` (tests and scripts)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self._job
+        while self._job is not None:
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel(wait=True)
+                raise TimeoutError(f"the engine did not finish within {timeout} s")
+            slicer.app.processEvents()
+            time.sleep(0.02)
+        return job.result if job is not None else getattr(self, "_lastResult", None)
+
+    # ---------------------------------------------------------------------------------------- display
+    @staticmethod
+    def _colorNodeID(*names):
+        for name in names:
+            node = slicer.mrmlScene.GetFirstNodeByName(name)
+            if node is not None and node.IsA("vtkMRMLColorNode"):
+                return node.GetID()
+        return None
+
+    def showSyntheticCT(self, node) -> None:
+        display = node.GetDisplayNode()
+        display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
+        display.SetAutoWindowLevel(False)
+        window, level = slicer_bridge.CT_WINDOW_LEVEL
+        display.SetWindowLevel(window, level)
+
+    def showUncertainty(self, node) -> None:
+        display = node.GetDisplayNode()
+        colorID = self._colorNodeID("Inferno", "Plasma", "Magma", "Viridis", "Iron")
+        if colorID:
+            display.SetAndObserveColorNodeID(colorID)
+        array, _ = mrml_glue.array_and_matrix_from_node(node)
+        positive = array[array > 0]
+        top = float(np.percentile(positive, 99)) if positive.size else 1.0
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevelMinMax(0.0, max(top, 1e-3))
+
+    def showDifference(self, node) -> None:
+        display = node.GetDisplayNode()
+        colorID = self._colorNodeID("DivergingBlueRed", "ColdToHotRainbow")
+        if colorID:
+            display.SetAndObserveColorNodeID(colorID)
+        display.SetAutoWindowLevel(False)
+        r = slicer_bridge.DIFFERENCE_RANGE_HU
+        display.SetWindowLevelMinMax(-r, r)
+
+    def showCompareLayout(self, mri, sct, ct, std) -> None:
+        """MRI | sCT | reference CT | std in one row of linked axial views (views without a volume are left out)."""
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is None:  # no main window (e.g. --no-main-window)
+            return
+        pairs = [(view, node) for view, node in zip(slicer_bridge.COMPARE_VIEWS, (mri, sct, ct, std)) if node is not None]
+        if not pairs:
+            return
+        layoutId = slicer_bridge.COMPARE_LAYOUT_ID + len(pairs)
+        layoutNode = layoutManager.layoutLogic().GetLayoutNode()
+        xml = slicer_bridge.compare_layout_xml([view for view, _ in pairs])
+        if layoutNode.IsLayoutDescription(layoutId):
+            layoutNode.SetLayoutDescription(layoutId, xml)
+        else:
+            layoutNode.AddLayoutDescription(layoutId, xml)
+        layoutManager.setLayout(layoutId)
+        slicer.app.processEvents()
+        for (tag, _, _), node in pairs:
+            sliceWidget = layoutManager.sliceWidget(tag)
+            if sliceWidget is None:
+                continue
+            composite = sliceWidget.mrmlSliceCompositeNode()
+            composite.SetBackgroundVolumeID(node.GetID())
+            composite.SetForegroundVolumeID(None)
+            composite.SetLabelVolumeID(None)
+            composite.SetLinkedControl(True)
+            sliceWidget.sliceLogic().FitSliceToAll()
+
+
+#
+# MRtoCTSynthesisTest
+#
+
+
+class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
+    """Tests inside Slicer on the bundled phantom case: registration, synthesis with few steps, geometry,
+    metrics, engine errors and cancel. Run them from the Reload & Test button or with
+    ``Slicer --python-code "import MRtoCTSynthesis; MRtoCTSynthesis.MRtoCTSynthesisTest().runTest()"``."""
+
+    TIMEOUT_S = 900
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_dependencies()
+        self.setUp()
+        self.test_registration()
+        self.setUp()
+        self.test_synthesis_with_metrics()
+        self.setUp()
+        self.test_ddmm_synth()
+        self.setUp()
+        self.test_engine_error_is_shown()
+        self.setUp()
+        self.test_cancel()
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def _loadDemoCase(self):
+        """Load the phantom through Sample Data (as a user would), or from the assets folder directly."""
+        files = [slicer_bridge.DEMO_CASE_DIR / name for name, _ in slicer_bridge.DEMO_CASE_FILES]
+        self.assertTrue(all(f.is_file() for f in files), f"demo case missing in {slicer_bridge.DEMO_CASE_DIR}")
+        nodes = None
+        try:
+            import SampleData
+
+            registerSampleData()
+            nodes = SampleData.SampleDataLogic().downloadSamples("MRtoCTPhantom")
+        except Exception as exc:
+            logging.warning("Sample Data could not load the demo case (%s); loading the files directly", exc)
+        if not nodes or len(nodes) < 3:
+            nodes = [slicer.util.loadVolume(str(f)) for f in files]
+        mri, ct, mask = nodes[:3]
+        return mri, ct, mask
+
+    def _parameters(self, mri, ct=None, mask=None, **values):
+        logic = MRtoCTSynthesisLogic()
+        p = logic.getParameterNode()
+        p.inputMRI, p.referenceCT, p.bodyMask = mri, ct, mask
+        p.modelPath = slicer_bridge.DEMO_MODEL
+        p.method, p.sampler, p.steps, p.samples, p.seed, p.device = "ddpm", "dpmpp", 3, 2, 0, "cpu"
+        for name, value in values.items():
+            setattr(p, name, value)
+        return logic, p
+
+    def _assertSameGrid(self, a, b):
+        self.assertEqual(mrml_glue.volume_shape(a), mrml_glue.volume_shape(b))
+        np.testing.assert_array_equal(mrml_glue.get_ijk_to_ras(a), mrml_glue.get_ijk_to_ras(b))
+        self.assertEqual(a.GetTransformNodeID(), b.GetTransformNodeID())
+
+    # ------------------------------------------------------------------------------------------- tests
+    def test_dependencies(self):
+        self.delayDisplay("Checking dependencies")
+        logic = MRtoCTSynthesisLogic()
+        self.assertTrue(logic.ensureDependencies("cpu", needTorch=True, askConfirmation=False))
+        self.assertIn("ddpm", slicer_bridge.methods())
+        self.assertTrue(slicer_bridge.DEMO_MODEL.is_file(), "bundled demo model is missing")
+
+    def test_registration(self):
+        self.delayDisplay("Registering the phantom MRI to its CT")
+        mri, ct, _ = self._loadDemoCase()
+        original, _ = mrml_glue.array_and_matrix_from_node(mri)  # the phantom's MRI and CT share one grid
+        # move the MRI by a known rigid offset so that the registration has something to do
+        shifted = mrml_glue.get_ijk_to_ras(mri)
+        shifted[:3, 3] += (6.0, -4.0, 3.0)
+        mrml_glue.set_ijk_to_ras(mri, shifted)
+        logic, p = self._parameters(mri, ct, registrationMode="rigid")
+        status, message = logic.register(p, wait=True, timeout=self.TIMEOUT_S)
+        self.assertEqual(status, "ok", message)
+        registered = p.registeredMRI
+        self.assertIsNotNone(registered)
+        self._assertSameGrid(registered, ct)  # the registered MRI lies on the CT's grid
+        self.assertEqual(p.inputMRI.GetID(), registered.GetID())  # the registered MRI is the new input
+        # registration undoes the shift: resampled onto the CT grid, the MRI matches the unshifted original
+        registeredArray, _ = mrml_glue.array_and_matrix_from_node(registered)
+        correlation = float(np.corrcoef(registeredArray.ravel(), original.ravel())[0, 1])
+        self.assertGreater(correlation, 0.9, f"registered MRI does not match the original (r = {correlation:.3f})")
+        self.delayDisplay("Registration test passed")
+
+    def test_synthesis_with_metrics(self):
+        self.delayDisplay("Synthesising the phantom with the demo model (3 steps, 2 samples)")
+        mri, ct, mask = self._loadDemoCase()
+        logic, p = self._parameters(mri, ct, mask)
+        progress = []
+        status, message = logic.synthesize(p, wait=True, timeout=self.TIMEOUT_S,
+                                           onProgress=lambda f, m: progress.append((f, m)))
+        self.assertEqual(status, "ok", message)
+        self.assertTrue(progress and max(f for f, _ in progress) == 1.0, f"no final progress report: {progress[-3:]}")
+        # the outputs have exactly the MRI's grid
+        for node in (p.outputSCT, p.outputStd, p.outputDifference):
+            self.assertIsNotNone(node)
+            self._assertSameGrid(node, mri)
+        sct, _ = mrml_glue.array_and_matrix_from_node(p.outputSCT)
+        std, _ = mrml_glue.array_and_matrix_from_node(p.outputStd)
+        self.assertTrue(np.isfinite(sct).all())
+        self.assertGreaterEqual(float(std.min()), 0.0)
+        self.assertGreater(float(std.max()), 0.0)  # two samples differ somewhere
+        # metrics table
+        table = p.metricsTable
+        self.assertIsNotNone(table)
+        rows = dict(mrml_glue.table_rows(table))
+        for key in ("MAE (HU)", "ME (HU)", "PSNR (dB)", "SSIM"):
+            self.assertIn(key, rows)
+        self.assertGreaterEqual(float(rows["MAE (HU)"]), 0.0)
+        # the difference volume really is sCT - CT
+        diff, _ = mrml_glue.array_and_matrix_from_node(p.outputDifference)
+        ctArray, _ = mrml_glue.array_and_matrix_from_node(ct)
+        np.testing.assert_allclose(diff, sct - ctArray.astype(np.float32), atol=1e-3)
+        # the comparison layout shows the four volumes
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None:
+            tags = [tag for tag, _, _ in slicer_bridge.COMPARE_VIEWS]
+            shown = [layoutManager.sliceWidget(t).mrmlSliceCompositeNode().GetBackgroundVolumeID() for t in tags]
+            self.assertEqual(shown, [mri.GetID(), p.outputSCT.GetID(), ct.GetID(), p.outputStd.GetID()])
+        self.delayDisplay("Synthesis test passed")
+
+    def test_ddmm_synth(self):
+        self.delayDisplay("DDMM-Synth: demo model + sparse-view projections of the phantom CT")
+        from MRtoCTSynthesisLib.cli import build_parser
+
+        synthesize = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices["synthesize"]
+        if "--projections" not in synthesize._option_string_actions:
+            self.skipTest("this engine's `mrtoct synthesize` has no DDMM-Synth options yet")
+        self.assertIn("ddmm_synth", slicer_bridge.methods())
+        mri, ct, mask = self._loadDemoCase()
+        logic, p = self._parameters(mri, ct, mask, method="ddmm_synth", sampler="ddim", steps=3, samples=1,
+                                    projections=10, noiseSigma=0.0, nsmi="noiseless")
+        status, message = logic.synthesize(p, wait=True, timeout=self.TIMEOUT_S)
+        self.assertEqual(status, "ok", message)
+        self._assertSameGrid(p.outputSCT, mri)
+        self.assertIsNotNone(p.metricsTable)
+        # a loose sanity bound: with noiseless measurements the sCT's range space is the CT's
+        self.assertLess(float(dict(mrml_glue.table_rows(p.metricsTable))["MAE (HU)"]), 300.0)
+        self.delayDisplay("DDMM-Synth test passed")
+
+    def test_engine_error_is_shown(self):
+        self.delayDisplay("A broken model file gives the engine's error and fix")
+        mri, _, _ = self._loadDemoCase()
+        broken = pathlib.Path(slicer.app.temporaryPath) / "MRtoCTSynthesis-broken-model.safetensors"
+        broken.write_bytes(b"this is not a checkpoint")
+        logic, p = self._parameters(mri, modelPath=broken)
+        status, message = logic.synthesize(p, wait=True, timeout=self.TIMEOUT_S)
+        self.assertEqual(status, "input_error", message)
+        self.assertIn("error:", message)
+        self.assertIsNone(p.outputSCT)  # nothing is loaded on failure
+
+    def test_cancel(self):
+        self.delayDisplay("Cancelling a long run")
+        mri, _, _ = self._loadDemoCase()
+        logic, p = self._parameters(mri, sampler="ddpm", steps=1000, samples=4)
+        seen = []
+        logic.synthesize(p, onProgress=lambda f, m: seen.append(f))
+        # let the engine start sampling (the first report, 0.0, comes from the module itself)
+        deadline = time.monotonic() + 20
+        while not any(f > 0 for f in seen) and time.monotonic() < deadline:
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        self.assertTrue(logic.isRunning(), "the long run ended before it could be cancelled")
+        started = time.monotonic()
+        logic.cancel()
+        status, message = logic.waitForCompletion(timeout=60)
+        self.assertEqual(status, "cancelled", message)
+        self.assertLess(time.monotonic() - started, 30)
+        self.assertFalse(logic.isRunning())
+        self.assertIsNone(p.outputSCT)
+        tempRoot = pathlib.Path(slicer.app.temporaryPath) / "MRtoCTSynthesis"
+        self.assertFalse(any(tempRoot.glob("synthesize-*")), "temporary files were left behind")
+        self.delayDisplay("Cancel test passed")

@@ -7,7 +7,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# CI machines have 2 cores; honour OMP_NUM_THREADS when set (oversubscribed torch threads spin and crawl)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
 
 
 def rotation_direction(ax_deg=20.0, ay_deg=-10.0, az_deg=35.0):

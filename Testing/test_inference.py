@@ -122,3 +122,23 @@ def test_tiny_training_lowers_loss_and_beats_untrained(tmp_path):
     p_trained = _psnr_model_range(hu_to_model(synthesize_volume(test.mr_t2, trained, opts).sct.array)[body], truth[body])
     p_before = _psnr_model_range(hu_to_model(synthesize_volume(test.mr_t2, before, opts).sct.array)[body], truth[body])
     assert p_trained > p_before + 3.0, (p_trained, p_before)
+
+
+def test_ema_update_is_the_closed_form_average():
+    from MRtoCTSynthesisLib.training import EMA
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
+    ema = EMA(net, decay=0.9)
+    before = [p.detach().clone() for p in ema.shadow.parameters()]
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p))
+        net[1].running_mean.fill_(3.0)
+    ema.update(net, step=10_000)  # past warm-up: decay = 0.9
+    for b, s, p in zip(before, ema.shadow.parameters(), net.parameters()):
+        torch.testing.assert_close(s, 0.9 * b + 0.1 * p)
+    assert torch.all(ema.shadow[1].running_mean == 3.0)  # buffers are copied, not averaged
+    ema2 = EMA(net, decay=0.999)
+    ema2.update(net, step=0)  # warm-up: decay = min(0.999, 1/10) -> mostly the new weights
+    for s, p in zip(ema2.shadow.parameters(), net.parameters()):
+        torch.testing.assert_close(s, p)

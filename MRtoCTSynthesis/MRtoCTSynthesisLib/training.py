@@ -48,8 +48,9 @@ class EMA:
     @torch.no_grad()
     def update(self, network: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))  # warm-up: early averages are not dominated by init
-        for s, p in zip(self.shadow.parameters(), network.parameters()):
-            s.lerp_(p.detach(), 1 - d)
+        shadow = list(self.shadow.parameters())
+        # one fused update for all tensors (a Python loop over parameters cost ~40 ms a step on the tiny UNet)
+        torch._foreach_lerp_(shadow, [p.detach() for p in network.parameters()], 1 - d)
         for s, b in zip(self.shadow.buffers(), network.buffers()):
             s.copy_(b)
 

@@ -106,3 +106,51 @@ class SliceDataset:
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, len(self), (batch_size,), generator=generator)
         return self.mr[idx], self.ct[idx]
+
+
+class UnpairedSliceDataset:
+    """MR slices and CT slices as two independent pools, for unpaired training (``syndiff``, ``cyclegan``).
+
+    :meth:`batch` draws the MR indices and the CT indices with two separate random draws, so the i-th MR
+    and the i-th CT of a batch are unrelated even when both pools come from the same cases (slices are never
+    paired by index). :meth:`from_folders` with ``disjoint_cases=True`` goes further and takes the MR pool
+    from every other case and the CT pool from the remaining cases, so no anatomy appears in both.
+    """
+
+    unpaired = True
+
+    def __init__(self, mr: torch.Tensor, ct: torch.Tensor, case_names: list[str] | None = None):
+        if len(mr) == 0 or len(ct) == 0:
+            raise InputError("the unpaired training data has no MR or no CT slices.", "check the cases and their masks.")
+        self.mr, self.ct, self.case_names = mr, ct, list(case_names or [])
+
+    @classmethod
+    def from_paired(cls, paired: SliceDataset) -> "UnpairedSliceDataset":
+        """Both pools of a paired dataset, sampled independently (the pairing is not used)."""
+        return cls(paired.mr, paired.ct, paired.case_names)
+
+    @classmethod
+    def from_folders(cls, folders, image_size: int, context: int = 0,
+                     disjoint_cases: bool = False) -> "UnpairedSliceDataset":
+        folders = list(folders)
+        if disjoint_cases and len(folders) < 2:
+            raise InputError("disjoint unpaired pools need at least two cases.", "add cases or drop disjoint_cases.")
+        mrs, cts, names = [], [], []
+        for n, f in enumerate(folders):
+            case = load_case(f)
+            m, c = case_slices(case, image_size, context)
+            if not disjoint_cases or n % 2 == 0:
+                mrs.append(m)
+            if not disjoint_cases or n % 2 == 1:
+                cts.append(c)
+            names.append(case.name)
+        return cls(torch.cat(mrs), torch.cat(cts), names)
+
+    def __len__(self) -> int:
+        return max(len(self.mr), len(self.ct))
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mr, ct)`` of ``batch_size`` slices each, drawn independently of each other."""
+        i_mr = torch.randint(0, len(self.mr), (batch_size,), generator=generator)
+        i_ct = torch.randint(0, len(self.ct), (batch_size,), generator=generator)
+        return self.mr[i_mr], self.ct[i_ct]

@@ -142,3 +142,21 @@ def test_ema_update_is_the_closed_form_average():
     ema2.update(net, step=0)  # warm-up: decay = min(0.999, 1/10) -> mostly the new weights
     for s, p in zip(ema2.shadow.parameters(), net.parameters()):
         torch.testing.assert_close(s, p)
+
+
+@pytest.mark.parametrize("process_cfg", [{"kind": "vp", "schedule": "linear", "T": 1000},
+                                         {"kind": "ve", "schedule": "lyu", "sigma": 25.0}])
+def test_v_parameterisation_inverts_exactly(process_cfg):
+    from MRtoCTSynthesisLib.diffusion import make_process
+    from MRtoCTSynthesisLib.methods.conditional_diffusion import eps_from_v, v_target
+
+    proc = make_process(process_cfg)
+    g = torch.Generator().manual_seed(0)
+    x0, eps = torch.rand(5, 1, 8, 8, generator=g) * 2 - 1, torch.randn(5, 1, 8, 8, generator=g)
+    t = torch.tensor([0.01, 0.2, 0.5, 0.8, 1.0])
+    a = proc.alpha(t).float().view(-1, 1, 1, 1)
+    s = proc.sigma(t).float().view(-1, 1, 1, 1)
+    x_t = a * x0 + s * eps
+    v = v_target(proc, x0, eps, t)
+    torch.testing.assert_close(v, a * eps - s * x0)
+    torch.testing.assert_close(eps_from_v(proc, x_t, v, t), eps, atol=1e-4, rtol=1e-4)

@@ -69,7 +69,8 @@ def train_diffusion(model, dataset, settings: TrainSettings, device="cpu",
     losses, t0 = [], time.perf_counter()
     for step in range(settings.steps):
         mr, ct = dataset.batch(settings.batch_size, gen)
-        loss = diffusion_loss(net, model.process, mr.to(device), ct.to(device), generator=gen)
+        loss = diffusion_loss(net, model.process, mr.to(device), ct.to(device), generator=gen,
+                              prediction=model.prediction)
         if not math.isfinite(loss.item()):
             raise InputError(f"the training loss became {loss.item()} at step {step}.",
                              "lower the learning rate (e.g. --lr 5e-5) or enable gradient clipping; check the data for "

@@ -22,6 +22,16 @@ Conventions shared by every sampler
     ``x0`` of the update, and the update's noise/score is recomputed from it
     (``eps = process.eps_from_x0(x_t, x0, t)``), so the hook really steers the trajectory. This is
     where DDMM-Synth's null-space projection (DDMM-Synth Eq. 5) plugs in.
+Noise-composing hooks (DDMM-Synth Eqs. 10-13)
+    A hook whose ``x0`` carries noise of its own (measurement noise brought in by ``A+ y``) may also
+    define ``compose_noise(x0, x_t, t, step) -> (x0, extra_variance)``. Samplers whose step is a
+    Gaussian posterior draw ``x_s = (terms in x_t) + c0 * x0 + sqrt(v) z`` describe it with
+    :meth:`Sampler.step_noise` (a :class:`StepNoise` with ``c0`` and ``v``: :class:`~.ddpm.DDPMSampler`
+    and :class:`~.ddim.DDIMSampler` with ``eta > 0``); for those the loop calls ``compose_noise``
+    instead of ``__call__``, and the step then injects ``extra_variance`` of fresh noise instead of
+    ``v`` (the hook keeps the total at ``v``: the part its ``x0`` brings, ``c0^2`` times its noise
+    variance, plus the extra). With any other sampler, or without ``compose_noise``, the hook is called
+    as ``x0_hook(x0, x_t, t)`` and the sampler adds its usual noise: nothing changes for plain hooks.
 :class:`SampleResult`
     ``x0``: the final denoised sample, i.e. the (clipped, hooked) ``x0`` prediction of the last
     network evaluation -- the usual "denoise at the end" (for VP the last posterior step lands on
@@ -55,6 +65,7 @@ __all__ = [
     "Sampler",
     "SampleResult",
     "Prediction",
+    "StepNoise",
     "SamplingRun",
     "ModelFn",
     "X0Hook",
@@ -86,11 +97,30 @@ class Prediction:
     """One network evaluation turned into a consistent pair: ``x_t = alpha x0 + sigma eps``.
 
     ``x0`` is the clipped / hooked data prediction; ``eps`` the noise that goes with it (the model's
-    own output when neither clipping nor a hook is active).
+    own output when neither clipping nor a hook is active). ``noise_variance``: set only by a
+    noise-composing hook (see the module docstring): the variance of the fresh noise the step must add
+    instead of its own (a 0-d or ``[B]`` tensor); ``None`` means "the sampler's usual amount".
     """
 
     x0: torch.Tensor
     eps: torch.Tensor
+    noise_variance: Optional[torch.Tensor] = None
+
+
+@dataclass(frozen=True)
+class StepNoise:
+    """A stochastic posterior step ``t -> s``: ``x_s = (terms in x_t) + x0_coef * x0 + sqrt(variance) z``.
+
+    ``x0_coef`` is the coefficient of the (hooked) ``x0`` in the step's mean, once ``eps`` is written
+    in terms of ``x0`` (DDPM: ``c_0`` of :func:`~.ddpm.posterior_coefficients`, DDMM-Synth Eq. 9's
+    ``sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)``); ``variance`` is the variance of the fresh
+    Gaussian noise the step adds (0 on a step without noise). 0-d tensors in the schedule dtype.
+    """
+
+    t: torch.Tensor
+    s: torch.Tensor
+    x0_coef: torch.Tensor
+    variance: torch.Tensor
 
 
 def check_positive_int(value: Any, name: str, *, minimum: int = 1, fix: str | None = None) -> int:
@@ -153,11 +183,13 @@ class SamplingRun:
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
 
-    def predict(self, x: torch.Tensor, t: torch.Tensor) -> Prediction:
+    def predict(self, x: torch.Tensor, t: torch.Tensor, step_noise: Optional[StepNoise] = None) -> Prediction:
         """Evaluate the network at ``(x, t)`` (``t`` a 0-d or ``[B]`` time tensor) -> :class:`Prediction`.
 
         Order: ``eps = model_fn(x, t)``; ``x0 = process.x0_from_eps``; clip to ``clip_range`` if
         enabled; ``x0 = x0_hook(x0, x, t)`` if given; if either changed ``x0``, recompute ``eps`` from it.
+        With ``step_noise`` (the coming step's :class:`StepNoise`) and a hook that has
+        ``compose_noise``, that is called instead and its extra variance goes into the prediction.
         """
         proc = self.process
         s = self.sampler
@@ -171,18 +203,30 @@ class SamplingRun:
         eps = eps.to(x.dtype)
         x0 = proc.x0_from_eps(x, eps, t)
         changed = False
+        extra = None
         if s.clip_x0:
             x0 = x0.clamp(s.clip_range[0], s.clip_range[1])
             changed = True
         if self.x0_hook is not None:
-            x0 = self.x0_hook(x0, x, t_model)
+            compose = getattr(self.x0_hook, "compose_noise", None) if step_noise is not None else None
+            if compose is not None:
+                x0, extra = compose(x0, x, t_model, step_noise)
+                extra = self._check_extra_variance(extra, x)
+            else:
+                x0 = self.x0_hook(x0, x, t_model)
             if not isinstance(x0, torch.Tensor) or x0.shape != x.shape:
                 raise ValueError("x0_hook must return a tensor shaped like x_t")
             x0 = x0.to(x.dtype)
             changed = True
         if changed:
             eps = proc.eps_from_x0(x, x0, t)
-        return Prediction(x0=x0, eps=eps)
+        return Prediction(x0=x0, eps=eps, noise_variance=extra)
+
+    def _check_extra_variance(self, extra: Any, x: torch.Tensor) -> torch.Tensor:
+        extra = torch.as_tensor(extra, device=x.device)
+        if not extra.is_floating_point() or extra.dim() > 1 or (extra.dim() == 1 and extra.shape[0] != x.shape[0]):
+            raise ValueError("compose_noise must return an extra noise variance that is a number or a [B] tensor")
+        return extra.clamp_min(0.0)
 
 
 class Sampler:
@@ -236,6 +280,11 @@ class Sampler:
     def needs_noise(self, i: int, n: int) -> bool:
         """Whether step ``i`` of ``n`` consumes a standard-normal draw (never the last step)."""
         return False
+
+    def step_noise(self, i: int, n: int, t: torch.Tensor, s: torch.Tensor) -> Optional[StepNoise]:
+        """The :class:`StepNoise` of step ``i`` (``t -> s``) for noise-composing hooks, or ``None``
+        when the step is not a Gaussian posterior draw (the default; see the module docstring)."""
+        return None
 
     def init_state(self) -> Any:
         """Multistep history carried between steps (``None`` for one-step samplers)."""
@@ -326,7 +375,8 @@ class Sampler:
             run.check_cancel()
             t, s = grid[i], grid[i + 1]
             x = self.before_prediction(run, i, n, x, t)
-            pred = run.predict(x, t)
+            plan = self.step_noise(i, n, t, s) if run.x0_hook is not None else None
+            pred = run.predict(x, t, plan)
             noise = run.randn_like(x) if self.needs_noise(i, n) else None
             x, state = self.step(i, n, x, pred, t, s, noise, state)
             x0 = pred.x0

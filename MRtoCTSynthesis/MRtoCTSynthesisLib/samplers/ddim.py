@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import torch
 
-from .base import Prediction, Sampler, check_real, coef
+from .base import Prediction, Sampler, StepNoise, check_real, coef
 
 __all__ = ["DDIMSampler"]
 
@@ -34,14 +34,30 @@ class DDIMSampler(Sampler):
     def needs_noise(self, i: int, n: int) -> bool:
         return self.eta > 0.0 and i < n - 1
 
-    def step(self, i: int, n: int, x_t: torch.Tensor, pred: Prediction, t: torch.Tensor,
-             s: torch.Tensor, noise: Optional[torch.Tensor], state: Any):
+    def _coefficients(self, t: torch.Tensor, s: torch.Tensor):
         proc = self.process
         _, var_ts = proc.transition(t, s)
         a_s, sig_s, sig_t = proc.alpha(s), proc.sigma(s), proc.sigma(t)
         v = (self.eta ** 2) * var_ts * sig_s ** 2 / sig_t ** 2
         c_eps = (sig_s ** 2 - v).clamp_min(0.0).sqrt()
+        return a_s, c_eps, v
+
+    def step_noise(self, i: int, n: int, t: torch.Tensor, s: torch.Tensor) -> Optional[StepNoise]:
+        """For ``eta > 0``: with ``eps_hat = (x_t - alpha_t x0) / sigma_t`` the step's ``x0`` coefficient
+        is ``alpha_s - c_eps alpha_t / sigma_t`` and its fresh noise variance ``v``. ``None`` for
+        ``eta = 0`` (a deterministic step has no noise to share)."""
+        if self.eta == 0.0:
+            return None
+        a_s, c_eps, v = self._coefficients(t, s)
+        c_0 = a_s - c_eps * self.process.alpha(t) / self.process.sigma(t)
+        return StepNoise(t, s, c_0, v if self.needs_noise(i, n) else torch.zeros_like(v))
+
+    def step(self, i: int, n: int, x_t: torch.Tensor, pred: Prediction, t: torch.Tensor,
+             s: torch.Tensor, noise: Optional[torch.Tensor], state: Any):
+        a_s, c_eps, v = self._coefficients(t, s)
         x_s = coef(a_s, x_t) * pred.x0 + coef(c_eps, x_t) * pred.eps
         if noise is not None:
+            if pred.noise_variance is not None:  # a noise-composing hook already brought part of it
+                v = pred.noise_variance
             x_s = x_s + coef(v.sqrt(), x_t) * noise
         return x_s, state

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import torch
 
-from .base import Prediction, Sampler, coef
+from .base import Prediction, Sampler, StepNoise, coef
 
 __all__ = ["DDPMSampler", "posterior_coefficients"]
 
@@ -47,10 +47,17 @@ class DDPMSampler(Sampler):
     def needs_noise(self, i: int, n: int) -> bool:
         return i < n - 1
 
+    def step_noise(self, i: int, n: int, t: torch.Tensor, s: torch.Tensor) -> StepNoise:
+        """The posterior draw's ``x0`` coefficient ``c_0`` and noise variance (0 on the last step)."""
+        _, c_0, var = posterior_coefficients(self.process, t, s)
+        return StepNoise(t, s, c_0, var if self.needs_noise(i, n) else torch.zeros_like(var))
+
     def step(self, i: int, n: int, x_t: torch.Tensor, pred: Prediction, t: torch.Tensor,
              s: torch.Tensor, noise: Optional[torch.Tensor], state: Any):
         c_x, c_0, var = posterior_coefficients(self.process, t, s)
         x_s = coef(c_x, x_t) * x_t + coef(c_0, x_t) * pred.x0
         if noise is not None:
+            if pred.noise_variance is not None:  # a noise-composing hook already brought part of it
+                var = pred.noise_variance
             x_s = x_s + coef(var.sqrt(), x_t) * noise
         return x_s, state

@@ -30,3 +30,24 @@ def oblique_image():
     img.SetOrigin((-12.5, 30.25, 101.0))
     img.SetDirection(rotation_direction())
     return img
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Run a module's tests with one torch thread: tiny networks gain nothing from a second one and lose a lot
+    when the CPU is shared."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom_cases(tmp_path_factory):
+    """Two 32x32x8 phantom cases in the SynthRAD layout, written once per test session through the CLI."""
+    from MRtoCTSynthesisLib.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_phantoms")
+    assert main(["phantom", "--out", str(out), "--cases", "2", "--size", "32", "32", "8",
+                 "--spacing", "11", "11", "14"]) == 0
+    return out

@@ -25,20 +25,13 @@ SAVED = {"unet_cnn": {"generator"}, "pix2pix": {"generator", "discriminator"}, "
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks gain nothing from a second thread, and lose a lot when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_torch_thread):
+    """Tiny networks gain nothing from a second thread (see conftest.one_torch_thread)."""
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    out = tmp_path_factory.mktemp("baseline_phantoms")
-    assert main(["phantom", "--out", str(out), "--cases", "2", "--size", "32", "32", "8",
-                 "--spacing", "11", "11", "14"]) == 0
-    return out
+def cases(tiny_phantom_cases):
+    return tiny_phantom_cases
 
 
 def _toy_pairs(n=8, size=32, context=0, seed=0):

@@ -220,6 +220,17 @@ def cmd_info(args) -> int:
     return 0
 
 
+def _training_progress(total_steps: int):
+    """``progress(step, loss)`` printing a PROGRESS line about 20 times per run (and at the last step)."""
+    t0 = time.perf_counter()
+
+    def progress(step, loss):
+        if step % max(1, total_steps // 20) == 0 or step == total_steps - 1:
+            print(f"PROGRESS {(step + 1) / total_steps:.4f} step {step + 1}/{total_steps} loss {loss:.4f} "
+                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    return progress
+
+
 # ------------------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     import torch
@@ -243,12 +254,7 @@ def cmd_train(args) -> int:
     settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
                              lr=args.lr if args.lr is not None else 1e-4)
     print(f"training {args.method} on {len(data)} slices from {len(folders)} case(s), {settings.steps} steps")
-    t0 = time.perf_counter()
-
-    def progress(step, loss):
-        if step % max(1, settings.steps // 20) == 0 or step == settings.steps - 1:
-            print(f"PROGRESS {(step + 1) / settings.steps:.4f} step {step + 1}/{settings.steps} loss {loss:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    progress = _training_progress(settings.steps)
 
     hist = train_diffusion(model, data, settings, device=args.device if args.device != "auto" else "cpu",
                            progress=progress)
@@ -275,12 +281,7 @@ def _train_with_steps(args, model, folders, out) -> int:
         what = f"{len(data)} paired slices"
     settings = AdversarialSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
     print(f"training {args.method} on {what} from {len(folders)} case(s), {settings.steps} steps")
-    t0 = time.perf_counter()
-
-    def progress(step, loss):
-        if step % max(1, settings.steps // 20) == 0 or step == settings.steps - 1:
-            print(f"PROGRESS {(step + 1) / settings.steps:.4f} step {step + 1}/{settings.steps} loss {loss:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
+    progress = _training_progress(settings.steps)
 
     hist = train_adversarial(model, data, settings, device=args.device if args.device != "auto" else "cpu",
                              progress=progress)

@@ -2,7 +2,6 @@
 
 import json
 
-import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -11,11 +10,9 @@ from MRtoCTSynthesisLib.volume import read_volume
 
 
 @pytest.fixture(scope="module")
-def cases(tmp_path_factory):
-    out = tmp_path_factory.mktemp("phantoms")
-    assert main(["phantom", "--out", str(out), "--cases", "2", "--size", "32", "32", "10",
-                 "--spacing", "11", "11", "12"]) == 0
-    return out
+def cases(tiny_phantom_cases):
+    """Two phantom cases written by `mrtoct phantom` (conftest, once per session)."""
+    return tiny_phantom_cases
 
 
 @pytest.fixture(scope="module")

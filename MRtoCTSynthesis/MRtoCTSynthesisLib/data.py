@@ -49,6 +49,93 @@ def find_cases(root) -> list[Path]:
     return cases
 
 
+SPLIT_SUBSETS = ("train", "val", "test")
+
+
+def make_split(cases, val: float = 0.1, test: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
+    """Split case names (patients) at random into ``train``/``val``/``test`` lists (at least 1 train case).
+
+    Fractions are rounded to whole cases; with 3+ cases, val and test each get at least one case when their
+    fraction is positive. The same names and seed give the same split.
+    """
+    names = sorted(Path(c).name for c in cases)
+    if not names:
+        raise InputError("no cases to split.", "point --data at a folder of case folders.")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise InputError(f"split fractions val={val}, test={test} are not in [0, 1) with val + test < 1.",
+                         "use e.g. val 0.1 and test 0.2.")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    n = len(names)
+    n_test = int(round(test * n)) or (1 if test > 0 and n >= 3 else 0)
+    n_val = int(round(val * n)) or (1 if val > 0 and n >= 3 else 0)
+    n_test, n_val = min(n_test, n - 1), min(n_val, max(0, n - 1 - n_test))
+    return {"test": sorted(order[:n_test]), "val": sorted(order[n_test:n_test + n_val]),
+            "train": sorted(order[n_test + n_val:])}
+
+
+def _check_case_name(name, where: str) -> str:
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise InputError(f"{where}: case entry {name!r} is not a plain case-folder name.",
+                         "list case folder names only (no paths, no '..'): cases must live directly in the data folder.")
+    return name
+
+
+def read_split(path, root) -> dict[str, list[Path]]:
+    """Read a split file (JSON or YAML ``{"train": [...], "val": [...], "test": [...]}`` of case names).
+
+    Names must be plain folder names directly under ``root`` (no paths: a split file cannot point outside
+    the data folder), each case in at most one subset, every listed case present.
+    """
+    path, root = Path(path), Path(root)
+    if not path.is_file():
+        raise InputError(f"split file {path} does not exist.", "write one with `mrtoct split --data DIR --out split.json`.")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            doc = yaml.safe_load(text)
+        else:
+            import json
+
+            doc = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+        raise InputError(f"split file {path} cannot be parsed: {e}", "write JSON like {\"train\": [\"case_000\"], ...}.") from e
+    if not isinstance(doc, dict) or not set(doc) <= set(SPLIT_SUBSETS) or "train" not in doc:
+        raise InputError(f"split file {path} must map 'train' (and optionally 'val', 'test') to lists of case names.",
+                         "e.g. {\"train\": [\"case_000\", \"case_001\"], \"val\": [\"case_002\"], \"test\": [\"case_003\"]}")
+    out, seen = {}, {}
+    for subset in SPLIT_SUBSETS:
+        names = doc.get(subset) or []
+        if not isinstance(names, list):
+            raise InputError(f"split file {path}: '{subset}' is not a list.", "give a list of case folder names.")
+        folders = []
+        for name in names:
+            _check_case_name(name, f"split file {path}")
+            if name in seen:
+                raise InputError(f"split file {path}: case {name!r} is in both '{seen[name]}' and '{subset}'.",
+                                 "put each patient in exactly one subset (no leakage between train and test).")
+            seen[name] = subset
+            folder = root / name
+            if not (folder.is_dir() and _find(folder, "mr") and _find(folder, "ct")):
+                raise InputError(f"split file {path}: case {name!r} has no folder with mr and ct volumes in {root}.",
+                                 "fix the name, or regenerate the split for this data folder.")
+            folders.append(folder)
+        out[subset] = folders
+    if not out["train"] and not out["test"]:
+        raise InputError(f"split file {path} lists no cases.", "add case names to 'train' (and 'test').")
+    return out
+
+
+def write_split(split: dict[str, list], path) -> Path:
+    """Write a split (names or folders per subset) as JSON, atomically."""
+    from .atomic import write_json
+
+    doc = {k: [Path(c).name for c in split.get(k, [])] for k in SPLIT_SUBSETS}
+    write_json(Path(path), doc)
+    return Path(path)
+
+
 def load_case(folder) -> Case:
     """Read one case, checking that MR, CT (in HU) and mask share one grid."""
     folder = Path(folder)

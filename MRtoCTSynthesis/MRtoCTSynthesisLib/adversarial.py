@@ -138,6 +138,7 @@ class AdversarialSettings:
     betas: tuple[float, float] | None = None
     ema_decay: float = 0.999
     seed: int = 0
+    grad_clip: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -145,73 +146,75 @@ class AdversarialSettings:
 
 @dataclass
 class TrainState:
-    """What a ``train_step`` needs besides the model and the data: optimisers, device, step, CycleGAN pools."""
+    """What a ``train_step`` needs besides the model and the data: optimisers, device, step, CycleGAN pools.
+
+    :meth:`update` is the one place where a loss becomes a parameter update (zero grad, backward, the
+    gradient all-reduce of multi-process runs, clipping, Adam step), so every method gets gradient clipping
+    and distributed training the same way.
+    """
 
     optimizers: dict[str, torch.optim.Optimizer]
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     batch_size: int = 16
     step: int = 0
     pools: dict = field(default_factory=dict)
+    grad_clip: float = 0.0
+    #: average gradients over processes before each step (multi-process runs of methods whose networks
+    #: are not wrapped in DistributedDataParallel, see :mod:`.training`)
+    allreduce_grads: bool = False
+    #: DistributedDataParallel wrappers by network name (the diffusion denoiser in multi-process runs)
+    wrapped: dict = field(default_factory=dict)
+
+    def update(self, name: str, loss: torch.Tensor) -> None:
+        opt = self.optimizers[name]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+        if self.allreduce_grads and params:
+            import torch.distributed as dist
+
+            world = dist.get_world_size()
+            flat = torch.cat([p.grad.reshape(-1) for p in params])
+            dist.all_reduce(flat)
+            flat /= world
+            offset = 0
+            for p in params:
+                n = p.grad.numel()
+                p.grad.copy_(flat[offset:offset + n].view_as(p.grad))
+                offset += n
+        if self.grad_clip and params:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        opt.step()
 
 
 def make_train_state(model, settings: AdversarialSettings | None = None, device="cpu") -> TrainState:
     """Adam optimisers for ``model.optimizer_groups()`` with the method's (or the settings') lr and betas."""
     settings = settings or AdversarialSettings()
-    cfg = model.method_config
-    lr = float(settings.lr if settings.lr is not None else cfg["lr"])
-    betas = tuple(settings.betas if settings.betas is not None else cfg["betas"])
+    cfg = getattr(model, "method_config", {})
+    lr = float(settings.lr if settings.lr is not None else cfg.get("lr", 1e-4))
+    betas = tuple(settings.betas if settings.betas is not None else cfg.get("betas", (0.9, 0.999)))
     if not lr > 0:
         raise InputError(f"the learning rate must be positive, got {lr}", "use e.g. --lr 1e-4")
     opts = {}
     for name, nets in model.optimizer_groups().items():
         params = [p for n in nets for p in model.networks[n].parameters()]
         opts[name] = torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
-    return TrainState(optimizers=opts, device=torch.device(device), batch_size=settings.batch_size)
+    return TrainState(optimizers=opts, device=torch.device(device), batch_size=settings.batch_size,
+                      grad_clip=float(settings.grad_clip or 0.0))
 
 
 def train_adversarial(model, dataset, settings: AdversarialSettings, device="cpu",
                       progress: Callable[[int, float], None] | None = None) -> dict:
-    """Train any method with a ``train_step`` (UNet-CNN, pix2pix, WGAN-GP, CycleGAN, SynDiff) on ``dataset``.
+    """Train any method with a ``train_step`` in memory, without checkpoints (tests, notebooks).
 
-    Returns ``{"loss": [...], "terms": {name: [...]}, "ema": {network: module}, "seconds": s}``; ``loss``
-    is the method's main (generator) loss per step. Save with ``save_model(model, path, ema=hist["ema"])``.
+    A thin wrapper of :func:`.training.train_loop` (the loop behind ``mrtoct train``). Returns
+    ``{"loss": [...], "terms": {name: [...]}, "ema": {network: module}, "seconds": s}``.
     """
-    from .data import UnpairedSliceDataset
-    from .training import EMA
+    from .training import train_loop
 
-    if getattr(model, "unpaired", False) and not getattr(dataset, "unpaired", False):
-        dataset = UnpairedSliceDataset.from_paired(dataset)
-    if not getattr(model, "unpaired", False) and getattr(dataset, "unpaired", False):
-        raise InputError(f"method {model.method!r} trains on paired slices, but the data are unpaired.",
-                         "use a SliceDataset of registered MR/CT pairs, or an unpaired method (syndiff, cyclegan).")
-    torch.manual_seed(settings.seed)  # dropout and the generators' own latent draws
-    gen = torch.Generator().manual_seed(settings.seed)
-    device = torch.device(device)
-    for net in model.networks.values():
-        net.to(device).train()
-    state = make_train_state(model, settings, device)
-    ema = {n: EMA(model.networks[n], settings.ema_decay) for n in model.inference_networks} if settings.ema_decay else {}
-    losses: list[float] = []
-    terms: dict[str, list[float]] = {}
-    t0 = time.perf_counter()
-    for step in range(settings.steps):
-        out = model.train_step(state, dataset, gen)
-        bad = {k: v for k, v in out.items() if not math.isfinite(v)}
-        if bad:
-            raise InputError(f"the {model.method} training loss became non-finite at step {step} ({bad}).",
-                             "lower the learning rate (e.g. --lr 5e-5); check the data for extreme values.")
-        for name, e in ema.items():
-            e.update(model.networks[name], step)
-        state.step += 1
-        losses.append(out["loss"])
-        for k, v in out.items():
-            terms.setdefault(k, []).append(v)
-        if progress:
-            progress(step, out["loss"])
-    for net in model.networks.values():
-        net.eval()
-    return {"loss": losses, "terms": terms, "ema": {n: e.shadow for n, e in ema.items()},
-            "seconds": time.perf_counter() - t0}
+    return train_loop(model, dataset, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
+                      betas=settings.betas, ema_decay=settings.ema_decay, seed=settings.seed,
+                      grad_clip=settings.grad_clip, device=device, progress=progress)
 
 
 def _batch(data, state: TrainState, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,18 +222,12 @@ def _batch(data, state: TrainState, gen: torch.Generator) -> tuple[torch.Tensor,
     return mr.to(state.device), ct.to(state.device)
 
 
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-
-
 # ---------------------------------------------------------------------------------------------- baseline steps
 def unet_cnn_step(model, state: TrainState, data, gen: torch.Generator) -> dict[str, float]:
     """UNet-CNN (Lyu & Wang Sec. IV): one Adam step on ``||G(MR) - CT||^2`` (mean squared error)."""
     mr, ct = _batch(data, state, gen)
     loss = F.mse_loss(model.predict(mr).float(), ct)
-    _step(state.optimizers["generator"], loss)
+    state.update("generator", loss)
     return {"loss": loss.item(), "mse": loss.item()}
 
 
@@ -243,12 +240,12 @@ def pix2pix_step(model, state: TrainState, data, gen: torch.Generator) -> dict[s
     set_requires_grad([d], True)
     loss_d = 0.5 * (gan_loss(d(torch.cat([mr, ct], 1)), True, cfg["gan_mode"])
                     + gan_loss(d(torch.cat([mr, fake.detach()], 1)), False, cfg["gan_mode"]))
-    _step(state.optimizers["discriminator"], loss_d)
+    state.update("discriminator", loss_d)
     set_requires_grad([d], False)
     adv = gan_loss(d(torch.cat([mr, fake], 1)), True, cfg["gan_mode"])
     l1 = (fake - ct).abs().mean()
     loss_g = adv + cfg["l1_weight"] * l1
-    _step(state.optimizers["generator"], loss_g)
+    state.update("generator", loss_g)
     set_requires_grad([d], True)
     return {"loss": loss_g.item(), "g_adv": adv.item(), "l1": l1.item(), "d": loss_d.item()}
 
@@ -273,14 +270,14 @@ def wgan_gp_step(model, state: TrainState, data, gen: torch.Generator) -> dict[s
         w_dist = score(mr, ct).mean() - score(mr, fake).mean()
         gp = gradient_penalty(lambda x, mr=mr: score(mr, x), ct, fake, cfg["gp_weight"], generator=gen)
         loss_c = -w_dist + gp
-        _step(state.optimizers["critic"], loss_c)
+        state.update("critic", loss_c)
     set_requires_grad([critic], False)
     mr, ct = _batch(data, state, gen)
     fake = model.predict(mr).float()
     adv = -score(mr, fake).mean()
     mse = F.mse_loss(fake, ct)
     loss_g = adv + cfg["mse_weight"] * mse
-    _step(state.optimizers["generator"], loss_g)
+    state.update("generator", loss_g)
     set_requires_grad([critic], True)
     return {"loss": loss_g.item(), "g_adv": adv.item(), "mse": mse.item(), "critic": loss_c.item(),
             "gp": gp.item(), "w_distance": w_dist.item()}
@@ -304,7 +301,7 @@ def cyclegan_step(model, state: TrainState, data, gen: torch.Generator) -> dict[
     if lam_id > 0:
         idt = (g_ct(ct) - ct).abs().mean() + (g_mr(mr) - mr).abs().mean()
         loss_g = loss_g + lam * lam_id * idt
-    _step(state.optimizers["generators"], loss_g)
+    state.update("generators", loss_g)
     set_requires_grad([d_ct, d_mr], True)
     pools = state.pools
     if not pools:
@@ -312,6 +309,6 @@ def cyclegan_step(model, state: TrainState, data, gen: torch.Generator) -> dict[
     old_ct, old_mr = pools["ct"].query(fake_ct, gen), pools["mr"].query(fake_mr, gen)
     loss_d = 0.5 * (gan_loss(d_ct(ct), True, mode) + gan_loss(d_ct(old_ct), False, mode)) \
         + 0.5 * (gan_loss(d_mr(mr), True, mode) + gan_loss(d_mr(old_mr), False, mode))
-    _step(state.optimizers["discriminators"], loss_d)
+    state.update("discriminators", loss_d)
     return {"loss": loss_g.item(), "g_adv": adv.item(), "cycle": cyc.item(), "identity": idt.item(),
             "d": loss_d.item()}

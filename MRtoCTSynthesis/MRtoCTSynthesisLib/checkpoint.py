@@ -171,6 +171,10 @@ def _unwrap(module: nn.Module) -> nn.Module:
             return module
 
 
+#: tensor-name prefix of the training state (optimiser moments ...) in resumable checkpoints
+STATE_PREFIX = "train_state"
+
+
 def _check_network_name(name: Any) -> None:
     if not isinstance(name, str) or not name or "." in name or name == EMA_PREFIX:
         raise InputError(
@@ -450,6 +454,7 @@ def save_checkpoint(
     metadata: Mapping[str, Any],
     *,
     ema: Mapping[str, nn.Module | StateDict] | None = None,
+    extra: Mapping[str, torch.Tensor] | None = None,
     checksum: bool = True,
 ) -> Path:
     """Write networks (and optional EMA copies) with their metadata to ``path`` atomically.
@@ -459,7 +464,8 @@ def save_checkpoint(
     and may give ``network`` (specs ``{"type", "config"}``; filled in automatically for modules of a
     registered type), ``process``, ``intensity``, ``conditioning``, ``training``, ``created`` and any
     further JSON-able keys. ``format``, ``format_version``, ``engine_version`` and ``sha256`` are set
-    here. Returns the path written.
+    here. ``extra`` tensors (a training run's optimiser moments, see :mod:`.training`) are stored as
+    ``train_state.<key>`` and come back as ``Checkpoint.tensors["train_state"]``. Returns the path written.
     """
     path = Path(path)
     if path.suffix.lower() != ".safetensors":
@@ -479,6 +485,11 @@ def save_checkpoint(
                                  "save the network itself too")
         ema_flat, _ = _flatten_networks(ema, seen, prefix=f"{EMA_PREFIX}.")
         flat.update(ema_flat)
+    if extra:
+        if STATE_PREFIX in networks:
+            raise InputError(f"{STATE_PREFIX!r} is reserved for training state", "rename the network")
+        for key, t in extra.items():
+            flat[f"{STATE_PREFIX}.{key}"] = t.detach().to("cpu").contiguous().clone()
 
     given_specs = metadata.get("network") or {}
     if not isinstance(given_specs, Mapping):
@@ -589,17 +600,38 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", *,
     return Checkpoint(metadata=doc, tensors=groups, path=str(p))
 
 
+def _torch_load_refusal(path: Path, exc: Exception) -> InputError:
+    """A clear InputError from torch.load(weights_only=True)'s long, advice-laden error message."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    never = ("MRtoCTSynthesis never unpickles arbitrary objects (that could run code); use a .safetensors checkpoint, "
+             "or re-export the model with save_checkpoint from code you trust")
+    glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if glob:
+        return InputError(f"{_where(path)} was refused: it holds a pickled Python object ({glob.group(1)}) besides "
+                          "tensors; loading it could run code, so torch.load(weights_only=True) did not unpickle it", never)
+    if re.search(r"zip archive|central directory|PytorchStreamReader|unexpected EOF|Ran out of input", text, re.I):
+        return _corrupt(path, "its PyTorch zip archive is incomplete or damaged")
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if detail:
+        return InputError(f"{_where(path)} was refused: it is not a plain-tensor PyTorch file "
+                          f"(torch.load(weights_only=True): {detail.group(1).strip().rstrip('.')}): either it holds Python "
+                          "objects that could run code when unpickled, or it is truncated or corrupted", never)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return InputError(f"{_where(path)} was refused: it is not a readable PyTorch file, or it is truncated or "
+                      f"corrupted (torch.load(weights_only=True): {first})", never)
+
+
 def _load_torch_file(p: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    import warnings
+
     try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(
-            f"{_where(p)} was refused: it is not a plain-tensor PyTorch file, or it is corrupted "
-            f"(torch.load with weights_only=True failed: {first})",
-            "MRtoCTSynthesis never unpickles arbitrary objects; re-export the model as .safetensors "
-            "with save_checkpoint from code you trust",
-        ) from e
+        raise _torch_load_refusal(p, e) from e
     if not isinstance(obj, Mapping) or "state_dict" not in obj or "metadata" not in obj:
         raise InputError(
             f"{_where(p)} is a PyTorch file without the expected {{'state_dict', 'metadata'}} layout",

@@ -69,6 +69,10 @@ def cmd_synthesize(args) -> int:
     options.validate()
     measured = _check_measurement_args(args)
     out_sino = _check_out(args.out_sinogram, "--out-sinogram") if getattr(args, "out_sinogram", None) else None
+    if args.info_json and not Path(args.info_json).parent.exists():
+        raise InputError(f"the folder of --info-json ({Path(args.info_json).parent}) does not exist.",
+                         "create it first or choose another path.")
+    _check_distinct_outputs(args)
     mri = read_volume(args.mri, "MRI")
     model = load_model(args.model)
     _sigterm_as_interrupt()
@@ -101,6 +105,31 @@ def cmd_synthesize(args) -> int:
 
         _write_json_atomic(Path(args.info_json), info)
     return 0
+
+
+def _check_distinct_outputs(args) -> None:
+    """Refuse outputs that would overwrite each other or an input (the later write would silently win)."""
+    import os
+
+    def key(path):
+        return os.path.realpath(path)
+
+    inputs = {"--mri": args.mri, "--model": args.model, "--ct": getattr(args, "ct", None),
+              "--sinogram": getattr(args, "sinogram", None)}
+    outputs = {"--out-ct": args.out_ct, "--out-std": args.out_std, "--info-json": args.info_json,
+               "--out-sinogram": getattr(args, "out_sinogram", None)}
+    seen = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        for in_flag, in_path in inputs.items():
+            if in_path and key(in_path) == key(path):
+                raise InputError(f"{flag} {path} is the input {in_flag}; writing it would destroy the input.",
+                                 f"give {flag} another file name.")
+        if key(path) in seen:
+            raise InputError(f"{seen[key(path)]} and {flag} are the same file ({path}); one would overwrite the other.",
+                             f"give {flag} another file name.")
+        seen[key(path)] = flag
 
 
 def _check_measurement_args(args) -> bool:
@@ -194,7 +223,7 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_synthesis_arguments(p: argparse.ArgumentParser, model_required=True) -> None:
-    from .cli import _positive_int
+    from .cli import _positive_int, _seed
 
     p.add_argument("--sampler", choices=SAMPLER_CHOICES, default=None,
                    help="sampler (default: the model's, dpmpp = DPM-Solver++(2M)); ddpm = ancestral (Lyu Table I), "
@@ -204,7 +233,8 @@ def add_synthesis_arguments(p: argparse.ArgumentParser, model_required=True) -> 
                         "ode: maximum steps of the adaptive solver)")
     p.add_argument("--samples", type=_positive_int("--samples"), default=1,
                    help="Monte-Carlo samples per slice; the sCT is their mean and --out-std their std (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed + inputs + device = same sCT")
+    p.add_argument("--seed", type=_seed(), default=0,
+                   help="random seed, 0 to 2**62 (default 0); same seed + inputs + device = same sCT")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
     p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None,
                    help="images per network call (default: automatic; halved on CUDA out-of-memory)")
@@ -220,79 +250,56 @@ def cmd_info(args) -> int:
     return 0
 
 
-def _training_progress(total_steps: int):
-    """``progress(step, loss)`` printing a PROGRESS line about 20 times per run (and at the last step)."""
-    t0 = time.perf_counter()
-
-    def progress(step, loss):
-        if step % max(1, total_steps // 20) == 0 or step == total_steps - 1:
-            print(f"PROGRESS {(step + 1) / total_steps:.4f} step {step + 1}/{total_steps} loss {loss:.4f} "
-                  f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-    return progress
-
-
 # ------------------------------------------------------------------------------------------------- train
+#: command-line flags of `mrtoct train` -> the config key they set (flags win over the config file)
+TRAIN_FLAG_KEYS = {"method": "method", "data": "data.root", "split": "data.split", "image_size": "model.image_size",
+                   "context": "model.context", "unet": "model.unet", "prediction": "model.prediction",
+                   "steps": "train.steps", "epochs": "train.epochs", "batch_size": "train.batch_size",
+                   "lr": "optim.lr", "seed": "train.seed", "device": "train.device",
+                   "disjoint_cases": "data.disjoint_cases", "register": "data.register",
+                   "val_every": "train.val_every", "checkpoint_every": "train.checkpoint_every"}
+
+
+def train_config_from_args(args) -> dict:
+    """The run's config: engine defaults < --config file < --set KEY=VALUE < explicit flags."""
+    from .training import apply_overrides, default_config, load_config, validate_config
+
+    cfg = load_config(args.config) if args.config else default_config(args.method or "ddpm")
+    cfg = apply_overrides(cfg, args.set or [])
+    for flag, key in TRAIN_FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is None or value is False:
+            continue
+        if flag == "data":
+            value = str(Path(value).resolve())
+        node = cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+    if args.no_cache:
+        cfg["data"]["cache"] = False
+    return validate_config(cfg)
+
+
 def cmd_train(args) -> int:
-    import torch
+    from .training import TrainingRun, init_distributed
 
-    from .data import SliceDataset, find_cases
-    from .methods import create_model, save_model
-    from .training import TrainSettings, train_diffusion
-
-    out = Path(args.out)
-    if out.suffix != ".safetensors":
+    out = Path(args.out) if args.out else None
+    if out is not None and out.suffix != ".safetensors":
         raise InputError(f"--out {out} must end in .safetensors.", "e.g. --out my_model.safetensors")
-    if not out.parent.exists():
+    if out is not None and not out.parent.exists():
         raise InputError(f"the folder of --out ({out.parent}) does not exist.", "create it first.")
-    torch.manual_seed(args.seed)
-    folders = find_cases(args.data)
-    options = {"prediction": args.prediction} if args.method in ("ddpm", "score_sde") else None
-    model = create_model(args.method, args.image_size, args.context, unet=args.unet, options=options)
-    if hasattr(model, "train_step"):  # syndiff and the CNN/GAN baselines: adversarial.train_adversarial
-        return _train_with_steps(args, model, folders, out)
-    data = SliceDataset.from_folders(folders, args.image_size, args.context)
-    settings = TrainSettings(steps=args.steps, batch_size=args.batch_size, seed=args.seed,
-                             lr=args.lr if args.lr is not None else 1e-4)
-    print(f"training {args.method} on {len(data)} slices from {len(folders)} case(s), {settings.steps} steps")
-    progress = _training_progress(settings.steps)
-
-    hist = train_diffusion(model, data, settings, device=args.device if args.device != "auto" else "cpu",
-                           progress=progress)
-    training = {"settings": settings.to_dict(), "cases": [f.name for f in folders], "slices": len(data),
-                "final_loss_mean_last_100": float(sum(hist["loss"][-100:]) / len(hist["loss"][-100:])),
-                "seconds": hist["seconds"], "command": " ".join(sys.argv)}
-    save_model(model, out, training=training, ema={"denoiser": hist["ema"]})
-    print(f"saved {out} (final loss {training['final_loss_mean_last_100']:.4f}, {hist['seconds']:.0f} s)")
-    return 0
-
-
-def _train_with_steps(args, model, folders, out) -> int:
-    """``mrtoct train`` for the methods with a ``train_step`` (SynDiff, UNet-CNN, pix2pix, WGAN-GP, CycleGAN)."""
-    from .adversarial import AdversarialSettings, train_adversarial
-    from .data import SliceDataset, UnpairedSliceDataset
-    from .methods import save_model
-
-    if model.unpaired:
-        data = UnpairedSliceDataset.from_folders(folders, args.image_size, args.context,
-                                                 disjoint_cases=args.disjoint_cases)
-        what = f"{len(data.mr)} MR and {len(data.ct)} CT slices drawn independently (unpaired)"
-    else:
-        data = SliceDataset.from_folders(folders, args.image_size, args.context)
-        what = f"{len(data)} paired slices"
-    settings = AdversarialSettings(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed)
-    print(f"training {args.method} on {what} from {len(folders)} case(s), {settings.steps} steps")
-    progress = _training_progress(settings.steps)
-
-    hist = train_adversarial(model, data, settings, device=args.device if args.device != "auto" else "cpu",
-                             progress=progress)
-    tail = {k: float(sum(v[-100:]) / len(v[-100:])) for k, v in hist["terms"].items()}
-    training = {"settings": settings.to_dict(), "method_config": model.method_config,
-                "cases": [f.name for f in folders], "unpaired": bool(model.unpaired),
-                "slices": {"mr": len(data.mr), "ct": len(data.ct)},
-                "final_loss_mean_last_100": tail["loss"], "final_terms_mean_last_100": tail,
-                "seconds": hist["seconds"], "command": " ".join(sys.argv)}
-    save_model(model, out, training=training, ema=hist["ema"])
-    print(f"saved {out} (final loss {tail['loss']:.4f}, {hist['seconds']:.0f} s)")
+    cfg = train_config_from_args(args)
+    run_dir = Path(args.run_dir) if args.run_dir else (out.with_name(out.stem + "_run") if out
+                                                        else Path("runs") / cfg["method"])
+    if args.resume is False and (run_dir / "last.safetensors").exists() and not args.overwrite:
+        raise InputError(f"the run folder {run_dir} already holds a checkpoint.",
+                         "add --resume to continue that run, --overwrite to start again from scratch, or choose "
+                         "another --run-dir.")
+    init_distributed()
+    _sigterm_as_interrupt()
+    TrainingRun(cfg, run_dir, out=out, command=" ".join(["mrtoct", *sys.argv[1:]])).run(resume=args.resume)
     return 0
 
 
@@ -362,33 +369,60 @@ def add_parsers(sub) -> None:
     inf.add_argument("--model", required=True)
     inf.set_defaults(func=cmd_info)
 
-    tr = sub.add_parser("train", help="train a synthesis model (diffusion, SynDiff or a CNN/GAN baseline) (engine loop)",
+    tr = sub.add_parser("train", help="train any method from a config (resumable runs, validation, logs)",
                         description="Train a conditional DDPM or VE-SDE score model, SynDiff, or a UNet-CNN / pix2pix / "
-                                    "WGAN-GP / CycleGAN baseline on <data>/<case>/{mr,ct[,mask]}.nii.gz "
-                                    "and write a self-describing checkpoint with EMA weights. syndiff and cyclegan "
-                                    "train on unpaired slices (MR and CT drawn independently). This is the engine's "
-                                    "single-process loop; training/ holds the full toolkit.")
-    tr.add_argument("--data", required=True, help="folder of case folders (SynthRAD layout, e.g. from `mrtoct phantom`)")
-    tr.add_argument("--method", choices=TRAIN_METHODS, default="ddpm",
+                                    "WGAN-GP / CycleGAN baseline on <data>/<case>/{mr,ct[,mask]}.nii.gz. Settings come "
+                                    "from the engine defaults, then --config (training/configs/<method>.yaml hold the "
+                                    "papers' values), then --set KEY=VALUE, then the flags below. The run folder gets "
+                                    "config.yaml, split.json (train/val/test by case), last.safetensors (resumable, "
+                                    "written atomically every checkpoint_every steps), best.safetensors (best "
+                                    "validation PSNR), model.safetensors (final EMA model), log.jsonl and tensorboard/. "
+                                    "Multi-GPU: torchrun --nproc_per_node N training/train.py ... (batch size is per "
+                                    "process). syndiff and cyclegan train on unpaired slices.",
+                        epilog="Examples: mrtoct train --config training/configs/ddpm.yaml --data DIR --run-dir runs/ddpm; "
+                               "after an interruption add --resume to the same command.")
+    tr.add_argument("--config", help="YAML config (see training/configs/); relative paths in it are taken from its folder")
+    tr.add_argument("--data", help="folder of case folders (SynthRAD layout, e.g. from `mrtoct phantom`)")
+    tr.add_argument("--split", help="split file (JSON/YAML: train/val/test lists of case names); default: a random "
+                                    "split by case (10%% val, 20%% test), saved as <run-dir>/split.json")
+    tr.add_argument("--run-dir", help="run folder (default: <out>_run next to --out, else runs/<method>)")
+    tr.add_argument("--resume", action="store_true",
+                    help="continue the run in --run-dir from its last.safetensors (same weights, optimiser state, EMA "
+                         "and data order as if never interrupted)")
+    tr.add_argument("--overwrite", action="store_true", help="start again in a run folder that holds a checkpoint")
+    tr.add_argument("--out", help="also write the final model here (.safetensors)")
+    tr.add_argument("--method", choices=TRAIN_METHODS, default=None,
                     help="ddpm (default), score_sde, syndiff (unpaired, 4-step adversarial diffusion), unet_cnn, "
                          "pix2pix, wgan_gp, cyclegan (unpaired)")
-    tr.add_argument("--out", required=True, help="output checkpoint (.safetensors)")
-    tr.add_argument("--image-size", type=_positive_int("--image-size"), default=64, help="model grid (default 64)")
-    tr.add_argument("--context", type=int, default=0, help="2.5D neighbour slices on each side (default 0)")
-    tr.add_argument("--unet", choices=["tiny", "full"], default="tiny",
+    tr.add_argument("--image-size", type=_positive_int("--image-size"), default=None, help="model grid (default 64)")
+    tr.add_argument("--context", type=int, default=None, help="2.5D neighbour slices on each side (default 0)")
+    tr.add_argument("--unet", choices=["tiny", "full"], default=None,
                     help="network size preset of all the method's networks (default tiny)")
-    tr.add_argument("--steps", type=_positive_int("--steps"), default=2000)
-    tr.add_argument("--batch-size", type=_positive_int("--batch-size"), default=16)
-    tr.add_argument("--prediction", choices=["eps", "v"], default="eps",
+    tr.add_argument("--steps", type=_positive_int("--steps"), default=None,
+                    help="optimisation steps (default: train.epochs passes over the training slices)")
+    tr.add_argument("--epochs", type=float, default=None, help="passes over the training slices (default 100) "
+                                                                "when --steps is not given")
+    tr.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None,
+                    help="slices per step and process (default 2, Lyu & Wang)")
+    tr.add_argument("--prediction", choices=["eps", "v"], default=None,
                     help="ddpm/score_sde network target: eps (the papers', default) or v = alpha eps - sigma x0 "
                          "(learns the high-noise regime much faster; the bundled demo model uses v)")
     tr.add_argument("--lr", type=float, default=None,
                     help="Adam learning rate (default: the method's; 1e-4 for ddpm, score_sde, unet_cnn, wgan_gp (Lyu & "
                          "Wang) and syndiff (SynDiff), 2e-4 for pix2pix and cyclegan)")
-    tr.add_argument("--disjoint-cases", action="store_true",
+    tr.add_argument("--disjoint-cases", action="store_true", default=None,
                     help="syndiff/cyclegan: take MR slices and CT slices from different cases (every other case)")
-    tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--device", default="auto")
+    tr.add_argument("--register", action="store_true", default=None,
+                    help="register each case's MR to its CT first (rigid then affine; cached with the slices)")
+    tr.add_argument("--no-cache", action="store_true",
+                    help="do not cache preprocessed slices (default cache: $MRTOCT_CACHE or ~/.cache/mrtoct/slices)")
+    tr.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 500; 0 = never)")
+    tr.add_argument("--checkpoint-every", type=_positive_int("--checkpoint-every"), default=None,
+                    help="write last.safetensors every N steps (default 500)")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override any config key, e.g. --set optim.grad_clip=0.5 --set model.options.l1_weight=50")
+    tr.add_argument("--seed", type=int, default=None, help="seed of weights, data order and noise (default 0)")
+    tr.add_argument("--device", default=None, help="auto (default: CUDA if available), cpu, cuda, cuda:N")
     tr.set_defaults(func=cmd_train)
 
     de = sub.add_parser("demo", help="synthesise the bundled phantom case with the bundled model and write a figure",

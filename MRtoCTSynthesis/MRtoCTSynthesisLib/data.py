@@ -136,11 +136,19 @@ def write_split(split: dict[str, list], path) -> Path:
     return Path(path)
 
 
-def load_case(folder) -> Case:
-    """Read one case, checking that MR, CT (in HU) and mask share one grid."""
+def load_case(folder, register: bool = False) -> Case:
+    """Read one case, checking that MR, CT (in HU) and mask share one grid.
+
+    ``register=True`` first registers the MR to the CT (:func:`.registration.register`, rigid then affine)
+    and resamples it onto the CT grid, for cases whose MR is not aligned yet.
+    """
     folder = Path(folder)
     mr = read_volume(_find(folder, "mr") or folder / "mr.nii.gz", f"{folder.name} MRI")
     ct = read_volume(_find(folder, "ct") or folder / "ct.nii.gz", f"{folder.name} CT")
+    if register:
+        from .registration import register as _register
+
+        mr = _register(ct, mr).registered
     require_same_geometry(mr, ct, f"{folder.name} MRI", f"{folder.name} CT")
     check_ct_in_hu(ct.array, f"{folder.name} CT")
     mask_path = _find(folder, "mask")
@@ -168,6 +176,62 @@ def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool =
     return mr_s, ct_s
 
 
+#: bump when the slice preprocessing changes, so cached slices of an older engine are not reused
+PREPROCESSING_VERSION = 1
+
+
+def _cache_key(folder: Path, image_size: int, context: int, register: bool) -> str:
+    import hashlib
+    import json
+
+    files = []
+    for stem in ("mr", "ct", "mask"):
+        p = _find(folder, stem)
+        if p is not None:
+            st = p.stat()
+            files.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    doc = {"files": files, "image_size": image_size, "context": context, "register": bool(register),
+           "version": PREPROCESSING_VERSION}
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
+
+
+def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
+                     register: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`case_slices` of the case in ``folder``, through an on-disk cache when ``cache_dir`` is given.
+
+    The cache file is named by a hash of the volumes' paths, sizes and modification times, the model grid,
+    the context and the registration flag, so editing a volume or changing a setting never reuses stale
+    slices; it is written atomically, and an unreadable cache file is recomputed.
+    """
+    folder = Path(folder)
+    path = None
+    if cache_dir is not None:
+        from safetensors.torch import load_file
+
+        path = Path(cache_dir) / f"{folder.name}-{_cache_key(folder, image_size, context, register)}.safetensors"
+        if path.exists():
+            try:
+                t = load_file(str(path))
+                return t["mr"], t["ct"]
+            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
+                pass
+    mr, ct = case_slices(load_case(folder, register=register), image_size, context)
+    if path is not None:
+        from safetensors.torch import save_file
+
+        from .atomic import atomic_write
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, suffix=".safetensors") as tmp:
+                save_file({"mr": mr.contiguous(), "ct": ct.contiguous()}, str(tmp))
+        except OSError as e:  # a read-only cache folder slows the next run down but must not stop this one
+            import sys
+
+            print(f"note: could not write the slice cache {path} ({e}); continuing without it", file=sys.stderr)
+    return mr, ct
+
+
 class SliceDataset:
     """All slices of a set of cases in memory, with reproducible random mini-batches."""
 
@@ -177,14 +241,14 @@ class SliceDataset:
         self.mr, self.ct, self.case_names = mr, ct, case_names
 
     @classmethod
-    def from_folders(cls, folders, image_size: int, context: int = 0) -> "SliceDataset":
+    def from_folders(cls, folders, image_size: int, context: int = 0, cache_dir=None,
+                     register: bool = False) -> "SliceDataset":
         mrs, cts, names = [], [], []
         for f in folders:
-            case = load_case(f)
-            m, c = case_slices(case, image_size, context)
+            m, c = load_case_slices(f, image_size, context, cache_dir=cache_dir, register=register)
             mrs.append(m)
             cts.append(c)
-            names.append(case.name)
+            names.append(Path(f).name)
         return cls(torch.cat(mrs), torch.cat(cts), names)
 
     def __len__(self) -> int:
@@ -217,20 +281,19 @@ class UnpairedSliceDataset:
         return cls(paired.mr, paired.ct, paired.case_names)
 
     @classmethod
-    def from_folders(cls, folders, image_size: int, context: int = 0,
-                     disjoint_cases: bool = False) -> "UnpairedSliceDataset":
+    def from_folders(cls, folders, image_size: int, context: int = 0, disjoint_cases: bool = False,
+                     cache_dir=None, register: bool = False) -> "UnpairedSliceDataset":
         folders = list(folders)
         if disjoint_cases and len(folders) < 2:
             raise InputError("disjoint unpaired pools need at least two cases.", "add cases or drop disjoint_cases.")
         mrs, cts, names = [], [], []
         for n, f in enumerate(folders):
-            case = load_case(f)
-            m, c = case_slices(case, image_size, context)
+            m, c = load_case_slices(f, image_size, context, cache_dir=cache_dir, register=register)
             if not disjoint_cases or n % 2 == 0:
                 mrs.append(m)
             if not disjoint_cases or n % 2 == 1:
                 cts.append(c)
-            names.append(case.name)
+            names.append(Path(f).name)
         return cls(torch.cat(mrs), torch.cat(cts), names)
 
     def __len__(self) -> int:

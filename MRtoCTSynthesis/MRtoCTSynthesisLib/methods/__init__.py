@@ -92,12 +92,14 @@ def create_model(method: str, image_size: int, context: int = 0, unet: dict | st
     return cls({"denoiser": network}, metadata)
 
 
-def save_model(model: SynthesisModel, path, training: dict | None = None, ema=None) -> Path:
-    """Write ``model`` (and optional EMA copies ``{name: module}``) as a self-describing checkpoint."""
+def save_model(model: SynthesisModel, path, training: dict | None = None, ema=None, extra=None) -> Path:
+    """Write ``model`` (and optional EMA copies ``{name: module}``) as a self-describing checkpoint.
+
+    ``extra``: training-state tensors (optimiser moments) of a resumable checkpoint, see :mod:`..training`."""
     meta = dict(model.metadata)
     meta["training"] = dict(training or meta.get("training", {}))
     meta["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return save_checkpoint(path, model.networks, meta, ema=ema)
+    return save_checkpoint(path, model.networks, meta, ema=ema, extra=extra)
 
 
 def load_model(path, device="cpu", prefer_ema: bool = True) -> SynthesisModel:

@@ -71,6 +71,25 @@ class ConditionalDiffusion(SynthesisModel):
         out = self.network(x_t, cond, self.process.noise_condition(t)).float()
         return out if self.prediction == "eps" else eps_from_v(self.process, x_t.float(), out, t)
 
+    # -------------------------------------------------------------------------------- training
+    #: what :mod:`..training` needs: the network(s) with an EMA copy, the optimiser groups, Adam defaults
+    #: (lr 1e-4, betas (0.9, 0.999), eps 1e-8: Lyu & Wang Sec. IV; DDMM-Synth Sec. 3 uses lr 1e-4 too)
+    inference_networks = ("denoiser",)
+    unpaired = False
+    method_config = {"lr": 1e-4, "betas": [0.9, 0.999]}
+
+    def optimizer_groups(self) -> dict[str, list[str]]:
+        return {"denoiser": ["denoiser"]}
+
+    def train_step(self, state, data, generator: torch.Generator) -> dict[str, float]:
+        """One Adam step on :func:`diffusion_loss` (the network may be wrapped in DistributedDataParallel)."""
+        mr, ct = data.batch(state.batch_size, generator)
+        net = state.wrapped.get("denoiser", self.network)
+        loss = diffusion_loss(net, self.process, mr.to(state.device), ct.to(state.device), generator=generator,
+                              prediction=self.prediction)
+        state.update("denoiser", loss)
+        return {"loss": loss.item()}
+
     def sample(self, cond, sampler, generator=None, x0_hook=None, cancel=None) -> SampleOutput:
         shape = (cond.shape[0], 1, cond.shape[2], cond.shape[3])
         res = sampler.sample(lambda x, t: self.predict_eps(x, t, cond), shape, generator=generator,
@@ -82,8 +101,10 @@ def diffusion_loss(network: torch.nn.Module, process, mr: torch.Tensor, ct: torc
                    generator: torch.Generator | None = None, prediction: str = "eps") -> torch.Tensor:
     """The denoising loss E ||target - net(alpha_t x0 + sigma_t eps, y, t)||^2 with target eps (Lyu & Wang
     Eq. 23; for the VE-SDE Eq. 28 with lambda(t) = sigma(t)^2) or, for ``prediction="v"``, v_t."""
-    t = process.sample_training_t(ct.shape[0], generator=generator, device=ct.device)
-    eps = torch.randn(ct.shape, generator=generator, device=ct.device, dtype=ct.dtype)
+    # draw on the generator's device (a CPU generator also drives CUDA training), then move
+    gdev = generator.device if generator is not None else ct.device
+    t = process.sample_training_t(ct.shape[0], generator=generator, device=gdev).to(ct.device)
+    eps = torch.randn(ct.shape, generator=generator, device=gdev, dtype=ct.dtype).to(ct.device)
     x_t = process.q_sample(ct, t, eps)
     pred = network(x_t, mr, process.noise_condition(t))
     target = eps if prediction == "eps" else v_target(process, ct, eps, t)

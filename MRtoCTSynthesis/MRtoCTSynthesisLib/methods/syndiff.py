@@ -253,7 +253,7 @@ def syndiff_train_step(model: SynDiff, state, data, gen: torch.Generator) -> dic
     Order: forward passes of all generators; one Adam step of the discriminators on Eq. 24 (with the R1
     penalty of Eq. 12 on the diffusive discriminators' real inputs); one Adam step of the generators on Eq. 23.
     """
-    from ..adversarial import (_batch, _step, ns_discriminator_loss, ns_generator_loss, r1_penalty,
+    from ..adversarial import (_batch, ns_discriminator_loss, ns_generator_loss, r1_penalty,
                                set_requires_grad)
 
     cfg = model.method_config
@@ -301,7 +301,7 @@ def syndiff_train_step(model: SynDiff, state, data, gen: torch.Generator) -> dic
     l_ct, r1_ct = diffusive_d(df_d_ct, prev_ct, fake_prev_ct, xt_ct, t_ct)
     d_diff = l_mr + l_ct + r1_mr + r1_ct
     loss_d = lam_adv * d_nd + lam_adv * d_diff
-    _step(state.optimizers["discriminators"], loss_d)
+    state.update("discriminators", loss_d)
 
     # ---- generators (Eq. 23 = lambda_2 (Eq. 17) + lambda_2 (Eq. 11) + Eq. 22)
     set_requires_grad(discs, False)
@@ -314,7 +314,7 @@ def syndiff_train_step(model: SynDiff, state, data, gen: torch.Generator) -> dic
     cyc_diff = (mr - x0_mr).abs().mean() + (ct - x0_ct).abs().mean()
     l_cyc = lam_cyc * cyc_nd + lam_cyc * cyc_diff  # Eq. 22, lambda_1phi = lambda_1theta
     loss_g = lam_adv * g_nd + lam_adv * g_diff + l_cyc
-    _step(state.optimizers["generators"], loss_g)
+    state.update("generators", loss_g)
     set_requires_grad(discs, True)
     out = {"loss": loss_g, "g_adv_nd": g_nd, "g_adv_diff": g_diff, "cycle_nd": cyc_nd, "cycle_diff": cyc_diff,
            "d_nd": d_nd, "d_diff": l_mr + l_ct, "r1": r1_mr + r1_ct}

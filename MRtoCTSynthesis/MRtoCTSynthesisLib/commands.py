@@ -299,7 +299,13 @@ def cmd_train(args) -> int:
                          "another --run-dir.")
     init_distributed()
     _sigterm_as_interrupt()
-    TrainingRun(cfg, run_dir, out=out, command=" ".join(["mrtoct", *sys.argv[1:]])).run(resume=args.resume)
+    try:
+        TrainingRun(cfg, run_dir, out=out, command=" ".join(["mrtoct", *sys.argv[1:]])).run(resume=args.resume)
+    except KeyboardInterrupt:
+        from .errors import CancelledError
+
+        raise CancelledError(f"training interrupted; {run_dir / 'last.safetensors'} holds the last checkpoint "
+                             "(if one was written): run the same command with --resume to continue") from None
     return 0
 
 

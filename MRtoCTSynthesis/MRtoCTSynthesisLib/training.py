@@ -163,6 +163,14 @@ def validate_config(cfg: dict) -> dict:
         raise InputError(f"method {cfg['method']!r} cannot be trained.",
                          f"use one of {', '.join(trainable)} (ddmm_synth samples a trained ddpm).")
     t, o, d = cfg["train"], cfg["optim"], cfg["data"]
+    # YAML 1.1 reads "3e-4" (no dot) as a string: accept numbers written that way
+    for section in (t, o, d, cfg["model"]):
+        for key, value in section.items():
+            if isinstance(value, str):
+                try:
+                    section[key] = float(value) if not value.strip().lstrip("-").isdigit() else int(value)
+                except ValueError:
+                    pass
 
     def positive(name, value, integer=True, allow_none=False, allow_zero=False):
         if value is None and allow_none:

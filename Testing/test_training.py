@@ -1,0 +1,240 @@
+"""The training toolkit: configs, splits, slice cache, every method end to end with resume, kill-and-resume,
+NaN stop and torchrun on CPU."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from MRtoCTSynthesisLib import adversarial, data as data_mod
+from MRtoCTSynthesisLib.checkpoint import read_metadata
+from MRtoCTSynthesisLib.cli import main
+from MRtoCTSynthesisLib.data import SliceDataset, load_case_slices, make_split, read_split
+from MRtoCTSynthesisLib.errors import InputError
+from MRtoCTSynthesisLib.methods import create_model
+from MRtoCTSynthesisLib.training import apply_overrides, default_config, load_config, lr_factor, step_seed, train_loop
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = ROOT / "training" / "configs"
+METHODS = ["ddpm", "score_sde", "syndiff", "unet_cnn", "pix2pix", "wgan_gp", "cyclegan"]
+
+
+@pytest.fixture(scope="module")
+def cases(tmp_path_factory):
+    """Five 32x32x6 phantom cases (enough for a train/val/test split)."""
+    out = tmp_path_factory.mktemp("train_cases")
+    assert main(["phantom", "--out", str(out), "--cases", "5", "--seed", "7", "--size", "32", "32", "6",
+                 "--spacing", "11", "11", "14"]) == 0
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRTOCT_CACHE", str(tmp_path / "cache"))
+
+
+def _train_args(method, data, run_dir, steps, *extra):
+    return ["train", "--config", str(CONFIGS / f"{method}.yaml"), "--data", str(data), "--run-dir", str(run_dir),
+            "--image-size", "32", "--unet", "tiny", "--steps", str(steps), "--batch-size", "2",
+            "--checkpoint-every", "2", "--val-every", "2", "--device", "cpu", "--set", "train.val_steps=2",
+            "--set", "train.log_every=1", *extra]
+
+
+# ---------------------------------------------------------------------------------------------- configs
+def test_every_method_has_a_config_with_the_papers_optimiser():
+    expected_lr = {"ddpm": 1e-4, "score_sde": 1e-4, "unet_cnn": 1e-4, "wgan_gp": 1e-4, "syndiff": 1e-4,
+                   "pix2pix": 2e-4, "cyclegan": 2e-4}
+    for method in METHODS:
+        cfg = load_config(CONFIGS / f"{method}.yaml")
+        assert cfg["method"] == method
+        assert cfg["optim"]["lr"] == pytest.approx(expected_lr[method])
+    # Lyu & Wang Sec. IV: Adam (0.9, 0.999), eps 1e-8, batch size 2; SynDiff Sec. IV-C: betas (0.5, 0.9), 50 epochs
+    lyu = load_config(CONFIGS / "ddpm.yaml")
+    assert lyu["optim"]["betas"] == [0.9, 0.999] and lyu["optim"]["eps"] == 1e-8 and lyu["train"]["batch_size"] == 2
+    syn = load_config(CONFIGS / "syndiff.yaml")
+    assert syn["optim"]["betas"] == [0.5, 0.9] and syn["train"]["epochs"] == 50
+    assert syn["model"]["process"]["k"] == 250 and syn["model"]["options"]["lambda_cycle"] == 0.5
+
+
+def test_config_refuses_unknown_keys_and_bad_values(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("method: ddpm\ntrain: {stepz: 10}\n")
+    with pytest.raises(InputError, match="stepz"):
+        load_config(bad)
+    with pytest.raises(InputError, match="batch_size"):
+        apply_overrides(default_config(), ["train.batch_size=0"])
+    with pytest.raises(InputError, match="ddmm_synth"):
+        apply_overrides(default_config(), ["method=ddmm_synth"])
+    assert apply_overrides(default_config(), ["optim.lr=3e-4"])["optim"]["lr"] == pytest.approx(3e-4)
+
+
+def test_config_paths_cannot_leave_the_config_folder(tmp_path):
+    folder = tmp_path / "project"
+    (folder / "data").mkdir(parents=True)
+    cfg = folder / "run.yaml"
+    cfg.write_text("method: ddpm\ndata: {root: data}\n")
+    assert Path(load_config(cfg)["data"]["root"]) == (folder / "data").resolve()
+    cfg.write_text("method: ddpm\ndata: {root: ../elsewhere}\n")
+    with pytest.raises(InputError, match="outside"):
+        load_config(cfg)
+    (folder / "link").symlink_to(tmp_path)  # a link out of the folder is no way around it
+    cfg.write_text("method: ddpm\ndata: {root: link/x}\n")
+    with pytest.raises(InputError, match="outside"):
+        load_config(cfg)
+    cfg.write_text(f"method: ddpm\ndata: {{root: {tmp_path / 'abs'}}}\n")  # written out in full: allowed
+    assert load_config(cfg)["data"]["root"] == str(tmp_path / "abs")
+
+
+def test_lr_schedule_matches_the_papers_description():
+    # CycleGAN / SynDiff Sec. IV-B.2: constant for the first half, then linearly to 0 over the second half
+    total = 100
+    f = [lr_factor(s, total, decay="linear", decay_start=0.5) for s in range(total)]
+    assert f[:50] == [1.0] * 50
+    assert f[50] == 1.0 and f[75] == pytest.approx(0.5) and f[99] == pytest.approx(1 / 50)
+    assert all(a >= b for a, b in zip(f, f[1:]))
+    assert [lr_factor(s, total, warmup=4) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_step_seeds_differ_across_steps_ranks_and_seeds():
+    seeds = {step_seed(s, r, k) for s in range(3) for r in range(4) for k in range(500)}
+    assert len(seeds) == 3 * 4 * 500
+    assert step_seed(0, 0, 17) == step_seed(0, 0, 17)
+
+
+# ---------------------------------------------------------------------------------------------- data
+def test_split_is_by_case_and_reproducible(cases, tmp_path):
+    names = [f"p{i:02d}" for i in range(20)]
+    a, b = make_split(names, 0.1, 0.2, seed=3), make_split(names, 0.1, 0.2, seed=3)
+    assert a == b and (len(a["train"]), len(a["val"]), len(a["test"])) == (14, 2, 4)
+    assert sorted(a["train"] + a["val"] + a["test"]) == names
+    assert make_split(names, 0.1, 0.2, seed=4) != a
+    split = tmp_path / "split.json"
+    split.write_text(json.dumps({"train": ["case_000", "case_001"], "test": ["case_002"]}))
+    got = read_split(split, cases)
+    assert [p.name for p in got["train"]] == ["case_000", "case_001"] and got["val"] == []
+    for bad, word in [({"train": ["../case_000"]}, "plain case-folder name"), ({"train": ["case_000"], "test": ["case_000"]},
+                      "both"), ({"train": ["nope"]}, "no folder"), ({"training": ["case_000"]}, "must map")]:
+        split.write_text(json.dumps(bad))
+        with pytest.raises(InputError, match=word):
+            read_split(split, cases)
+
+
+def test_slice_cache_is_reused_and_invalidated(cases, tmp_path, monkeypatch):
+    case = cases / "case_000"
+    first = load_case_slices(case, 32, 0, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").iterdir())) == 1
+
+    def boom(*a, **k):
+        raise AssertionError("recomputed although cached")
+
+    monkeypatch.setattr(data_mod, "case_slices", boom)
+    again = load_case_slices(case, 32, 0, cache_dir=tmp_path / "c")
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    monkeypatch.undo()
+    os.utime(case / "ct.nii.gz", ns=(time.time_ns(), time.time_ns() + 10**9))  # an edited volume is re-read
+    load_case_slices(case, 32, 0, cache_dir=tmp_path / "c")
+    assert len(list((tmp_path / "c").iterdir())) == 2
+
+
+# ---------------------------------------------------------------------------------------------- loop
+def test_nan_loss_stops_with_a_message():
+    mr = torch.zeros(4, 1, 16, 16)
+    ct = torch.full((4, 1, 16, 16), float("nan"))
+    model = create_model("unet_cnn", 16)
+    with pytest.raises(InputError, match=r"non-finite at step 1.*") as err:
+        train_loop(model, SliceDataset(mr, ct, ["x"]), steps=3, batch_size=2)
+    assert "--resume" in err.value.fix
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_each_method_trains_resumes_exactly_and_evaluates(method, cases, tmp_path, monkeypatch):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(_train_args(method, cases, full, 4)) == 0
+    for name in ("config.yaml", "split.json", "log.jsonl", "last.safetensors", "best.safetensors", "model.safetensors"):
+        assert (full / name).exists(), name
+    split = json.loads((full / "split.json").read_text())
+    assert len(split["train"]) == 3 and len(split["val"]) == 1 and len(split["test"]) == 1
+    log = [json.loads(ln) for ln in (full / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log if "train" in e] == [1, 2, 3, 4]
+    assert [e["step"] for e in log if "val" in e] == [2, 4]
+    assert all(np.isfinite(e["val"]["psnr_db"]) for e in log if "val" in e)
+
+    # interrupt the same run during step 3 (after the step-2 checkpoint), then resume it
+    original = adversarial.TrainState.update
+
+    def interrupted(self, name, loss):
+        if self.step >= 2:
+            raise KeyboardInterrupt
+        return original(self, name, loss)
+
+    monkeypatch.setattr(adversarial.TrainState, "update", interrupted)
+    assert main(_train_args(method, cases, part, 4)) != 0
+    assert read_metadata(part / "last.safetensors")["training"]["step"] == 2
+    assert not (part / "model.safetensors").exists()
+    monkeypatch.setattr(adversarial.TrainState, "update", original)
+    assert main(_train_args(method, cases, part, 4)) == 2  # refuses to start over a checkpoint silently
+    assert main(_train_args(method, cases, part, 4, "--resume")) == 0
+    a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))
+    assert set(a) == set(b) and any(k.startswith("train_state.opt.") for k in a)
+    unequal = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not unequal, f"resumed run differs from the uninterrupted one in {unequal[:5]}"
+
+    # the final model evaluates on the held-out case
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--models", str(full / "model.safetensors"), "--data", str(cases),
+                 "--split", str(full / "split.json"), "--steps", "2", "--samples", "2", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert split["test"][0] in json.dumps(results)
+    assert (out / "table.md").read_text().count("|") > 10
+
+
+def test_kill_and_resume_reaches_the_uninterrupted_weights(cases, tmp_path):
+    """SIGKILL a training process mid-run, resume it, and get bit-identical weights."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "MRtoCTSynthesis")}
+    args = ["--data", str(cases), "--method", "ddpm", "--image-size", "32", "--steps", "40", "--batch-size", "2",
+            "--checkpoint-every", "5", "--val-every", "0", "--device", "cpu", "--prediction", "v"]
+    cmd = [sys.executable, "-m", "MRtoCTSynthesisLib.cli", "train", *args]
+    assert subprocess.run([*cmd, "--run-dir", str(tmp_path / "full")], env=env, capture_output=True).returncode == 0
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--run-dir", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            step = read_metadata(run / "last.safetensors")["training"]["step"]
+        except (InputError, OSError, KeyError):
+            step = 0
+        if step >= 10:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 10 <= step < 40, f"the run was not caught mid-way (step {step})"
+    resumed = subprocess.run([*cmd, "--run-dir", str(run), "--resume"], env=env, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at step" in resumed.stdout
+    a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(run / "model.safetensors"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("method", ["ddpm", "unet_cnn"])  # DistributedDataParallel / explicit all-reduce paths
+def test_torchrun_two_cpu_processes(method, cases, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "MRtoCTSynthesis")}
+    run = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(29500 + os.getpid() % 1000 + (7 if method == "ddpm" else 0)), str(ROOT / "training" / "train.py"),
+           *(_train_args(method, cases, run, 2)[1:])]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    meta = read_metadata(run / "model.safetensors")
+    assert meta["training"]["world_size"] == 2 and meta["training"]["step"] == 2

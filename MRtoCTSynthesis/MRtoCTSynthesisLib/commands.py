@@ -18,6 +18,7 @@ from .errors import InputError
 ASSETS = Path(__file__).with_name("assets")
 DEMO_CASE = ASSETS / "demo_case"
 DEMO_MODEL = ASSETS / "demo_ddpm.safetensors"
+DEMO_SYNDIFF = ASSETS / "demo_syndiff.safetensors"
 SAMPLER_CHOICES = ["ddpm", "ddim", "em", "pc", "ode", "dpmpp"]
 SAMPLER_CHOICES += ["syndiff", "direct"]  # SynDiff's fixed T/k-step sampler; the one-call CNN/GAN baselines
 TRAIN_METHODS = ["ddpm", "score_sde", "syndiff", "unet_cnn", "pix2pix", "wgan_gp", "cyclegan"]
@@ -250,6 +251,28 @@ def cmd_info(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    """Keep only what synthesis needs: the inference networks, as their EMA weights, no optimiser state."""
+    from .checkpoint import load_checkpoint, save_checkpoint
+    from .methods import METHODS
+
+    out = Path(args.out)
+    if out.suffix != ".safetensors":
+        raise InputError(f"--out {out} must end in .safetensors.", "e.g. --out model_small.safetensors")
+    ck = load_checkpoint(args.model)
+    cls = METHODS.get(ck.method)
+    keep = list(getattr(cls, "inference_networks", None) or ck.network_names)
+    meta = dict(ck.metadata)
+    meta["network"] = {n: ck.metadata["network"][n] for n in keep}
+    meta["training"] = {k: v for k, v in meta.get("training", {}).items() if k != "resume"}
+    meta["training"]["exported_from"] = {"file": Path(args.model).name, "sha256": ck.metadata.get("sha256"),
+                                         "kept": keep}
+    save_checkpoint(out, {n: ck.state_dict(n, prefer_ema=True) for n in keep}, meta)
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB): {', '.join(keep)} (EMA weights), from "
+          f"{Path(args.model).stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- train
 #: command-line flags of `mrtoct train` -> the config key they set (flags win over the config file)
 TRAIN_FLAG_KEYS = {"method": "method", "data": "data.root", "split": "data.split", "image_size": "model.image_size",
@@ -311,10 +334,24 @@ def cmd_train(args) -> int:
 
 # -------------------------------------------------------------------------------------------------- demo
 def cmd_demo(args) -> int:
-    from .figures import save_comparison_figure
-    from .inference import synthesize_volume
+    """The README's main job: the bundled case through the bundled models, one figure, one metrics file.
+
+    Rows: the conditional DDPM from the MRI alone (its sCT and std are sct.nii.gz / sct_std.nii.gz);
+    DDMM-Synth, the same model pinned to ``--projections`` simulated views of the bundled CT (N-SMI,
+    noiseless); SynDiff (when its bundled model is present). All use ``--samples`` Monte-Carlo samples
+    (DDMM-Synth half as many: the measurements leave little to vary).
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from .evaluation import central_body_slice, highest_error_roi
+    from .figures import save_method_grid_figure
+    from .inference import resolve_device, synthesize_volume
     from .methods import load_model
+    from .methods.ddmm_synth import DDMMSynth, check_projections, measurements_from_ct, synthesize_with_measurements
     from .metrics import evaluate, format_table
+    from .slicing import canonical_layout, to_canonical
     from .volume import read_volume, write_volume
 
     model_path = Path(args.model) if args.model else DEMO_MODEL
@@ -323,6 +360,8 @@ def cmd_demo(args) -> int:
                          "reinstall the package (`bash scripts/setup.sh`), or pass --model YOUR.safetensors.")
     if not (DEMO_CASE / "mr.nii.gz").exists():
         raise InputError(f"the bundled demo case {DEMO_CASE} is missing.", "reinstall the package (`bash scripts/setup.sh`).")
+    if args.projections:
+        check_projections(args.projections)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     mri = read_volume(DEMO_CASE / "mr.nii.gz", "demo MRI")
@@ -330,29 +369,68 @@ def cmd_demo(args) -> int:
     mask = read_volume(DEMO_CASE / "mask.nii.gz", "demo mask")
     model = load_model(model_path)
     options = _options_from_args(args)
-    print(f"demo: {model.method} model {model_path.name}, {options.sampler or model.default_sampler} sampler, "
-          f"{options.samples} Monte-Carlo samples per slice, on the bundled phantom case ({mri.geometry.describe()})")
+    print(f"demo: {model.method} model {model_path.name} on the bundled phantom case ({mri.geometry.describe()}), "
+          f"{options.samples} Monte-Carlo samples per slice")
     _sigterm_as_interrupt()
-    result = synthesize_volume(mri, model, options, progress=_progress_printer())
-    write_volume(result.sct, out / "sct.nii.gz")
-    write_volume(result.std, out / "sct_std.nii.gz")
-    metrics = evaluate(result.sct, ref, mask)
     body = mask.array > 0
-    metrics["mean_std_hu"] = float(result.std.array[body].mean())
-    summary = {k: v for k, v in metrics.items() if k != "per_slice"}
+    runs = []  # (key, label, result)
+
+    def run(key, label, fn):
+        print(f"-- {label}", flush=True)
+        result = fn()
+        metrics = evaluate(result.sct, ref, mask)
+        metrics["mean_std_hu"] = float(result.std.array[body].mean())
+        runs.append((key, label, result, metrics))
+
+    run("main", f"{model.method} + {options.sampler or model.default_sampler}",
+        lambda: synthesize_volume(mri, model, options, progress=_progress_printer()))
+    runs[-1] = (runs[-1][0], f"{model.method} + {runs[-1][2].info['sampler']} {runs[-1][2].info['steps']} steps",
+                *runs[-1][2:])
+    if args.projections and model.method == "ddpm":
+        dd = DDMMSynth.from_model(model)
+        meas = measurements_from_ct(mri, ref, dd.image_size, args.projections, 0.0, seed=options.seed,
+                                    device=resolve_device(options.device))
+        dd_opts = dataclasses.replace(options, samples=max(1, options.samples // 2))
+        run("ddmm_synth", f"DDMM-Synth, {args.projections} CT views",
+            lambda: synthesize_with_measurements(mri, dd, meas, "noiseless", dd_opts, progress=_progress_printer()))
+    if not args.model and not args.no_syndiff and DEMO_SYNDIFF.exists():
+        sd = load_model(DEMO_SYNDIFF)
+        run("syndiff", "SynDiff (4 steps)", lambda: synthesize_volume(
+            mri, sd, dataclasses.replace(options, sampler=None, steps=None), progress=_progress_printer()))
+
+    files = []
+    for key, label, result, _ in runs:
+        stem = "sct" if key == "main" else f"sct_{key}"
+        write_volume(result.sct, out / f"{stem}.nii.gz")
+        write_volume(result.std, out / f"{stem}_std.nii.gz")
+        files += [(f"{stem}.nii.gz", f"synthetic CT (HU), {label}"), (f"{stem}_std.nii.gz", f"its MC std (HU)")]
     from .cli import _write_json_atomic
 
-    _write_json_atomic(out / "metrics.json", {"metrics": metrics, "run": result.info, "model": str(model_path)})
-    fig = save_comparison_figure(out / "comparison.png", mri, result.sct, result.std, ref, mask, metrics,
-                                 title=f"MRtoCTSynthesis demo: {model.method} + {result.info['sampler']} "
-                                       f"({result.info['steps']} steps), {options.samples} MC samples")
-    print(format_table([{"case": "demo phantom", **{k: summary[k] for k in ("mae_hu", "me_hu", "psnr_db", "ssim", "mean_std_hu")},
-                         "s_per_slice": round(result.info["seconds_per_slice"], 3)}]))
+    main_metrics = runs[0][3]
+    _write_json_atomic(out / "metrics.json", {
+        "metrics": main_metrics, "run": runs[0][2].info, "model": str(model_path),
+        "methods": {key: {"label": label, "metrics": {k: v for k, v in m.items() if k != "per_slice"}, "run": r.info}
+                    for key, label, r, m in runs}})
+
+    mr_c = to_canonical(mri.array, mri.geometry)[0]
+    ref_c = to_canonical(ref.array, ref.geometry)[0]
+    mask_c = to_canonical(mask.array, mask.geometry)[0] > 0
+    z = central_body_slice(mask_c)
+    spacing = canonical_layout(mri.geometry)[2]
+    rows = [{"label": label, "sct": to_canonical(r.sct.array, r.sct.geometry)[0][z],
+             "std": to_canonical(r.std.array, r.std.geometry)[0][z], "metrics": m} for _, label, r, m in runs]
+    roi = highest_error_roi([row["sct"] - ref_c[z] for row in rows], mask_c[z], (spacing[1], spacing[2]))
+    fig = save_method_grid_figure(out / "comparison.png", mr_c[z].astype(np.float64), ref_c[z].astype(np.float64),
+                                  rows, mask=mask_c[z], roi=roi, pixel_spacing=(spacing[1], spacing[2]),
+                                  title=f"MRtoCTSynthesis demo: bundled phantom case, axial slice {z}; "
+                                        f"{options.samples} MC samples")
+    print(format_table([{"method": label, **{k: m[k] for k in ("mae_hu", "me_hu", "psnr_db", "ssim", "mean_std_hu")},
+                         "nfe": r.info.get("nfe_per_sample", r.info.get("nfe")),
+                         "s_per_slice": round(r.info["seconds_per_slice"], 3)} for _, label, r, m in runs]))
     print(f"\nwrote to {out.resolve()}:")
-    for name, what in [("sct.nii.gz", "synthetic CT (HU)"), ("sct_std.nii.gz", "per-voxel uncertainty (MC std, HU)"),
-                       ("metrics.json", "metrics vs the phantom's CT, and run details"),
-                       (fig.name, "figure: MRI | CT | sCT | error | uncertainty")]:
-        print(f"  {name:16s} {what}")
+    for name, what in files + [("metrics.json", "metrics vs the phantom's CT, and run details"),
+                               (fig.name, "figure: MRI | CT | sCT | error | uncertainty | zoom, one row per method")]:
+        print(f"  {name:24s} {what}")
     return 0
 
 
@@ -374,6 +452,14 @@ def add_parsers(sub) -> None:
     inf = sub.add_parser("info", help="describe a checkpoint (method, network, schedule, training data)")
     inf.add_argument("--model", required=True)
     inf.set_defaults(func=cmd_info)
+
+    ex = sub.add_parser("export", help="write a smaller inference-only copy of a checkpoint",
+                        description="Keep only the networks synthesis uses (e.g. SynDiff's MR->CT diffusive generator), "
+                                    "stored as their EMA weights; drop discriminators, reverse-direction generators and "
+                                    "optimiser state. The result cannot resume training.")
+    ex.add_argument("--model", required=True, help="checkpoint from `mrtoct train` (any of the run folder's files)")
+    ex.add_argument("--out", required=True, help="output .safetensors")
+    ex.set_defaults(func=cmd_export)
 
     tr = sub.add_parser("train", help="train any method from a config (resumable runs, validation, logs)",
                         description="Train a conditional DDPM or VE-SDE score model, SynDiff, or a UNet-CNN / pix2pix / "
@@ -435,6 +521,9 @@ def add_parsers(sub) -> None:
                         description="Run synthesis with uncertainty on the bundled phantom case and bundled weights; "
                                     "write sCT, std, metrics JSON and a comparison PNG.")
     de.add_argument("--out", default="mrtoct_demo_output", help="output folder (default ./mrtoct_demo_output)")
-    de.add_argument("--model", help="use this checkpoint instead of the bundled demo model")
+    de.add_argument("--model", help="use this checkpoint instead of the bundled demo model (then only its rows run)")
+    de.add_argument("--projections", type=int, default=23, metavar="N_p",
+                    help="DDMM-Synth row: views of the bundled CT embedded with N-SMI (default 23; 0 = skip the row)")
+    de.add_argument("--no-syndiff", action="store_true", help="skip the SynDiff row")
     add_synthesis_arguments(de)
     de.set_defaults(func=cmd_demo, samples=8)

@@ -175,11 +175,13 @@ def cmd_evaluate(args) -> int:
     if extra:
         raise InputError(f"{', '.join(extra)} belong(s) to the batch mode (--models/--data), not to --pred/--ref.",
                          f"drop {', '.join(extra)}, or run the batch mode with --models and --data.")
+    from .intensity import check_ct_in_hu
     from .metrics import evaluate, format_table
     from .volume import read_volume
 
     pred = read_volume(args.pred, "synthetic CT")
     ref = read_volume(args.ref, "reference CT")
+    check_ct_in_hu(ref.array, "reference CT")
     mask = read_volume(args.mask, "mask") if args.mask else None
     res = evaluate(pred, ref, None if mask is None else mask)
     row = {"case": Path(args.pred).name, **{k: v for k, v in res.items() if k not in ("per_slice",)}}

@@ -105,7 +105,8 @@ class Volume:
 
     @classmethod
     def from_sitk(cls, image: sitk.Image, dtype=np.float32) -> "Volume":
-        return cls(sitk.GetArrayFromImage(image).astype(dtype, copy=False), Geometry.from_sitk(image))
+        with np.errstate(over="ignore"):  # float64 beyond the float32 range becomes +-Inf (read_volume refuses it)
+            return cls(sitk.GetArrayFromImage(image).astype(dtype, copy=False), Geometry.from_sitk(image))
 
     def to_sitk(self) -> sitk.Image:
         image = sitk.GetImageFromArray(np.ascontiguousarray(self.array))
@@ -151,14 +152,93 @@ def _read_dicom_series(folder: Path, series_uid: str | None) -> sitk.Image:
     return reader.Execute()
 
 
+_NIFTI_FLOAT_TYPES = {16: "f4", 64: "f8"}  # NIfTI datatype codes FLOAT32, FLOAT64
+
+
+def _nifti_scan(path: Path) -> tuple[int, int, int] | None:
+    """``(voxel bytes the header promises, voxel bytes present, NaN/Inf voxels)`` of a single-file NIfTI-1/-2.
+
+    ITK's NIfTI reader silently fills the voxels missing from a truncated file with zeros and turns NaN and
+    Inf into 0, so :func:`read_volume` cannot see either problem in the array it gets back; this reads the
+    header and streams the voxel data itself (counting non-finite values of float types). Returns None when
+    the header cannot be parsed (SimpleITK has already accepted the file by then, so that is not an error).
+    """
+    import gzip
+    import struct
+
+    try:
+        opener = gzip.open if path.name.lower().endswith(".gz") else open
+        with opener(path, "rb") as fh:
+            try:
+                head = fh.read(348)
+                for endian in "<>":
+                    sizeof_hdr = struct.unpack(endian + "i", head[:4])[0] if len(head) >= 4 else 0
+                    if sizeof_hdr in (348, 540):
+                        break
+                else:
+                    return None
+                if sizeof_hdr == 540:
+                    head += fh.read(540 - 348)
+            except (EOFError, OSError):  # a compressed header cut short
+                return 1, 0, 0
+            if len(head) < sizeof_hdr:
+                return 1, 0, 0
+            if sizeof_hdr == 348:
+                dims = struct.unpack(endian + "8h", head[40:56])
+                datatype, bitpix = struct.unpack(endian + "2h", head[70:74])
+                offset = int(struct.unpack(endian + "f", head[108:112])[0])
+            else:
+                datatype, bitpix = struct.unpack(endian + "2h", head[12:16])
+                dims = struct.unpack(endian + "8q", head[16:80])
+                offset = struct.unpack(endian + "q", head[168:176])[0]
+            if not 1 <= dims[0] <= 7 or bitpix <= 0 or bitpix % 8 or offset < sizeof_hdr:
+                return None
+            n = 1
+            for d in dims[1:dims[0] + 1]:
+                n *= max(int(d), 1)
+            expected = n * (bitpix // 8)
+            code = _NIFTI_FLOAT_TYPES.get(datatype)
+            dtype = np.dtype(endian + code) if code else np.dtype(np.uint8)
+            step = dtype.itemsize * (1 << 20)
+            present, bad, tail = 0, 0, b""
+            if not code:  # no values to check: is the last voxel byte there?
+                try:
+                    fh.seek(offset + expected - 1)
+                    return expected, expected if len(fh.read(1)) == 1 else 0, 0
+                except (EOFError, OSError):
+                    return expected, 0, 0
+            try:
+                fh.seek(offset)
+            except (EOFError, OSError):
+                return expected, present, bad
+            while present < expected:
+                try:
+                    buf = fh.read(min(step, expected - present))
+                except (EOFError, OSError):  # gzip stream cut short (the part of this read is not counted)
+                    break
+                if not buf:
+                    break
+                present += len(buf)
+                if code:
+                    buf = tail + buf
+                    usable = len(buf) - len(buf) % dtype.itemsize
+                    a = np.frombuffer(buf[:usable], dtype=dtype)
+                    bad += int(a.size - np.count_nonzero(np.isfinite(a)))
+                    tail = buf[usable:]
+            return expected, present, bad
+    except Exception:  # noqa: BLE001 - best effort (zlib.error, struct.error, ...): SimpleITK read the file
+        return None
+
+
 def read_volume(path: str | os.PathLike, what: str = "volume", series_uid: str | None = None,
                 allow_nonfinite: bool = False) -> Volume:
     """Read a 3D scalar volume with its geometry, as float32.
 
     ``what`` names the input in error messages ("MRI", "reference CT", ...). A folder is read as a
     DICOM series (``series_uid`` picks one where the folder holds several). Raises :class:`InputError`
-    for a missing or unreadable file, a 2D or 4D image, a multi-component (RGB/vector) image, and
-    NaN/Inf voxels (unless ``allow_nonfinite``).
+    for a missing or unreadable file, a 2D or 4D image, a multi-component (RGB/vector) image, a NIfTI file
+    cut short, and NaN/Inf voxels (unless ``allow_nonfinite``; NIfTI files are checked for the values
+    stored in the file, since ITK's NIfTI reader turns NaN/Inf into 0).
     """
     p = Path(path)
     if not p.exists():
@@ -193,11 +273,20 @@ def read_volume(path: str | os.PathLike, what: str = "volume", series_uid: str |
     if min(image.GetSize()) < 1:
         raise InputError(f"{what} {p} is empty (size {image.GetSize()}).", "give a non-empty 3D volume.")
     vol = Volume.from_sitk(image)
+    scan = _nifti_scan(p) if not p.is_dir() and _suffix(p) in (".nii", ".nii.gz") else None
+    if scan is not None and scan[1] < scan[0]:
+        raise InputError(
+            f"{what} file {p} is truncated: it holds less voxel data than its header describes "
+            "(the NIfTI reader would silently fill the rest with zeros).",
+            "copy or download the file again, or export it again from the scanner or viewer.",
+        )
     if not allow_nonfinite:
-        bad = ~np.isfinite(vol.array)
-        if bad.any():
+        n_bad = int(np.count_nonzero(~np.isfinite(vol.array)))
+        if not n_bad and scan is not None:
+            n_bad = scan[2]  # ITK's NIfTI reader turns NaN/Inf into 0: the values in the file itself
+        if n_bad:
             raise InputError(
-                f"{what} {p} has {int(bad.sum())} NaN/Inf voxels.",
+                f"{what} {p} has {n_bad} NaN/Inf voxels (or values beyond the float32 range, +-3.4e38).",
                 "fill them first (e.g. replace with the background value) and save the volume again.",
             )
     return vol

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import InputError
+
 
 @dataclass
 class SampleOutput:
@@ -30,8 +32,21 @@ class SynthesisModel:
         self.networks = networks
         self.metadata = metadata
         cond = metadata.get("conditioning", {})
-        self.image_size = int(cond["image_size"])
-        self.context = int(cond.get("context_slices", 0))
+        try:
+            self.image_size = int(cond["image_size"])
+            self.context = int(cond.get("context_slices", 0))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"the checkpoint's conditioning section {cond!r} has no valid image_size / "
+                             "context_slices.", "use an unmodified checkpoint written by `mrtoct train`.") from None
+        if self.image_size < 1 or self.context < 0:
+            raise InputError(f"the checkpoint's model grid is {self.image_size} pixels with {self.context} context "
+                             "slices.", "use an unmodified checkpoint written by `mrtoct train`.")
+        for name, net in networks.items():  # the model grid must suit every network's down-sampling
+            f = getattr(getattr(net, "config", None), "downsample_factor", None)
+            if isinstance(f, int) and f > 1 and self.image_size % f:
+                raise InputError(f"the checkpoint's model grid image_size {self.image_size} does not fit its network "
+                                 f"{name!r}, which needs a multiple of {f} (edited or mixed-up checkpoint).",
+                                 "use an unmodified checkpoint written by `mrtoct train`.")
 
     @property
     def in_channels(self) -> int:

@@ -230,7 +230,7 @@ def add_synthesis_arguments(p: argparse.ArgumentParser, model_required=True) -> 
                    help="sampler (default: the model's, dpmpp = DPM-Solver++(2M)); ddpm = ancestral (Lyu Table I), "
                         "ddim, em = Euler-Maruyama, pc = predictor-corrector, ode = probability-flow RK45")
     p.add_argument("--steps", type=_positive_int("--steps"), default=None,
-                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 20; "
+                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 10; "
                         "ode: maximum steps of the adaptive solver)")
     p.add_argument("--samples", type=_positive_int("--samples"), default=1,
                    help="Monte-Carlo samples per slice; the sCT is their mean and --out-std their std (default 1)")
@@ -390,12 +390,15 @@ def cmd_demo(args) -> int:
         dd = DDMMSynth.from_model(model)
         meas = measurements_from_ct(mri, ref, dd.image_size, args.projections, 0.0, seed=options.seed,
                                     device=resolve_device(options.device))
-        dd_opts = dataclasses.replace(options, samples=max(1, options.samples // 2))
+        # the sampler of the main row (N-SMI noiseless works with dpmpp), half the samples
+        dd_opts = dataclasses.replace(options, samples=max(1, options.samples // 2),
+                                      sampler=runs[0][2].info["sampler"], steps=runs[0][2].info["steps"])
         run("ddmm_synth", f"DDMM-Synth, {args.projections} CT views",
             lambda: synthesize_with_measurements(mri, dd, meas, "noiseless", dd_opts, progress=_progress_printer()))
     if not args.model and not args.no_syndiff and DEMO_SYNDIFF.exists():
         sd = load_model(DEMO_SYNDIFF)
-        run("syndiff", "SynDiff (4 steps)", lambda: synthesize_volume(
+        trained = (sd.metadata.get("training") or {}).get("step")
+        run("syndiff", f"SynDiff (4 steps){f', {trained} training steps' if trained else ''}", lambda: synthesize_volume(
             mri, sd, dataclasses.replace(options, sampler=None, steps=None), progress=_progress_printer()))
 
     files = []

@@ -84,6 +84,7 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
+from ..diffusion.process import work_dtype
 from ..errors import InputError
 from ..operators.radon import RadonOperator, detector_count, get_operator, simulate_measurements
 from ..samplers.base import StepNoise
@@ -124,10 +125,15 @@ def nsmi_noise_schedule(x0_coef, variance, sigma_n_image: float):
     ``gamma_t = min(1, sigma_t / (c_t sigma_n))`` and ``phi_t = sigma_t^2 - (gamma_t c_t sigma_n)^2``, so
     the measurement part plus the extra part is exactly ``sigma_t^2``, ``gamma_t`` lies in ``[0, 1]`` (0
     only when ``sigma_t = 0``) and ``phi_t >= 0``. ``sigma_n_image = 0`` gives ``(1, sigma_t^2)`` (the
-    noiseless block with the usual noise). Accepts numbers or tensors (returned as float64 CPU tensors).
+    noiseless block with the usual noise). Accepts numbers (returned as float64 CPU tensors) or tensors
+    (returned on ``x0_coef``'s device, in float64 -- float32 on ``mps`` -- so that a sampling loop on a
+    GPU never waits for a host round-trip here).
     """
-    c = torch.as_tensor(x0_coef).detach().to("cpu", torch.float64).abs()  # CPU: float64 exists everywhere
-    var = torch.as_tensor(variance).detach().to("cpu", torch.float64).clamp_min(0.0)
+    c = torch.as_tensor(x0_coef).detach()
+    dev = c.device
+    wd = work_dtype(dev)
+    c = c.to(dev, wd).abs()
+    var = torch.as_tensor(variance).detach().to(dev, wd).clamp_min(0.0)
     meas = c * float(sigma_n_image)  # std that gamma = 1 would bring
     sig = var.sqrt()
     full = sig >= meas

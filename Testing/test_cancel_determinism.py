@@ -67,7 +67,7 @@ def test_signal_during_synthesis_writes_nothing(inputs, tmp_path, sig):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # a job started in the background of a non-interactive shell inherits SIGINT as ignored: undo that, so
     # the engine sees Ctrl-C as a user does
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         err_lines, t0 = [], time.monotonic()

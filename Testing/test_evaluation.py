@@ -215,7 +215,7 @@ def test_batch_evaluation_writes_complete_outputs(evaluation_run):
                  "figures/case_000.png"):
         assert (out / name).is_file(), name
     assert not (out / "figures" / "case_001.png").exists()  # --figures 1: the first case only
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "results.json").read_text(encoding="utf-8"))
     labels = [m["label"] for m in res["methods"]]
     diffusion = ["ddpm/dpmpp-2", "ddpm/ddpm-2", "ddmm_synth/dpmpp-2 Np=23 σ=0", "ddmm_synth/ddpm-2 Np=23 σ=0"]
     assert labels == diffusion + ["unet_cnn"]
@@ -265,7 +265,7 @@ def test_batch_evaluation_writes_complete_outputs(evaluation_run):
     assert imread(out / "calibration.png").shape[0] > 100
 
     # calibration: every K = 2 method, finite numbers, curve >= oracle, curve[0] = MAE of the voxels used
-    cal = json.loads((out / "calibration.json").read_text())
+    cal = json.loads((out / "calibration.json").read_text(encoding="utf-8"))
     assert set(cal["methods"]) == set(diffusion) and len(cal["fractions"]) == 100
     assert "K = 1" in cal["skipped"]["unet_cnn"]
     for lab, c in cal["methods"].items():
@@ -312,7 +312,7 @@ def test_single_sct_mode_still_works(tiny_phantom_cases, tmp_path, capsys):
     ct = tiny_phantom_cases / "case_000" / "ct.nii.gz"
     js = tmp_path / "m.json"
     assert main(["evaluate", "--pred", str(ct), "--ref", str(ct), "--json", str(js)]) == 0
-    assert json.loads(js.read_text())["mae_hu"] == 0.0
+    assert json.loads(js.read_text(encoding="utf-8"))["mae_hu"] == 0.0
     code, err = _error_run(["evaluate", "--pred", str(ct)], capsys)
     assert code == 2 and "--ref missing" in err
 
@@ -329,7 +329,7 @@ def test_training_script_from_a_fresh_checkout(tmp_path):
              "sys.meta_path.insert(0, Block())\n"
              "sys.argv = ['evaluate.py', '--help']\n"
              f"runpy.run_path({str(script)!r}, run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--models", "--data", "--split", "--samplers", "--steps", "--samples", "--projections",
                  "--noise-sigma", "--cases", "--out", "--device", "--seed"):

@@ -162,9 +162,9 @@ def test_each_method_trains_resumes_exactly_and_evaluates(method, cases, tmp_pat
     assert main(_train_args(method, cases, full, 4)) == 0
     for name in ("config.yaml", "split.json", "log.jsonl", "last.safetensors", "best.safetensors", "model.safetensors"):
         assert (full / name).exists(), name
-    split = json.loads((full / "split.json").read_text())
+    split = json.loads((full / "split.json").read_text(encoding="utf-8"))
     assert len(split["train"]) == 3 and len(split["val"]) == 1 and len(split["test"]) == 1
-    log = [json.loads(ln) for ln in (full / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(ln) for ln in (full / "log.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e["step"] for e in log if "train" in e] == [1, 2, 3, 4]
     assert [e["step"] for e in log if "val" in e] == [2, 4]
     assert all(np.isfinite(e["val"]["psnr_db"]) for e in log if "val" in e)
@@ -193,9 +193,9 @@ def test_each_method_trains_resumes_exactly_and_evaluates(method, cases, tmp_pat
     out = tmp_path / "eval"
     assert main(["evaluate", "--models", str(full / "model.safetensors"), "--data", str(cases),
                  "--split", str(full / "split.json"), "--steps", "2", "--samples", "2", "--out", str(out)]) == 0
-    results = json.loads((out / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text(encoding="utf-8"))
     assert split["test"][0] in json.dumps(results)
-    assert (out / "table.md").read_text().count("|") > 10
+    assert (out / "table.md").read_text(encoding="utf-8").count("|") > 10
 
 
 def test_kill_and_resume_reaches_the_uninterrupted_weights(cases, tmp_path):
@@ -220,7 +220,7 @@ def test_kill_and_resume_reaches_the_uninterrupted_weights(cases, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 10 <= step < 40, f"the run was not caught mid-way (step {step})"
-    resumed = subprocess.run([*cmd, "--run-dir", str(run), "--resume"], env=env, capture_output=True, text=True)
+    resumed = subprocess.run([*cmd, "--run-dir", str(run), "--resume"], env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step" in resumed.stdout
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(run / "model.safetensors"))
@@ -234,7 +234,7 @@ def test_torchrun_two_cpu_processes(method, cases, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
            str(29500 + os.getpid() % 1000 + (7 if method == "ddpm" else 0)), str(ROOT / "training" / "train.py"),
            *(_train_args(method, cases, run, 2)[1:])]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, encoding="utf-8", errors="replace", timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     meta = read_metadata(run / "model.safetensors")
     assert meta["training"]["world_size"] == 2 and meta["training"]["step"] == 2

@@ -89,7 +89,7 @@ def read_split(path, root) -> dict[str, list[Path]]:
     path, root = Path(path), Path(root)
     if not path.is_file():
         raise InputError(f"split file {path} does not exist.", "write one with `mrtoct split --data DIR --out split.json`.")
-    text = path.read_text()
+    text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml

@@ -117,7 +117,7 @@ def load_config(path) -> dict:
     if not path.is_file():
         raise InputError(f"config file {path} does not exist.", "see training/configs/ for one per method.")
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as e:
         raise InputError(f"config file {path} is not valid YAML: {e}", "fix the indicated line.") from e
     if not isinstance(doc, dict):
@@ -442,9 +442,9 @@ class _Logger:
         if not enabled:
             return
         if self.path.exists():  # keep only what happened up to the checkpoint we continue from
-            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip()
+            keep = [ln for ln in self.path.read_text(encoding="utf-8").splitlines() if ln.strip()
                     and json.loads(ln).get("step", 0) <= start_step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            self.path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
         try:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -456,7 +456,7 @@ class _Logger:
     def log(self, step: int, values: dict, prefix: str = "train") -> None:
         if not self.enabled:
             return
-        with open(self.path, "a") as f:
+        with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps({"step": step, prefix: values}) + "\n")
         if self.tb:
             for k, v in values.items():
@@ -632,7 +632,7 @@ class TrainingRun:
                              "raise train.steps (e.g. --steps N) to train further, or use the run's model.safetensors.")
         if self.rank == 0:
             with atomic_write(self.run_dir / "config.yaml", suffix=".yaml") as tmp:
-                tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+                tmp.write_text(yaml.safe_dump(cfg, sort_keys=False), encoding="utf-8")
         logger = _Logger(self.run_dir, start, self.rank == 0)
         amp = (t["amp"] is True) or (t["amp"] == "auto" and self.device.type == "cuda")
         what = (f"{len(data.mr)} MR and {len(data.ct)} CT slices drawn independently (unpaired)" if model.unpaired

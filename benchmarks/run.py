@@ -58,7 +58,7 @@ from _common import (RESULTS, axial_axis, central_slices, command_line, demo_pat
                      load_case, machine_info, machine_line, make_phantom_case, markdown_table, peak_rss_mib, rss_mib, set_threads,
                      write_json)
 
-DIFFUSION_METHODS = ("ddpm", "score_sde", "ddmm_synth")
+DIFFUSION_METHODS = ("ddpm", "score_sde")  # ddmm_synth needs CT measurements: not benchmarked here
 PAPER = {"source": "SynDiff Table V, RTX 3090, 256x256", "ddpm_1000_s_per_slice": 85.773,
          "syndiff_s_per_slice": 0.182}
 
@@ -203,7 +203,9 @@ def run_worker(spec: dict, timeout: float) -> dict:
     proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
                           env=env, timeout=timeout, check=False)
     if proc.returncode:
-        return {"error": proc.stderr.strip()[-2000:], "process_s": time.perf_counter() - t0}
+        why = f"worker exited with status {proc.returncode}" + (" (killed by signal %d)" % -proc.returncode
+                                                               if proc.returncode < 0 else "")
+        return {"error": why + ": " + proc.stderr.strip()[-2000:], "process_s": time.perf_counter() - t0}
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     out["process_s"] = time.perf_counter() - t0
     return out
@@ -246,7 +248,7 @@ def render(doc: dict) -> str:
              f"at the end. Commit at time of measurement: {doc['commit']} (the working tree may contain uncommitted "
              "changes).", "", f"Command: `{doc['command']}` ({doc['wall_s_total']:.0f} s in all).", "",
              f"Case `{doc['case']}`; each row in a fresh worker process; s / volume = s / slice x "
-             f"{doc['rows'][0].get('result', {}).get('slices_full', '?')} slices"
+             f"{(doc['rows'] or [{}])[0].get('result', {}).get('slices_full', '?')} slices"
              + (" (extrapolated from the slices run)" if any(
                  r.get('result', {}).get('slices_run', 0) < r.get('result', {}).get('slices_full', 0) for r in doc['rows'])
                 else "") + "; vs naive = naive wall / this row's wall for the same model, sampler and K.", "",

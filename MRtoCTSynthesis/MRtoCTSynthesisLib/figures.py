@@ -78,10 +78,17 @@ def save_comparison_figure(path, mri, sct, std, ref=None, mask=None, metrics: di
             parts.append(f"mean MC std {metrics['mean_std_hu']:.1f} HU")
         title = f"{title}\n" + ",  ".join(parts) + "  (inside the body mask)"
     fig.suptitle(title, fontsize=11)
+    return _save_png(fig, path, 110)
+
+
+def _save_png(fig, path, dpi) -> Path:
+    """Write ``fig`` as a PNG atomically (a half-written file never replaces a good one) and close it."""
+    import matplotlib.pyplot as plt
+
     path = Path(path)
     try:
         with atomic_write(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=110)
+            fig.savefig(tmp, dpi=dpi)
     finally:
         plt.close(fig)
     return path
@@ -166,13 +173,7 @@ def save_method_grid_figure(path, mr, ref, rows, *, mask=None, roi=None, pixel_s
                               f"scale 0-{std_max:.0f}", fontsize=7)
     fig.suptitle(title + f"\nCT window [{CT_WINDOW[0]:.0f}, {CT_WINDOW[1]:.0f}] HU, error 0-{ERROR_MAX_HU:.0f} HU; "
                          "metrics are for the whole volume inside the body mask", fontsize=9)
-    path = Path(path)
-    try:
-        with atomic_write(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=GRID_DPI)
-    finally:
-        plt.close(fig)
-    return path
+    return _save_png(fig, path, GRID_DPI)
 
 
 def save_sparsification_figure(path, calibration: dict, title: str = "Uncertainty calibration") -> Path:
@@ -209,10 +210,4 @@ def save_sparsification_figure(path, calibration: dict, title: str = "Uncertaint
     fig.suptitle(f"{title}: solid = by MC std, dashed = oracle (by |error|), dotted = random removal", fontsize=10)
     fig.tight_layout(rect=(0, legend_in / (4.2 + legend_in), 1, 1))
     fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
-    path = Path(path)
-    try:
-        with atomic_write(path, suffix=".png") as tmp:
-            fig.savefig(tmp, dpi=GRID_DPI)
-    finally:
-        plt.close(fig)
-    return path
+    return _save_png(fig, path, GRID_DPI)

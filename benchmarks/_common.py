@@ -122,6 +122,32 @@ def make_phantom_case(size, seed: int, folder: Path, spacing=None) -> Path:
     return folder
 
 
+class WorkerFailed(RuntimeError):
+    """A benchmark worker process exited with a non-zero status (``returncode``, ``stderr`` kept)."""
+
+    def __init__(self, returncode: int, stderr: str):
+        why = f"worker exited with status {returncode}" + (f" (killed by signal {-returncode})" if returncode < 0 else "")
+        super().__init__(f"{why}: {stderr.strip()[-2000:]}")
+        self.returncode, self.stderr = returncode, stderr
+
+
+def spawn_worker(script: str, spec: dict, threads: int, timeout: float | None = None) -> dict:
+    """Run ``script --worker <spec JSON>`` in a fresh process (so peak RSS is per row) with ``threads`` OpenMP
+    threads; returns the JSON dict the worker prints last, or raises :class:`WorkerFailed`."""
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    proc = subprocess.run([sys.executable, script, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          env=env, timeout=timeout, check=False)
+    if proc.returncode:
+        raise WorkerFailed(proc.returncode, proc.stderr)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def serve_worker(spec_json: str, worker) -> int:
+    """The ``--worker`` side: run ``worker(spec)`` and print its result as one JSON line."""
+    print(json.dumps(worker(json.loads(spec_json))))
+    return 0
+
+
 def git_commit() -> str:
     """``git rev-parse HEAD`` (read only); "unknown" outside a checkout."""
     try:

@@ -20,9 +20,7 @@ Pass/fail: peak RSS below ``--limit-gib`` (the issue asks for 8 GiB).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, command_line, demo_paths, git_commit, machine_info, machine_line,  # noqa: E402
+from _common import (RESULTS, WorkerFailed, serve_worker, spawn_worker, command_line, demo_paths, git_commit, machine_info, machine_line,  # noqa: E402
                      markdown_table, peak_rss_mib, rss_mib, set_threads, write_json)
 
 
@@ -148,8 +146,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return 0
+        return serve_worker(args.worker, worker)
     set_threads(args.threads)
     model = args.model or str(demo_paths()[1])
     t0 = time.perf_counter()
@@ -158,14 +155,12 @@ def main(argv=None) -> int:
     print(f"volume in {folder} ({t_make:.0f} s to make or find)", flush=True)
     spec = {"folder": str(folder), "model": model, "sampler": args.sampler, "steps": args.steps,
             "samples": args.samples, "batch_size": args.batch_size, "threads": args.threads}
-    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, check=False)
-    if proc.returncode:
-        print(proc.stderr[-4000:])
+    try:
+        res = spawn_worker(__file__, spec, args.threads)
+    except WorkerFailed as e:
+        print(e.stderr[-4000:])
         return 1
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
     res["worker_process_s"] = time.perf_counter() - t0
     nx, ny, nz = args.size
     limit = args.limit_gib * 1024

@@ -31,10 +31,12 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import WorkerFailed, serve_worker, spawn_worker  # noqa: E402
 
 PAPER = {"device": "RTX 3090 (SynDiff Table V)", "syndiff_s_per_slice": 0.182, "ddpm_1000_s_per_slice": 85.773,
          "cgan_s_per_slice": 0.060, "syndiff_memory_gb": 2.12, "ddpm_memory_gb": 2.95, "cgan_memory_gb": 0.77}
@@ -100,12 +102,10 @@ def worker(spec: dict) -> dict:
 
 
 def run_worker(spec: dict) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, timeout=1800, check=False)
-    if proc.returncode:
-        raise RuntimeError(f"worker {spec} failed:\n{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        return spawn_worker(__file__, spec, spec["threads"], timeout=1800)
+    except WorkerFailed as e:
+        raise RuntimeError(f"worker {spec} failed:\n{e.stderr[-3000:]}") from None
 
 
 def main(argv=None) -> int:
@@ -120,8 +120,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return 0
+        return serve_worker(args.worker, worker)
 
     t_start = time.perf_counter()
     measured = {}

@@ -42,10 +42,8 @@ and the Markdown table next to it (``.md``), and prints the table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, axial_axis, central_slices, command_line, demo_paths, git_commit,  # noqa: E402
+from _common import (RESULTS, WorkerFailed, serve_worker, spawn_worker, axial_axis, central_slices, command_line, demo_paths, git_commit,  # noqa: E402
                      load_case, machine_info, machine_line, make_phantom_case, markdown_table, peak_rss_mib, rss_mib, set_threads,
                      write_json)
 
@@ -198,15 +196,11 @@ def model_rows(model_spec: str, samplers):
 
 
 def run_worker(spec: dict, timeout: float) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS=str(spec["threads"]))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, timeout=timeout, check=False)
-    if proc.returncode:
-        why = f"worker exited with status {proc.returncode}" + (" (killed by signal %d)" % -proc.returncode
-                                                               if proc.returncode < 0 else "")
-        return {"error": why + ": " + proc.stderr.strip()[-2000:], "process_s": time.perf_counter() - t0}
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    try:
+        out = spawn_worker(__file__, spec, spec["threads"], timeout)
+    except WorkerFailed as e:
+        return {"error": str(e), "process_s": time.perf_counter() - t0}
     out["process_s"] = time.perf_counter() - t0
     return out
 
@@ -291,8 +285,7 @@ def main(argv=None) -> int:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
-        return 0
+        return serve_worker(args.worker, worker)
     set_threads(args.threads)
 
     demo_case, demo_model = demo_paths()

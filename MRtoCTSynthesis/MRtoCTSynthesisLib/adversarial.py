@@ -27,8 +27,6 @@ is the shared loop (Adam, EMA of the inference networks, NaN/Inf stop, progress 
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
@@ -164,6 +162,8 @@ class TrainState:
     allreduce_grads: bool = False
     #: DistributedDataParallel wrappers by network name (the diffusion denoiser in multi-process runs)
     wrapped: dict = field(default_factory=dict)
+    #: per-step values of every loss term (and "lr") since the loop started: {name: [...]}
+    history: dict = field(default_factory=dict)
 
     def update(self, name: str, loss: torch.Tensor) -> None:
         opt = self.optimizers[name]

@@ -252,7 +252,7 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _state_tensors(state, ema: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def _state_tensors(state) -> tuple[dict[str, torch.Tensor], dict]:
     """Optimiser moments (+ CycleGAN pools) as flat tensors, and the JSON part (param groups, step)."""
     tensors, groups = {}, {}
     for name, opt in state.optimizers.items():
@@ -346,7 +346,7 @@ def train_loop(model, dataset, *, steps: int, batch_size: int = 16, lr: float | 
                     dist.broadcast(t.data, 0)
     gen = torch.Generator()
     losses: list[float] = []
-    terms: dict[str, list[float]] = {}
+    terms = state.history
     t0 = time.perf_counter()
     for step in range(state.step, steps):
         s = step_seed(seed, rank, step)
@@ -511,8 +511,8 @@ class TrainingRun:
     def _fingerprint(self) -> dict:
         return {k: _get(self.cfg, k) for k in RESUME_KEYS}
 
-    def _training_record(self, hist_terms: dict, state, seconds: float) -> dict:
-        tail = {k: float(sum(v[-100:]) / len(v[-100:])) for k, v in hist_terms.items() if v}
+    def _training_record(self, state, seconds: float) -> dict:
+        tail = {k: float(sum(v[-100:]) / len(v[-100:])) for k, v in state.history.items() if v}
         return {"config": self.cfg, "fingerprint": self._fingerprint(), "step": state.step,
                 "total_steps": self.total_steps, "slices": self.slices, "unpaired": self.unpaired,
                 "cases": {k: [Path(c).name for c in v] for k, v in self.split.items()},
@@ -526,7 +526,7 @@ class TrainingRun:
         extra = None
         rec = dict(record)
         if with_state:
-            extra, doc = _state_tensors(state, ema)
+            extra, doc = _state_tensors(state)
             rec["resume"] = doc
         save_model(model, path, training=rec, ema={n: e.shadow for n, e in ema.items()}, extra=extra)
 
@@ -642,12 +642,11 @@ class TrainingRun:
                   f"({len(self.split['val'])} val, {len(self.split['test'])} test), {self.total_steps} steps of "
                   f"{t['batch_size']} x {self.world} process(es) on {self.device}"
                   + (f", resuming at step {start}" if start else "") + f"; run folder {self.run_dir}", flush=True)
-        t_start, terms_hist = time.perf_counter(), {}
+        t_start = time.perf_counter()
         last_print = [time.perf_counter(), start]
+        final_path = self.run_dir / "model.safetensors"
 
         def callback(step, out, state, ema):
-            for k, v in out.items():
-                terms_hist.setdefault(k, []).append(v)
             if self.rank != 0:
                 return
             final = step == self.total_steps
@@ -661,7 +660,6 @@ class TrainingRun:
                     print(f"PROGRESS {step / self.total_steps:.4f} step {step}/{self.total_steps} loss {out['loss']:.4f} "
                           f"lr {out['lr']:.2e} {rate:.3f} s/step ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:"
                           f"{int(eta % 60):02d}", file=sys.stderr, flush=True)
-            record = None
             if self.val_data is not None and (step % t["val_every"] == 0 or final):
                 val = self._validate(model, ema)
                 logger.log(step, val, "val")
@@ -670,11 +668,18 @@ class TrainingRun:
                           file=sys.stderr, flush=True)
                 if self.best is None or val["psnr_db"] > self.best["psnr_db"]:
                     self.best = {**val, "step": step}
-                    record = self._training_record(terms_hist, state, time.perf_counter() - t_start)
+                    record = self._training_record(state, time.perf_counter() - t_start)
                     self._save(self.run_dir / "best.safetensors", model, state, ema, False, record)
             if step % t["checkpoint_every"] == 0 or final:
-                record = self._training_record(terms_hist, state, time.perf_counter() - t_start)
+                record = self._training_record(state, time.perf_counter() - t_start)
                 self._save(self.run_dir / "last.safetensors", model, state, ema, True, record)
+            if final:  # the final EMA model for synthesis: the same state, without the optimiser moments
+                for path in [final_path] + ([self.out] if self.out else []):
+                    self._save(path, model, state, ema, False, record)
+                print(f"saved {final_path}" + (f" and {self.out}" if self.out else "")
+                      + f" (final loss {record['final_loss_mean_last_100']:.4f}"
+                      + (f", best validation PSNR {self.best['psnr_db']:.2f} dB at step {self.best['step']}"
+                         if self.best else "") + ")", flush=True)
 
         try:
             train_loop(model, data, steps=self.total_steps, batch_size=int(t["batch_size"]), lr=o["lr"],
@@ -684,26 +689,9 @@ class TrainingRun:
                        resume=resume_state)
         finally:
             logger.close()
-        final = self.run_dir / "model.safetensors"
-        if self.rank == 0:
-            from .checkpoint import load_checkpoint, save_checkpoint
-
-            ck = load_checkpoint(self.run_dir / "last.safetensors")  # the final state, minus the optimiser moments
-            meta = dict(ck.metadata)
-            meta["training"] = {k: v for k, v in meta["training"].items() if k != "resume"}
-            nets = {n: ck.tensors[n] for n in ck.metadata["network"]}
-            ema_sd = {n: ck.tensors[f"ema.{n}"] for n in nets if f"ema.{n}" in ck.tensors}
-            save_checkpoint(final, nets, meta, ema=ema_sd)
-            if self.out:
-                save_checkpoint(self.out, nets, meta, ema=ema_sd)
-            rec = meta["training"]
-            print(f"saved {final}" + (f" and {self.out}" if self.out else "")
-                  + f" (final loss {rec['final_loss_mean_last_100']:.4f}"
-                  + (f", best validation PSNR {self.best['psnr_db']:.2f} dB at step {self.best['step']}" if self.best else "")
-                  + ")", flush=True)
         if dist:
             dist.barrier()
-        return self.out or final
+        return self.out or final_path
 
 
 def init_distributed() -> bool:

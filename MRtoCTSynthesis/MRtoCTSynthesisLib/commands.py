@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import time
 from pathlib import Path
 
 from .errors import InputError
@@ -382,17 +381,16 @@ def cmd_demo(args) -> int:
         metrics["mean_std_hu"] = float(result.std.array[body].mean())
         runs.append((key, label, result, metrics))
 
-    run("main", f"{model.method} + {options.sampler or model.default_sampler}",
+    sampler = model.make_sampler(options.sampler, options.steps)  # resolves the defaults, for the labels
+    run("main", f"{model.method} + {sampler.name} {sampler.steps} steps",
         lambda: synthesize_volume(mri, model, options, progress=_progress_printer()))
-    runs[-1] = (runs[-1][0], f"{model.method} + {runs[-1][2].info['sampler']} {runs[-1][2].info['steps']} steps",
-                *runs[-1][2:])
     if args.projections and model.method == "ddpm":
         dd = DDMMSynth.from_model(model)
         meas = measurements_from_ct(mri, ref, dd.image_size, args.projections, 0.0, seed=options.seed,
                                     device=resolve_device(options.device))
         # the sampler of the main row (N-SMI noiseless works with dpmpp), half the samples
         dd_opts = dataclasses.replace(options, samples=max(1, options.samples // 2),
-                                      sampler=runs[0][2].info["sampler"], steps=runs[0][2].info["steps"])
+                                      sampler=sampler.name, steps=sampler.steps)
         run("ddmm_synth", f"DDMM-Synth, {args.projections} CT views",
             lambda: synthesize_with_measurements(mri, dd, meas, "noiseless", dd_opts, progress=_progress_printer()))
     if not args.model and not args.no_syndiff and DEMO_SYNDIFF.exists():
@@ -406,7 +404,7 @@ def cmd_demo(args) -> int:
         stem = "sct" if key == "main" else f"sct_{key}"
         write_volume(result.sct, out / f"{stem}.nii.gz")
         write_volume(result.std, out / f"{stem}_std.nii.gz")
-        files += [(f"{stem}.nii.gz", f"synthetic CT (HU), {label}"), (f"{stem}_std.nii.gz", f"its MC std (HU)")]
+        files += [(f"{stem}.nii.gz", f"synthetic CT (HU), {label}"), (f"{stem}_std.nii.gz", "its MC std (HU)")]
     from .cli import _write_json_atomic
 
     main_metrics = runs[0][3]

@@ -172,6 +172,34 @@ def test_one_train_step_updates_all_eight_networks():
                                         rel=1e-5)
 
 
+def test_paired_variant_conditions_on_the_real_mr_with_an_l1_loss():
+    """SynDiff Sec. V-C: the real source image conditions the generator; a pixel-wise loss replaces the cycle."""
+    torch.manual_seed(0)
+    model = create_model("syndiff", 32, options={"paired": True})
+    assert set(model.networks) == {"diff_gen_ct", "diff_disc_ct"} and not model.unpaired
+    for net in model.networks.values():
+        net.train()
+    g = torch.Generator().manual_seed(1)
+    mr = torch.rand(6, 1, 32, 32, generator=g) * 2 - 1
+    data = SliceDataset(mr, (-mr).clamp(-1, 1), ["toy"])
+    state = make_train_state(model, AdversarialSettings(batch_size=3))
+    seen = []
+    gen_ct = model.networks["diff_gen_ct"]
+    hook = gen_ct.register_forward_hook(lambda m, args, out: seen.append((args[1].detach().clone(), out.detach())))
+    before = {n: [p.detach().clone() for p in net.parameters()] for n, net in model.networks.items()}
+    out = model.train_step(state, data, torch.Generator().manual_seed(0))
+    hook.remove()
+    (cond, x0), = seen
+    batch_mr, batch_ct = data.batch(3, torch.Generator().manual_seed(0))  # the same draw the step made
+    assert torch.equal(cond, batch_mr)
+    assert out["l1"] == pytest.approx(float((batch_ct - x0).abs().mean()), rel=1e-5)
+    assert out["loss"] == pytest.approx(out["g_adv_diff"] + 0.5 * out["l1"], rel=1e-5)
+    for n, net in model.networks.items():
+        assert any(not torch.equal(a, b) for a, b in zip(before[n], net.parameters())), n
+    with pytest.raises(InputError, match="paired"):
+        train_adversarial(model, _toy_unpaired(), AdversarialSettings(steps=1, batch_size=2))
+
+
 # ---------------------------------------------------------------------------------------------- data
 def test_unpaired_loader_never_pairs_slices_by_index():
     ids = torch.arange(40, dtype=torch.float32).reshape(40, 1, 1, 1)

@@ -16,7 +16,8 @@ method          file                                              paper
 ==============  ================================================  ==============================
 
 The last five train through :func:`..adversarial.train_adversarial` (each method has a ``train_step``);
-``syndiff`` and ``cyclegan`` train on unpaired slices (:class:`..data.UnpairedSliceDataset`).
+``syndiff`` and ``cyclegan`` train on unpaired slices (:class:`..data.UnpairedSliceDataset`), except
+``syndiff`` with ``options={"paired": True}``, the supervised variant of SynDiff Sec. V-C.
 
 :func:`create_model` builds an untrained method (for training), :func:`save_model` writes it as a
 self-describing safetensors checkpoint (:mod:`..checkpoint`), and :func:`load_model` rebuilds any method

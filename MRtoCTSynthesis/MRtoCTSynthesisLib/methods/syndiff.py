@@ -39,6 +39,17 @@ lambda_1 = 0.5 for both modules). Generator loss Eq. 23 and discriminator loss E
 One call makes one Adam step of the four discriminators, then one of the four generators (lr 1e-4, SynDiff
 Sec. IV-B; betas (0.5, 0.9), which the paper does not state, from the adversarial-diffusion literature).
 
+Supervised variant (``paired: true``): :func:`syndiff_paired_train_step`
+-------------------------------------------------------------------------
+SynDiff Sec. V-C notes that with paired, registered data SynDiff can be trained supervised: the real
+source image conditions the diffusive generator and a pixel-wise loss replaces the cycle-consistency loss.
+With ``options: {paired: true}`` only ``diff_gen_ct`` and ``diff_disc_ct`` exist; one step draws registered
+(MR, CT) pairs, diffuses the CT as in Eqs. 8-9, predicts ``x0 = diff_gen_ct(x_t, MR, t, z)``, updates the
+discriminator on Eq. 12 (with R1) and the generator on ``lambda_2`` Eq. 11 ``+ lambda_1 ||CT - x0||_1``
+(``lambda_1`` = ``lambda_cycle``, the weight the cycle loss had). Inference is identical. It needs a
+quarter of the unpaired step's network calls and learns the MR-to-CT map directly, which is what the
+bundled demo model uses on a CPU budget.
+
 Inference and checkpoint
 ------------------------
 Only ``diff_gen_ct`` (MR -> CT) is used: start from x_T ~ N(0, I), and for i = N..1 call it once with a fresh
@@ -170,11 +181,23 @@ class SynDiff(TrainableMethod):
     network_roles = ("diff_gen_ct", "diff_gen_mr", "diff_disc_ct", "diff_disc_mr",
                      "nd_gen_ct", "nd_gen_mr", "nd_disc_ct", "nd_disc_mr")
     default_method_config = {"lr": 1e-4, "betas": [0.5, 0.9], "lambda_cycle": 0.5, "lambda_adv": 1.0,
-                             "r1_weight": 0.5}
+                             "r1_weight": 0.5, "paired": False}
+    #: the two networks of the supervised variant (``paired: true``)
+    paired_roles = ("diff_gen_ct", "diff_disc_ct")
 
     def __init__(self, networks, metadata):
         super().__init__(networks, metadata)
         self.schedule = FastDiffusionSchedule.from_config(metadata.get("process") or DEFAULT_PROCESS)
+        #: the supervised variant trains on registered pairs; the paper's SynDiff on unpaired pools
+        self.unpaired = not self.paired
+
+    @property
+    def paired(self) -> bool:
+        return bool(self.method_config.get("paired", False))
+
+    @classmethod
+    def roles_for(cls, method_config):
+        return cls.paired_roles if method_config.get("paired") else cls.network_roles
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -202,10 +225,14 @@ class SynDiff(TrainableMethod):
         return nets
 
     def optimizer_groups(self):
+        if self.paired:
+            return {"generators": ["diff_gen_ct"], "discriminators": ["diff_disc_ct"]}
         return {"generators": ["diff_gen_ct", "diff_gen_mr", "nd_gen_ct", "nd_gen_mr"],
                 "discriminators": ["diff_disc_ct", "diff_disc_mr", "nd_disc_ct", "nd_disc_mr"]}
 
     def train_step(self, state, data, generator):
+        if self.paired:
+            return syndiff_paired_train_step(self, state, data, generator)
         return syndiff_train_step(self, state, data, generator)
 
     # ------------------------------------------------------------------ inference
@@ -321,4 +348,48 @@ def syndiff_train_step(model: SynDiff, state, data, gen: torch.Generator) -> dic
     return {k: float(v.detach()) for k, v in out.items()}
 
 
-__all__ = ["SynDiff", "FastDiffusionSchedule", "SynDiffSampler", "syndiff_train_step", "DEFAULT_PROCESS"]
+def syndiff_paired_train_step(model: SynDiff, state, data, gen: torch.Generator) -> dict[str, float]:
+    """One step of the supervised SynDiff variant (SynDiff Sec. V-C) on registered (MR, CT) pairs.
+
+    Discriminator ``diff_disc_ct`` on Eq. 12 (non-saturating loss + R1 on the real x_{t-k}), then generator
+    ``diff_gen_ct`` on ``lambda_adv`` Eq. 11 ``+ lambda_cycle ||CT - x0||_1`` with the real MR as its
+    conditioning input (the pixel-wise loss in place of Eq. 22).
+    """
+    from ..adversarial import _batch, ns_discriminator_loss, ns_generator_loss, r1_penalty, set_requires_grad
+
+    cfg = model.method_config
+    sched = model.schedule
+    lam_pix, lam_adv, eta = float(cfg["lambda_cycle"]), float(cfg["lambda_adv"]), float(cfg["r1_weight"])
+    gen_ct, disc = model.networks["diff_gen_ct"], model.networks["diff_disc_ct"]
+    mr, ct = _batch(data, state, gen)
+    dev, b = ct.device, ct.shape[0]
+
+    def randn(*shape):
+        return torch.randn(shape, generator=gen).to(dev)
+
+    i = torch.randint(1, sched.n_steps + 1, (b,), generator=gen)  # Eqs. 8-9 as in the unpaired step
+    prev = sched.q_sample(ct, i - 1, randn(*ct.shape))
+    xt = sched.q_step(prev, i, randn(*ct.shape))
+    t = sched.time_condition(i).to(dev)
+    x0 = gen_ct(xt, mr, t, randn(b, gen_ct.config.latent_dim))
+    fake_prev = sched.posterior_sample(xt, x0, i, randn(*ct.shape))
+
+    set_requires_grad([disc], True)
+    real = prev.detach().requires_grad_(True)
+    real_logits = disc(torch.cat([real, xt], 1), t)
+    d_adv = ns_discriminator_loss(real_logits, disc(torch.cat([fake_prev.detach(), xt], 1), t))
+    r1 = r1_penalty(real_logits, real, eta)
+    state.update("discriminators", lam_adv * (d_adv + r1))
+
+    set_requires_grad([disc], False)
+    g_adv = ns_generator_loss(disc(torch.cat([fake_prev, xt], 1), t))
+    l1 = (ct - x0.float()).abs().mean()
+    loss_g = lam_adv * g_adv + lam_pix * l1
+    state.update("generators", loss_g)
+    set_requires_grad([disc], True)
+    out = {"loss": loss_g, "g_adv_diff": g_adv, "l1": l1, "d_diff": d_adv, "r1": r1}
+    return {k: float(v.detach()) for k, v in out.items()}
+
+
+__all__ = ["SynDiff", "FastDiffusionSchedule", "SynDiffSampler", "syndiff_train_step", "syndiff_paired_train_step",
+           "DEFAULT_PROCESS"]

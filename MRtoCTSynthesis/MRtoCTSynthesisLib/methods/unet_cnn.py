@@ -113,9 +113,15 @@ class TrainableMethod(SynthesisModel):
                              f"2.5D context (got context {context}).", "use --context 0 for this method.")
         cfg = cls._config_with(process, options)
         preset, overrides = split_network_overrides(unet, cls.network_roles, cls.network_roles[0])
-        nets = cls.build_networks(preset, overrides, image_size, context)
+        roles = cls.roles_for(cfg)
+        nets = {k: v for k, v in cls.build_networks(preset, overrides, image_size, context).items() if k in roles}
         meta = method_metadata(cls.method, nets, cls.process_config(process), image_size, context, cfg)
         return cls(nets, meta)
+
+    @classmethod
+    def roles_for(cls, method_config: Mapping[str, Any]) -> tuple[str, ...]:
+        """The networks a model with these options trains (all of ``network_roles`` unless a method says less)."""
+        return cls.network_roles
 
     @classmethod
     def _config_with(cls, process, options) -> dict:

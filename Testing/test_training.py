@@ -22,7 +22,8 @@ from MRtoCTSynthesisLib.cli import main
 from MRtoCTSynthesisLib.data import SliceDataset, load_case_slices, make_split, read_split
 from MRtoCTSynthesisLib.errors import InputError
 from MRtoCTSynthesisLib.methods import create_model
-from MRtoCTSynthesisLib.training import apply_overrides, default_config, load_config, lr_factor, step_seed, train_loop
+from MRtoCTSynthesisLib.training import (LossPlateau, apply_overrides, default_config, load_config, lr_factor, step_seed,
+                                         train_loop)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "training" / "configs"
@@ -146,6 +147,44 @@ def test_slice_cache_is_reused_and_invalidated(cases, tmp_path, monkeypatch):
     assert len(list((tmp_path / "c").iterdir())) == 2
 
 
+def test_unpaired_methods_train_on_single_modality_cases(cases, tmp_path):
+    """Unpaired data from different patients: MR-only and CT-only folders train SynDiff/CycleGAN; val and test
+    come from the paired cases only; a paired method names the single-modality cases and the fix."""
+    import shutil
+
+    from MRtoCTSynthesisLib.data import UnpairedSliceDataset, find_cases
+    from MRtoCTSynthesisLib.training import TrainingRun
+
+    data = tmp_path / "mixed"
+    shutil.copytree(cases, data)
+    for name, drop in (("case_000", "ct"), ("case_001", "mr")):
+        for f in (data / name).glob(f"{drop}.*"):
+            f.unlink()
+    assert len(find_cases(data)) == 3 and len(find_cases(data, partial=True)) == 5
+    paired = SliceDataset.from_folders(find_cases(data), 32)
+    mixed = UnpairedSliceDataset.from_folders(find_cases(data, partial=True), 32)
+    mr_only, none_ct = load_case_slices(data / "case_000", 32, partial=True)
+    none_mr, ct_only = load_case_slices(data / "case_001", 32, partial=True)
+    assert none_ct is None and none_mr is None
+    assert len(mixed.mr) == len(paired.mr) + len(mr_only) and len(mixed.ct) == len(paired.ct) + len(ct_only)
+
+    run = tmp_path / "run"
+    assert main(_train_args("cyclegan", data, run, 2)) == 0
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    assert {"case_000", "case_001"} <= set(split["train"])
+    assert not {"case_000", "case_001"} & set(split["val"] + split["test"]) and split["val"] and split["test"]
+    rec = read_metadata(run / "model.safetensors")["training"]
+    train_paired = [n for n in split["train"] if n not in ("case_000", "case_001")]
+    per_case = {n: len(load_case_slices(data / n, 32)[0]) for n in train_paired}
+    assert rec["slices"] == {"mr": len(mr_only) + sum(per_case.values()), "ct": len(ct_only) + sum(per_case.values())}
+
+    cfg = apply_overrides(default_config("unet_cnn"), [f"data.root={data}", f"data.split={run / 'split.json'}",
+                                                      "model.image_size=32", "train.steps=1", "train.device=cpu"])
+    with pytest.raises(InputError, match=r"case_000.*only one") as err:
+        TrainingRun(cfg, tmp_path / "paired_run").run(progress=False)
+    assert "unpaired method" in err.value.fix
+
+
 # ---------------------------------------------------------------------------------------------- loop
 def test_nan_loss_stops_with_a_message():
     mr = torch.zeros(4, 1, 16, 16)
@@ -156,10 +195,49 @@ def test_nan_loss_stops_with_a_message():
     assert "--resume" in err.value.fix
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_each_method_trains_resumes_exactly_and_evaluates(method, cases, tmp_path, monkeypatch):
+def test_loss_plateau_rule_on_a_hand_worked_sequence():
+    """Lyu & Wang Sec. IV: at least min_epochs, then stop once an epoch's mean loss is not min_decrease below
+    the mean of the previous `window` epochs. Epoch means 8, 4, 2, 1, 1, 1 with window 2 and 10 %: epoch 5
+    compares 1 with 0.9 * mean(2, 1) = 1.35 (goes on); epoch 6 compares 1 with 0.9 * mean(1, 1) = 0.9 (stops)."""
+    means = [8, 4, 2, 1, 1, 1, 1]
+    per_step = [v + d for v in means for d in (-0.5, 0.0, 0.5)]  # three steps per epoch around each mean
+    rule = LossPlateau(3, min_epochs=5, window=2, min_decrease=0.1)
+    stops = [step for step, loss in enumerate(per_step, 1) if rule.add(step, loss)]
+    assert stops[0] == 18 and rule.epochs[:6] == [8, 4, 2, 1, 1, 1]
+    # carried through a checkpoint in the middle of an epoch, it decides identically
+    first = LossPlateau(3, min_epochs=5, window=2, min_decrease=0.1)
+    for step, loss in enumerate(per_step[:10], 1):
+        first.add(step, loss)
+    second = LossPlateau(3, min_epochs=5, window=2, min_decrease=0.1, state=json.loads(json.dumps(first.state())))
+    assert [s for s, loss in enumerate(per_step[10:], 11) if second.add(s, loss)][0] == 18
+    # min_epochs holds the rule back even on a flat loss
+    flat = LossPlateau(1, min_epochs=4, window=1, min_decrease=0.01)
+    assert [flat.add(s, 1.0) for s in range(1, 6)] == [False, False, False, True, True]
+
+
+def test_run_stops_on_a_loss_plateau_and_resume_respects_it(cases, tmp_path):
+    run = tmp_path / "run"
+    # a learning rate of ~0 keeps the loss flat, so a 50 % drop is never reached: stop after epoch 2
+    args = ["train", "--data", str(cases), "--method", "unet_cnn", "--image-size", "32", "--unet", "tiny",
+            "--epochs", "6", "--batch-size", "4", "--lr", "1e-12", "--val-every", "0", "--device", "cpu",
+            "--run-dir", str(run), "--set", "train.early_stop={enabled: true, min_epochs: 2, window: 1, min_decrease: 0.5}"]
+    assert main(args) == 0
+    rec = read_metadata(run / "model.safetensors")["training"]
+    per_epoch = -(-sum(rec["slices"].values()) // 2 // 4)  # ceil(paired slices / batch)
+    assert rec["stopped_early"]["step"] == 2 * per_epoch == rec["step"] < rec["total_steps"]
+    assert rec["stopped_early"]["epoch_loss"] > 0.5 * rec["stopped_early"]["reference"]
+    assert read_metadata(run / "last.safetensors")["training"]["step"] == 2 * per_epoch
+    assert main([*args, "--resume"]) == 2  # already finished by the rule
+    assert main([*args, "--resume", "--set", "train.early_stop.enabled=false"]) == 0
+    assert read_metadata(run / "model.safetensors")["training"]["step"] == rec["total_steps"]
+
+
+@pytest.mark.parametrize("method,variant", [(m, ()) for m in METHODS]
+                         + [("syndiff", ("--set", "model.options.paired=true"))],  # SynDiff Sec. V-C variant
+                         ids=[*METHODS, "syndiff-paired"])
+def test_each_method_trains_resumes_exactly_and_evaluates(method, variant, cases, tmp_path, monkeypatch):
     full, part = tmp_path / "full", tmp_path / "part"
-    assert main(_train_args(method, cases, full, 4)) == 0
+    assert main(_train_args(method, cases, full, 4, *variant)) == 0
     for name in ("config.yaml", "split.json", "log.jsonl", "last.safetensors", "best.safetensors", "model.safetensors"):
         assert (full / name).exists(), name
     split = json.loads((full / "split.json").read_text(encoding="utf-8"))
@@ -178,12 +256,12 @@ def test_each_method_trains_resumes_exactly_and_evaluates(method, cases, tmp_pat
         return original(self, name, loss)
 
     monkeypatch.setattr(adversarial.TrainState, "update", interrupted)
-    assert main(_train_args(method, cases, part, 4)) != 0
+    assert main(_train_args(method, cases, part, 4, *variant)) != 0
     assert read_metadata(part / "last.safetensors")["training"]["step"] == 2
     assert not (part / "model.safetensors").exists()
     monkeypatch.setattr(adversarial.TrainState, "update", original)
-    assert main(_train_args(method, cases, part, 4)) == 2  # refuses to start over a checkpoint silently
-    assert main(_train_args(method, cases, part, 4, "--resume")) == 0
+    assert main(_train_args(method, cases, part, 4, *variant)) == 2  # refuses to start over a checkpoint silently
+    assert main(_train_args(method, cases, part, 4, *variant, "--resume")) == 0
     a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))
     assert set(a) == set(b) and any(k.startswith("train_state.opt.") for k in a)
     unequal = [k for k in a if not torch.equal(a[k], b[k])]

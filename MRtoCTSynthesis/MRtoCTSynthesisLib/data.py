@@ -2,7 +2,9 @@
 
 Folder layout (SynthRAD): ``<root>/<case>/mr.nii.gz``, ``<root>/<case>/ct.nii.gz`` and optionally
 ``<root>/<case>/mask.nii.gz``, the MR already registered to the CT (``mrtoct register``). ``mrtoct
-phantom`` writes this layout. Each case's MR is normalised per volume, its CT mapped with the fixed HU
+phantom`` writes this layout. For the unpaired methods (``syndiff``, ``cyclegan``) a training case may hold
+only ``mr`` or only ``ct`` (unpaired data from different patients); validation and test cases always need
+both, since they are scored against the real CT. Each case's MR is normalised per volume, its CT mapped with the fixed HU
 mapping, both reoriented to canonical axial order and put on the model grid exactly as inference does
 (:mod:`.slicing`), so training and synthesis see identical inputs.
 """
@@ -24,8 +26,8 @@ from .volume import Volume, read_volume, require_same_geometry
 @dataclass
 class Case:
     name: str
-    mr: Volume
-    ct: Volume
+    mr: Volume | None  # None only for single-modality cases of unpaired training (load_case(partial=True))
+    ct: Volume | None
     mask: Volume | None
 
 
@@ -37,12 +39,21 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def find_cases(root) -> list[Path]:
-    """Case folders under ``root`` holding both an ``mr`` and a ``ct`` volume, sorted by name."""
+def is_paired(folder) -> bool:
+    """True if the case folder holds both an ``mr`` and a ``ct`` volume."""
+    return bool(_find(Path(folder), "mr") and _find(Path(folder), "ct"))
+
+
+def find_cases(root, partial: bool = False) -> list[Path]:
+    """Case folders under ``root`` holding both an ``mr`` and a ``ct`` volume, sorted by name.
+
+    ``partial=True`` (unpaired training) also lists folders holding only one of them.
+    """
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"data folder {root} does not exist.", "point --data at a folder of <case>/mr.nii.gz + ct.nii.gz.")
-    cases = sorted(p for p in root.iterdir() if p.is_dir() and _find(p, "mr") and _find(p, "ct"))
+    cases = sorted(p for p in root.iterdir() if p.is_dir()
+                   and (is_paired(p) or (partial and (_find(p, "mr") or _find(p, "ct")))))
     if not cases:
         raise InputError(f"no cases found in {root}.",
                          "each case needs its own folder with mr.nii.gz and ct.nii.gz (try `mrtoct phantom --out DIR`).")
@@ -84,7 +95,8 @@ def read_split(path, root) -> dict[str, list[Path]]:
     """Read a split file (JSON or YAML ``{"train": [...], "val": [...], "test": [...]}`` of case names).
 
     Names must be plain folder names directly under ``root`` (no paths: a split file cannot point outside
-    the data folder), each case in at most one subset, every listed case present.
+    the data folder), each case in at most one subset, every listed case present: ``val`` and ``test`` cases
+    with both volumes, ``train`` cases with at least one (single-modality cases are for unpaired methods).
     """
     path, root = Path(path), Path(root)
     if not path.is_file():
@@ -117,8 +129,11 @@ def read_split(path, root) -> dict[str, list[Path]]:
                                  "put each patient in exactly one subset (no leakage between train and test).")
             seen[name] = subset
             folder = root / name
-            if not (folder.is_dir() and _find(folder, "mr") and _find(folder, "ct")):
-                raise InputError(f"split file {path}: case {name!r} has no folder with mr and ct volumes in {root}.",
+            present = folder.is_dir() and (is_paired(folder) if subset != "train"
+                                           else bool(_find(folder, "mr") or _find(folder, "ct")))
+            if not present:
+                need = "mr and ct volumes" if subset != "train" else "an mr or ct volume"
+                raise InputError(f"split file {path}: case {name!r} ({subset}) has no folder with {need} in {root}.",
                                  "fix the name, or regenerate the split for this data folder.")
             folders.append(folder)
         out[subset] = folders
@@ -136,44 +151,56 @@ def write_split(split: dict[str, list], path) -> Path:
     return Path(path)
 
 
-def load_case(folder, register: bool = False) -> Case:
+def load_case(folder, register: bool = False, partial: bool = False) -> Case:
     """Read one case, checking that MR, CT (in HU) and mask share one grid.
 
     ``register=True`` first registers the MR to the CT (:func:`.registration.register`, rigid then affine)
-    and resamples it onto the CT grid, for cases whose MR is not aligned yet.
+    and resamples it onto the CT grid, for cases whose MR is not aligned yet. ``partial=True`` accepts a
+    case with only an MR or only a CT (the other is None; nothing to register).
     """
     folder = Path(folder)
-    mr = read_volume(_find(folder, "mr") or folder / "mr.nii.gz", f"{folder.name} MRI")
-    ct = read_volume(_find(folder, "ct") or folder / "ct.nii.gz", f"{folder.name} CT")
-    if register:
+    mr_path, ct_path = _find(folder, "mr"), _find(folder, "ct")
+    if not partial or not (mr_path or ct_path):
+        mr_path, ct_path = mr_path or folder / "mr.nii.gz", ct_path or folder / "ct.nii.gz"  # read_volume names it
+    mr = read_volume(mr_path, f"{folder.name} MRI") if mr_path else None
+    ct = read_volume(ct_path, f"{folder.name} CT") if ct_path else None
+    if register and mr is not None and ct is not None:
         from .registration import register as _register
 
         mr = _register(ct, mr).registered
-    require_same_geometry(mr, ct, f"{folder.name} MRI", f"{folder.name} CT")
-    check_ct_in_hu(ct.array, f"{folder.name} CT")
+    if mr is not None and ct is not None:
+        require_same_geometry(mr, ct, f"{folder.name} MRI", f"{folder.name} CT")
+    if ct is not None:
+        check_ct_in_hu(ct.array, f"{folder.name} CT")
     mask_path = _find(folder, "mask")
     mask = read_volume(mask_path, f"{folder.name} mask") if mask_path else None
     if mask is not None:
-        require_same_geometry(mr, mask, f"{folder.name} MRI", f"{folder.name} mask")
+        ref, what = (mr, "MRI") if mr is not None else (ct, "CT")
+        require_same_geometry(ref, mask, f"{folder.name} {what}", f"{folder.name} mask")
     return Case(folder.name, mr, ct, mask)
 
 
 def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool = True):
-    """``(mr [N, 1+2c, H, W], ct [N, 1, H, W])`` model-range slices of one case.
+    """``(mr [N, 1+2c, H, W], ct [N, 1, H, W])`` model-range slices of one case (None for a missing modality).
 
     With ``body_only`` (and a mask), slices without any body voxel are dropped.
     """
-    mr = MRNormalization.fit(case.mr.array, what=f"{case.name} MRI").apply(case.mr.array.astype(np.float32))
-    ct = hu_to_model(case.ct.array.astype(np.float32))
-    mr_c, layout = to_canonical(mr, case.mr.geometry)
-    ct_c, _ = to_canonical(ct, case.ct.geometry)
-    keep = np.arange(layout.n_slices)
-    if body_only and case.mask is not None:
-        mask_c, _ = to_canonical(case.mask.array, case.mask.geometry)
-        keep = np.flatnonzero(mask_c.reshape(layout.n_slices, -1).any(axis=1))
-    mr_s = to_model_grid(mr_c, layout, image_size, context, indices=keep)
-    ct_s = to_model_grid(ct_c, layout, image_size, 0, indices=keep)
-    return mr_s, ct_s
+    out = []
+    for vol, ctx in ((case.mr, context), (case.ct, 0)):
+        if vol is None:
+            out.append(None)
+            continue
+        if vol is case.mr:
+            arr = MRNormalization.fit(vol.array, what=f"{case.name} MRI").apply(vol.array.astype(np.float32))
+        else:
+            arr = hu_to_model(vol.array.astype(np.float32))
+        arr_c, layout = to_canonical(arr, vol.geometry)
+        keep = np.arange(layout.n_slices)
+        if body_only and case.mask is not None:
+            mask_c, _ = to_canonical(case.mask.array, case.mask.geometry)
+            keep = np.flatnonzero(mask_c.reshape(layout.n_slices, -1).any(axis=1))
+        out.append(to_model_grid(arr_c, layout, image_size, ctx, indices=keep))
+    return out[0], out[1]
 
 
 #: bump when the slice preprocessing changes, so cached slices of an older engine are not reused
@@ -196,8 +223,10 @@ def _cache_key(folder: Path, image_size: int, context: int, register: bool) -> s
 
 
 def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
-                     register: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     register: bool = False, partial: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`case_slices` of the case in ``folder``, through an on-disk cache when ``cache_dir`` is given.
+
+    ``partial=True`` accepts a single-modality case (:func:`load_case`) and returns None for the missing one.
 
     The cache file is named by a hash of the volumes' paths, sizes and modification times, the model grid,
     the context and the registration flag, so editing a volume or changing a setting never reuses stale
@@ -212,10 +241,11 @@ def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
         if path.exists():
             try:
                 t = load_file(str(path))
-                return t["mr"], t["ct"]
+                if ("mr" in t and "ct" in t) or partial:
+                    return t.get("mr"), t.get("ct")
             except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
                 pass
-    mr, ct = case_slices(load_case(folder, register=register), image_size, context)
+    mr, ct = case_slices(load_case(folder, register=register, partial=partial), image_size, context)
     if path is not None:
         from safetensors.torch import save_file
 
@@ -224,7 +254,7 @@ def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path, suffix=".safetensors") as tmp:
-                save_file({"mr": mr.contiguous(), "ct": ct.contiguous()}, str(tmp))
+                save_file({k: v.contiguous() for k, v in (("mr", mr), ("ct", ct)) if v is not None}, str(tmp))
         except OSError as e:  # a read-only cache folder slows the next run down but must not stop this one
             import sys
 
@@ -264,8 +294,9 @@ class UnpairedSliceDataset:
 
     :meth:`batch` draws the MR indices and the CT indices with two separate random draws, so the i-th MR
     and the i-th CT of a batch are unrelated even when both pools come from the same cases (slices are never
-    paired by index). :meth:`from_folders` with ``disjoint_cases=True`` goes further and takes the MR pool
-    from every other case and the CT pool from the remaining cases, so no anatomy appears in both.
+    paired by index). :meth:`from_folders` accepts cases holding only an MR or only a CT (each feeds its
+    pool); with ``disjoint_cases=True`` it goes further and takes the MR of every other paired case and the
+    CT of the remaining ones, so no anatomy appears in both pools.
     """
 
     unpaired = True
@@ -287,13 +318,19 @@ class UnpairedSliceDataset:
         if disjoint_cases and len(folders) < 2:
             raise InputError("disjoint unpaired pools need at least two cases.", "add cases or drop disjoint_cases.")
         mrs, cts, names = [], [], []
-        for n, f in enumerate(folders):
-            m, c = load_case_slices(f, image_size, context, cache_dir=cache_dir, register=register)
-            if not disjoint_cases or n % 2 == 0:
+        n = 0  # alternates over the paired cases; single-modality cases feed their own pool
+        for f in folders:
+            m, c = load_case_slices(f, image_size, context, cache_dir=cache_dir, register=register, partial=True)
+            both = m is not None and c is not None
+            if m is not None and (not disjoint_cases or not both or n % 2 == 0):
                 mrs.append(m)
-            if not disjoint_cases or n % 2 == 1:
+            if c is not None and (not disjoint_cases or not both or n % 2 == 1):
                 cts.append(c)
+            n += both
             names.append(Path(f).name)
+        if not mrs or not cts:
+            raise InputError(f"the unpaired training cases hold no {'MR' if not mrs else 'CT'} volume.",
+                             "add cases with an mr.nii.gz and cases with a ct.nii.gz (they need not be paired).")
         return cls(torch.cat(mrs), torch.cat(cts), names)
 
     def __len__(self) -> int:

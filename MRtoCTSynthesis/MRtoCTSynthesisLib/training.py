@@ -18,6 +18,9 @@ The loop (:func:`train_loop`)
   as the checkpoint's ``ema.*`` weights, which inference loads.
 * A non-finite loss stops the run with a message naming the step and what to change; the last good
   checkpoint stays in place.
+* Early stop (``train.early_stop``, :class:`LossPlateau`): Lyu & Wang's rule, at least 100 epochs and then
+  stop once an epoch's mean loss is not 1 % below the mean of the previous 20 epochs; the callback returns
+  True and every process leaves the loop after the same step.
 * AMP: bf16 autocast on CUDA (``amp``); CPU runs stay fp32.
 * Multi-process (``torchrun``): each process draws its own batches (seeded by its rank); the diffusion
   denoiser is wrapped in DistributedDataParallel, and the methods with several networks (GANs, SynDiff)
@@ -64,7 +67,8 @@ DEFAULT_CONFIG: dict[str, dict[str, Any] | str] = {
               "decay_start": 0.5},
     "train": {"epochs": 100, "steps": None, "batch_size": 2, "ema_decay": 0.999, "amp": "auto", "seed": 0,
               "device": "auto", "log_every": 50, "val_every": 500, "val_cases": 2, "val_slices": 8,
-              "val_sampler": None, "val_steps": 10, "checkpoint_every": 500},
+              "val_sampler": None, "val_steps": 10, "checkpoint_every": 500,
+              "early_stop": {"enabled": False, "min_epochs": 100, "window": 20, "min_decrease": 0.01}},
 }
 #: config sections whose change makes a checkpoint unusable for --resume
 RESUME_KEYS = ("method", "model", "optim", "train.batch_size", "train.seed", "train.ema_decay")
@@ -164,7 +168,7 @@ def validate_config(cfg: dict) -> dict:
                          f"use one of {', '.join(trainable)} (ddmm_synth samples a trained ddpm).")
     t, o, d = cfg["train"], cfg["optim"], cfg["data"]
     # YAML 1.1 reads "3e-4" (no dot) as a string: accept numbers written that way
-    for section in (t, o, d, cfg["model"]):
+    for section in (t, o, d, cfg["model"], t["early_stop"]):
         for key, value in section.items():
             if isinstance(value, str):
                 try:
@@ -186,6 +190,13 @@ def validate_config(cfg: dict) -> dict:
     positive("train.epochs", t["epochs"], integer=False)
     for k in ("log_every", "val_every", "checkpoint_every", "val_cases", "val_slices", "val_steps"):
         positive(f"train.{k}", t[k], allow_zero=k in ("val_every", "val_cases"))
+    es = t["early_stop"]
+    if not isinstance(es["enabled"], bool):
+        raise InputError(f"config train.early_stop.enabled must be true or false, got {es['enabled']!r}.",
+                         "use true to stop on a loss plateau (Lyu & Wang Sec. IV), false to train all epochs.")
+    positive("train.early_stop.min_epochs", es["min_epochs"], allow_zero=True)
+    positive("train.early_stop.window", es["window"])
+    positive("train.early_stop.min_decrease", es["min_decrease"], integer=False, allow_zero=True)
     positive("optim.lr", o["lr"], integer=False, allow_none=True)
     positive("optim.grad_clip", o["grad_clip"], integer=False, allow_zero=True)
     positive("optim.warmup_steps", o["warmup_steps"], allow_zero=True)
@@ -300,7 +311,8 @@ def train_loop(model, dataset, *, steps: int, batch_size: int = 16, lr: float | 
                callback: Callable[[int, dict, Any, dict], None] | None = None, resume: dict | None = None) -> dict:
     """Train ``model`` (any method) on ``dataset`` for ``steps`` optimisation steps; see the module docs.
 
-    ``callback(step_done, out, state, ema)`` runs after each step (validation, logs, checkpoints);
+    ``callback(step_done, out, state, ema)`` runs after each step (validation, logs, checkpoints) and may
+    return True to end the run after that step;
     ``resume = {"tensors": ..., "doc": ..., "ema": {name: state_dict}}`` continues a saved run. Returns
     ``{"loss": [...], "terms": {...}, "ema": {network: module}, "seconds": s, "state": TrainState}``.
     """
@@ -377,8 +389,8 @@ def train_loop(model, dataset, *, steps: int, batch_size: int = 16, lr: float | 
             terms.setdefault(k, []).append(v)
         if progress:
             progress(step, out["loss"])
-        if callback:
-            callback(step + 1, out, state, ema)
+        if callback and callback(step + 1, out, state, ema):
+            break  # the callback asked to stop (a loss plateau); every process decides the same way
     if dist:  # every process must end with the same weights; a silent divergence would corrupt the model
         total = torch.stack([sum(p.detach().double().sum() for p in net.parameters()) for net in model.networks.values()])
         gathered = [torch.zeros_like(total) for _ in range(world)]
@@ -417,6 +429,46 @@ def train_diffusion(model, dataset, settings: TrainSettings, device="cpu",
                       betas=settings.betas, eps=settings.eps, ema_decay=settings.ema_decay, seed=settings.seed,
                       grad_clip=settings.grad_clip, warmup_steps=settings.lr_warmup, device=device, progress=progress)
     return {**hist, "ema": hist["ema"].get("denoiser")}
+
+
+# ---------------------------------------------------------------------------------------------- early stop
+class LossPlateau:
+    """Lyu & Wang's stopping rule (Sec. IV): train at least ``min_epochs`` epochs, then stop after the first
+    epoch whose mean training loss is not at least ``min_decrease`` (1 %) below the mean of the ``window``
+    (20) epochs before it.
+
+    :meth:`add` takes the (process-averaged) loss of every step; an epoch is ``steps_per_epoch`` steps.
+    :meth:`state` / ``LossPlateau(..., state=...)`` carry the epoch means and the running partial epoch
+    through a checkpoint, so a resumed run stops at the same step as an uninterrupted one.
+    """
+
+    def __init__(self, steps_per_epoch: int, min_epochs: int = 100, window: int = 20, min_decrease: float = 0.01,
+                 state: dict | None = None):
+        self.steps_per_epoch, self.min_epochs = max(1, int(steps_per_epoch)), int(min_epochs)
+        self.window, self.min_decrease = int(window), float(min_decrease)
+        state = state or {}
+        self.epochs: list[float] = [float(v) for v in state.get("epochs", [])]
+        self.partial_sum, self.partial_n = (float(v) for v in state.get("partial", (0.0, 0)))
+        self.reference: float | None = None
+
+    def add(self, step: int, loss: float) -> bool:
+        """Record the loss of step ``step`` (1-based); True if the run should stop after this step."""
+        self.partial_sum += float(loss)
+        self.partial_n += 1
+        if step % self.steps_per_epoch:
+            return False
+        self.epochs.append(self.partial_sum / self.partial_n)
+        self.partial_sum, self.partial_n = 0.0, 0
+        return self.plateaued()
+
+    def plateaued(self) -> bool:
+        if len(self.epochs) < max(self.min_epochs, self.window + 1):
+            return False
+        self.reference = sum(self.epochs[-self.window - 1:-1]) / self.window
+        return self.epochs[-1] > (1.0 - self.min_decrease) * self.reference
+
+    def state(self) -> dict:
+        return {"epochs": list(self.epochs), "partial": [self.partial_sum, self.partial_n]}
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -481,8 +533,10 @@ class TrainingRun:
                              "or set data.root in the config.")
 
     # ------------------------------------------------------------------ setup
-    def _split(self, resume: bool) -> dict[str, list[Path]]:
-        from .data import find_cases, make_split, read_split, write_split
+    def _split(self, resume: bool, unpaired: bool) -> dict[str, list[Path]]:
+        """The run's patient split. Unpaired methods may use single-modality cases: they always train, and
+        the random split draws val/test only from the cases that hold both volumes (they are scored)."""
+        from .data import find_cases, is_paired, make_split, read_split, write_split
 
         d = self.cfg["data"]
         saved = self.run_dir / "split.json"
@@ -491,8 +545,11 @@ class TrainingRun:
         if d["split"]:
             split = read_split(d["split"], d["root"])
         else:
-            folders = find_cases(d["root"])
-            names = make_split(folders, d["val_fraction"], d["test_fraction"], d["split_seed"])
+            folders = find_cases(d["root"], partial=unpaired)
+            paired = [f for f in folders if is_paired(f)]
+            names = (make_split(paired, d["val_fraction"], d["test_fraction"], d["split_seed"]) if paired
+                     else {"train": [], "val": [], "test": []})
+            names["train"] = sorted(names["train"] + [f.name for f in folders if f not in paired])
             split = {k: [Path(d["root"]) / n for n in v] for k, v in names.items()}
         if self.rank == 0:
             write_split(split, saved)
@@ -505,6 +562,13 @@ class TrainingRun:
         kw = dict(image_size=m["image_size"], context=m["context"], cache_dir=self.cache_dir, register=d["register"])
         if model.unpaired:
             return UnpairedSliceDataset.from_folders(folders, disjoint_cases=d["disjoint_cases"], **kw)
+        from .data import is_paired
+
+        single = [Path(f).name for f in folders if not is_paired(f)]
+        if single:
+            raise InputError(f"method {model.method!r} trains on registered MR/CT pairs, but training case(s) "
+                             f"{', '.join(single)} hold only one of the two.",
+                             "remove them from the split, or train an unpaired method (syndiff, cyclegan).")
         return SliceDataset.from_folders(folders, **kw)
 
     # ------------------------------------------------------------------ checkpoints
@@ -518,6 +582,7 @@ class TrainingRun:
                 "cases": {k: [Path(c).name for c in v] for k, v in self.split.items()},
                 "final_terms_mean_last_100": tail, "final_loss_mean_last_100": tail.get("loss"),
                 "best_val": self.best, "seconds": seconds, "world_size": self.world,
+                "plateau": self.plateau.state() if self.plateau else None, "stopped_early": self.stopped_early,
                 "command": self.command or " ".join(sys.argv)}
 
     def _save(self, path: Path, model, state, ema, with_state: bool, record: dict) -> None:
@@ -547,7 +612,12 @@ class TrainingRun:
         if diff:
             raise InputError(f"--resume: the config differs from the interrupted run's in {', '.join(diff)}.",
                              f"use the run's own config ({self.run_dir / 'config.yaml'}), or start a new --run-dir.")
+        if rec.get("stopped_early") and self.cfg["train"]["early_stop"]["enabled"]:
+            raise InputError(f"--resume: the run already stopped on a loss plateau at step {rec['stopped_early']['step']} "
+                             f"(Lyu & Wang's rule, train.early_stop).",
+                             "use its model.safetensors, or train on with --set train.early_stop.enabled=false.")
         self.best = rec.get("best_val")
+        self.plateau_state = rec.get("plateau")
         return {"networks": {n: ck.tensors[n] for n in model.networks},
                 "ema": {n: ck.tensors[f"ema.{n}"] for n in model.inference_networks if f"ema.{n}" in ck.tensors},
                 "tensors": ck.tensors.get(STATE_PREFIX, {}), "doc": rec["resume"]}
@@ -600,17 +670,16 @@ class TrainingRun:
         if d["cache"]:
             self.cache_dir = Path(d["cache_dir"]) if d["cache_dir"] else Path(os.environ.get(
                 "MRTOCT_CACHE", Path.home() / ".cache" / "mrtoct")) / "slices"
-        self.best = None
-        self.split = self._split(resume)
-        if not self.split["train"]:
-            raise InputError("the split has no training cases.", "add cases to 'train' or lower val/test fractions.")
-
+        self.best, self.plateau_state, self.stopped_early = None, None, None
         torch.manual_seed(int(t["seed"]))  # same initial weights on every process
         options = dict(m["options"] or {})
         if cfg["method"] in ("ddpm", "score_sde"):
             options.setdefault("prediction", m["prediction"])
         model = create_model(cfg["method"], m["image_size"], m["context"], unet=m["unet"], process=m["process"],
                              options=options or None)
+        self.split = self._split(resume, bool(model.unpaired))
+        if not self.split["train"]:
+            raise InputError("the split has no training cases.", "add cases to 'train' or lower val/test fractions.")
         data = self._data(self.split["train"], model)
         self.n_slices = len(data)
         self.unpaired = bool(model.unpaired)
@@ -627,6 +696,10 @@ class TrainingRun:
             self.val_data = (vd.mr[idx], vd.ct[idx])
         resume_state = self._load_resume(model) if resume else None
         start = int(resume_state["doc"]["step"]) if resume_state else 0
+        es = t["early_stop"]
+        self.steps_per_epoch = math.ceil(self.n_slices / per_step)
+        self.plateau = LossPlateau(self.steps_per_epoch, es["min_epochs"], es["window"], es["min_decrease"],
+                                   self.plateau_state) if es["enabled"] else None
         if start >= self.total_steps:
             raise InputError(f"--resume: the run already finished ({start} of {self.total_steps} steps).",
                              "raise train.steps (e.g. --steps N) to train further, or use the run's model.safetensors.")
@@ -647,9 +720,18 @@ class TrainingRun:
         final_path = self.run_dir / "model.safetensors"
 
         def callback(step, out, state, ema):
+            stop = bool(self.plateau and self.plateau.add(step, out["loss"]))  # the same on every process
+            if stop:
+                pl = self.plateau
+                self.stopped_early = {"step": step, "epoch": len(pl.epochs), "epoch_loss": pl.epochs[-1],
+                                      "reference": pl.reference}
             if self.rank != 0:
-                return
-            final = step == self.total_steps
+                return stop
+            if stop and progress:
+                print(f"stopping at step {step} (epoch {len(pl.epochs)}): its mean loss {pl.epochs[-1]:.5f} is not "
+                      f"{pl.min_decrease:.0%} below the mean of the previous {pl.window} epochs "
+                      f"({pl.reference:.5f}; Lyu & Wang Sec. IV, train.early_stop)", file=sys.stderr, flush=True)
+            final = step == self.total_steps or stop
             if step % t["log_every"] == 0 or final or time.perf_counter() - last_print[0] > 30:
                 now = time.perf_counter()
                 rate = (now - last_print[0]) / max(1, step - last_print[1])
@@ -680,6 +762,7 @@ class TrainingRun:
                       + f" (final loss {record['final_loss_mean_last_100']:.4f}"
                       + (f", best validation PSNR {self.best['psnr_db']:.2f} dB at step {self.best['step']}"
                          if self.best else "") + ")", flush=True)
+            return stop
 
         try:
             train_loop(model, data, steps=self.total_steps, batch_size=int(t["batch_size"]), lr=o["lr"],

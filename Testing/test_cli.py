@@ -97,3 +97,29 @@ def test_evaluate_mismatched_grids(cases, tmp_path, capsys):
     sitk.WriteImage(img, str(other))
     assert main(["evaluate", "--pred", str(other), "--ref", str(cases / "case_000" / "ct.nii.gz")]) == 2
     assert "different grids" in capsys.readouterr().err
+
+
+def test_channels_last_flag_gives_the_same_sct(cases, tiny_model, tmp_path, capsys):
+    """--channels-last changes the memory layout only: the sCT must match the default layout's to float noise."""
+    import numpy as np
+
+    from MRtoCTSynthesisLib.cli import build_parser
+    from MRtoCTSynthesisLib.commands import COMPILE_CHOICES, _options_from_args
+    from MRtoCTSynthesisLib.inference import COMPILE_MODES
+
+    assert tuple(COMPILE_CHOICES) == COMPILE_MODES
+    mr = cases / "case_001" / "mr.nii.gz"
+    base = ["synthesize", "--mri", str(mr), "--model", str(tiny_model), "--sampler", "ddim", "--steps", "2"]
+    assert main([*base, "--out-ct", str(tmp_path / "a.nii.gz")]) == 0
+    assert main([*base, "--out-ct", str(tmp_path / "b.nii.gz"), "--channels-last"]) == 0
+    a, b = read_volume(tmp_path / "a.nii.gz").array, read_volume(tmp_path / "b.nii.gz").array
+    assert np.abs(a - b).max() < 0.5  # HU; same network, same noise, only the convolution layout differs
+    opts = _options_from_args(build_parser().parse_args([*base, "--out-ct", "x.nii.gz", "--compile"]))
+    assert opts.compile and opts.compile_mode == "default" and not opts.channels_last
+    opts = _options_from_args(build_parser().parse_args(
+        [*base, "--out-ct", "x.nii.gz", "--compile", "reduce-overhead", "--channels-last"]))
+    assert opts.compile and opts.compile_mode == "reduce-overhead" and opts.channels_last
+    with pytest.raises(SystemExit) as exit_:
+        main([*base, "--out-ct", str(tmp_path / "c.nii.gz"), "--compile", "fastest"])
+    assert exit_.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

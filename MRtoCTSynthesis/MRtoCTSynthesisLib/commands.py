@@ -20,6 +20,8 @@ DEMO_MODEL = ASSETS / "demo_ddpm.safetensors"
 DEMO_SYNDIFF = ASSETS / "demo_syndiff.safetensors"
 SAMPLER_CHOICES = ["ddpm", "ddim", "em", "pc", "ode", "dpmpp"]
 SAMPLER_CHOICES += ["syndiff", "direct"]  # SynDiff's fixed T/k-step sampler; the one-call CNN/GAN baselines
+#: inference.COMPILE_MODES, repeated here so that building the parser does not import torch (a test checks)
+COMPILE_CHOICES = ["default", "reduce-overhead", "max-autotune"]
 TRAIN_METHODS = ["ddpm", "score_sde", "syndiff", "unet_cnn", "pix2pix", "wgan_gp", "cyclegan"]
 
 
@@ -53,8 +55,11 @@ def _check_out(path, what):
 def _options_from_args(args):
     from .inference import SynthesisOptions
 
+    compile_mode = getattr(args, "compile", None)
     return SynthesisOptions(sampler=args.sampler, steps=args.steps, samples=args.samples, seed=args.seed,
-                            device=args.device, batch_size=args.batch_size, precision=args.precision)
+                            device=args.device, batch_size=args.batch_size, precision=args.precision,
+                            channels_last=bool(getattr(args, "channels_last", False)), compile=compile_mode is not None,
+                            compile_mode=compile_mode or "default")
 
 
 # -------------------------------------------------------------------------------------------- synthesize
@@ -229,7 +234,7 @@ def add_synthesis_arguments(p: argparse.ArgumentParser, model_required=True) -> 
                    help="sampler (default: the model's, dpmpp = DPM-Solver++(2M)); ddpm = ancestral (Lyu Table I), "
                         "ddim, em = Euler-Maruyama, pc = predictor-corrector, ode = probability-flow RK45")
     p.add_argument("--steps", type=_positive_int("--steps"), default=None,
-                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 10; "
+                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 5; "
                         "ode: maximum steps of the adaptive solver)")
     p.add_argument("--samples", type=_positive_int("--samples"), default=1,
                    help="Monte-Carlo samples per slice; the sCT is their mean and --out-std their std (default 1)")
@@ -240,6 +245,13 @@ def add_synthesis_arguments(p: argparse.ArgumentParser, model_required=True) -> 
                    help="images per network call (default: automatic; halved on CUDA out-of-memory)")
     p.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto",
                    help="auto = bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory layout for weights and inputs (faster convolutions on recent GPUs under "
+                        "bf16/fp16; no gain on CPU). Off by default")
+    p.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_CHOICES, metavar="MODE",
+                   help="torch.compile the networks (MODE: default, reduce-overhead = CUDA graphs, max-autotune). "
+                        "Compiling takes minutes and pays only for long runs on a GPU; on the 2-core CPU we measured "
+                        "it slower (benchmarks/README.md). Off by default")
 
 
 # -------------------------------------------------------------------------------------------------- info

@@ -93,7 +93,9 @@ def test_posterior_matches_gaussian_conditioning_and_monte_carlo():
         assert intercept == pytest.approx(c0 * x0v, abs=0.01)
         assert resid == pytest.approx(var, rel=0.02)
         mean, v = s.posterior(x_t[:5], x0[:5], i)
-        assert torch.allclose(mean, c0 * x0[:5] + ct * x_t[:5]) and float(v.squeeze()) == pytest.approx(var)
+        assert torch.allclose(mean, c0 * x0[:5] + ct * x_t[:5]) and float(v) == pytest.approx(var)
+        mean_b, v_b = s.posterior(x_t[:5], x0[:5], torch.full((5,), i))  # the per-sample (training) path
+        assert torch.allclose(mean_b.reshape(-1), mean) and torch.allclose(v_b.reshape(-1), torch.full((5,), var, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------------- sampling

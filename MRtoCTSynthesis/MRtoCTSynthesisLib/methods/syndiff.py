@@ -62,6 +62,7 @@ stored). ``process`` holds the schedule ``{"kind": "syndiff", "T", "k", "beta_mi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -150,9 +151,14 @@ class FastDiffusionSchedule:
             return c0[idx], ct[idx], var[idx]
         return c0[int(i)], ct[int(i)], var[int(i)]
 
-    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, i) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance (broadcastable) of ``q(x_{t-k} | x_t, x0)`` (SynDiff Eq. 14)."""
+    def posterior(self, x_t: torch.Tensor, x0: torch.Tensor, i) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """Mean and variance (broadcastable) of ``q(x_{t-k} | x_t, x0)`` (SynDiff Eq. 14).
+
+        For an int ``i`` (sampling) the coefficients are Python scalars, so no host-to-device copy happens.
+        """
         c0, ct, var = self.posterior_coefficients(i)
+        if not isinstance(i, torch.Tensor):
+            return float(c0) * x0 + float(ct) * x_t, float(var)
         shape = (-1, *([1] * (x_t.dim() - 1)))
         cast = dict(device=x_t.device, dtype=x_t.dtype)
         return (c0.to(**cast).reshape(shape) * x0 + ct.to(**cast).reshape(shape) * x_t, var.to(**cast).reshape(shape))
@@ -160,7 +166,7 @@ class FastDiffusionSchedule:
     def posterior_sample(self, x_t: torch.Tensor, x0: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
         """A draw of ``x_{t-k}`` from ``q(x_{t-k} | x_t, x0)``; with ``x0 = G_theta(...)`` this is SynDiff Eq. 15."""
         mean, var = self.posterior(x_t, x0, i)
-        return mean + var.sqrt() * noise
+        return mean + (math.sqrt(var) if isinstance(var, float) else var.sqrt()) * noise
 
 
 @dataclass(frozen=True)
@@ -262,7 +268,7 @@ class SynDiff(TrainableMethod):
             if cancel is not None and cancel():
                 raise CancelledError("synthesis cancelled")
             z = torch.randn((b, latent), generator=generator, device=dev)
-            t = sched.time_condition(i).to(dev).expand(b)
+            t = torch.full((b,), float(i * sched.k), device=dev)  # = time_condition(i), made on the device
             x0 = net(x, cond, t, z).float()
             nfe += 1
             if x0_hook is not None:

@@ -483,7 +483,10 @@ def add_parsers(sub) -> None:
                                     "written atomically every checkpoint_every steps), best.safetensors (best "
                                     "validation PSNR), model.safetensors (final EMA model), log.jsonl and tensorboard/. "
                                     "Multi-GPU: torchrun --nproc_per_node N training/train.py ... (batch size is per "
-                                    "process). syndiff and cyclegan train on unpaired slices.",
+                                    "process). syndiff and cyclegan train on unpaired slices, and their training "
+                                    "cases may hold only an MR or only a CT; --set model.options.paired=true trains "
+                                    "SynDiff's supervised variant (SynDiff Sec. V-C) on registered pairs. The Lyu & "
+                                    "Wang configs stop on a loss plateau (train.early_stop).",
                         epilog="Examples: mrtoct train --config training/configs/ddpm.yaml --data DIR --run-dir runs/ddpm; "
                                "after an interruption add --resume to the same command.")
     tr.add_argument("--config", help="YAML config (see training/configs/); relative paths in it are taken from its folder")

@@ -139,8 +139,10 @@ def save_method_grid_figure(path, mr, ref, rows, *, mask=None, roi=None, pixel_s
     w_in, h_in = GRID_PANEL_INCHES
     fig, axes = plt.subplots(n, len(GRID_COLUMNS), squeeze=False,
                              figsize=(w_in * len(GRID_COLUMNS), h_in * n + GRID_TITLE_INCHES))
-    top = 1 - (GRID_TITLE_INCHES + 0.3) / (h_in * n + GRID_TITLE_INCHES)
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.02, top=top, wspace=0.08, hspace=0.45)
+    total_h = h_in * n + GRID_TITLE_INCHES
+    top = 1 - (GRID_TITLE_INCHES + 0.3) / total_h
+    bottom = 0.4 / total_h  # room for the last row's two lines of metrics under its panels
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=bottom, top=top, wspace=0.08, hspace=0.45)
     for i, row in enumerate(rows):
         sct, std = np.asarray(row["sct"], dtype=np.float64), np.asarray(row["std"], dtype=np.float64)
         err = np.abs(sct - ref)

@@ -349,7 +349,8 @@ def cmd_demo(args) -> int:
 
     Rows: the conditional DDPM from the MRI alone (its sCT and std are sct.nii.gz / sct_std.nii.gz);
     DDMM-Synth, the same model pinned to ``--projections`` simulated views of the bundled CT (N-SMI,
-    noiseless); SynDiff (when its bundled model is present). All use ``--samples`` Monte-Carlo samples
+    noiseless); SynDiff (when its bundled model is present; the label says whether it was trained on pairs,
+    SynDiff Sec. V-C, or unpaired). All use ``--samples`` Monte-Carlo samples
     (DDMM-Synth half as many: the measurements leave little to vary).
     """
     import dataclasses
@@ -407,8 +408,8 @@ def cmd_demo(args) -> int:
             lambda: synthesize_with_measurements(mri, dd, meas, "noiseless", dd_opts, progress=_progress_printer()))
     if not args.model and not args.no_syndiff and DEMO_SYNDIFF.exists():
         sd = load_model(DEMO_SYNDIFF)
-        trained = (sd.metadata.get("training") or {}).get("step")
-        run("syndiff", f"SynDiff (4 steps){f', {trained} training steps' if trained else ''}", lambda: synthesize_volume(
+        variant = "paired" if getattr(sd, "paired", False) else "unpaired"
+        run("syndiff", f"SynDiff ({variant}), 4 steps", lambda: synthesize_volume(
             mri, sd, dataclasses.replace(options, sampler=None, steps=None), progress=_progress_printer()))
 
     files = []

@@ -183,6 +183,20 @@ def test_unpaired_methods_train_on_single_modality_cases(cases, tmp_path):
     with pytest.raises(InputError, match=r"case_000.*only one") as err:
         TrainingRun(cfg, tmp_path / "paired_run").run(progress=False)
     assert "unpaired method" in err.value.fix
+    with pytest.raises(InputError, match="disjoint_cases applies to unpaired"):
+        TrainingRun(apply_overrides(cfg, ["data.split=null", "data.disjoint_cases=true"]), tmp_path / "p2").run(progress=False)
+    # disjoint pools from one paired case (its MR is taken, its CT left out) and an MR-only case: no CT at all
+    with pytest.raises(InputError, match="disjoint_cases the CT pool is empty") as err:
+        UnpairedSliceDataset.from_folders([data / "case_002", data / "case_000"], 32, disjoint_cases=True)
+    assert "drop disjoint_cases" in err.value.fix
+
+    # the watched term must exist, and is named in the error
+    bad = apply_overrides(default_config("cyclegan"), [f"data.root={data}", "model.image_size=32", "train.steps=2",
+                                                       "train.device=cpu", "train.early_stop.enabled=true",
+                                                       "train.early_stop.term=nope"])
+    with pytest.raises(InputError, match="'nope' is not a loss term") as err:
+        TrainingRun(bad, tmp_path / "p3").run(progress=False)
+    assert "loss" in err.value.fix
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -213,6 +227,22 @@ def test_loss_plateau_rule_on_a_hand_worked_sequence():
     # min_epochs holds the rule back even on a flat loss
     flat = LossPlateau(1, min_epochs=4, window=1, min_decrease=0.01)
     assert [flat.add(s, 1.0) for s in range(1, 6)] == [False, False, False, True, True]
+    # losses below zero (WGAN-GP's critic term): flat stops; falling by 2 % of |loss| per epoch goes on
+    flat_neg = LossPlateau(1, min_epochs=3, window=2, min_decrease=0.01)
+    assert [flat_neg.add(s, -10.0) for s in range(1, 5)] == [False, False, True, True]
+    falling = LossPlateau(1, min_epochs=3, window=1, min_decrease=0.01)
+    assert not any(falling.add(s, -10.0 * 1.02 ** s) for s in range(1, 30))
+
+
+def test_early_stop_settings_are_checked(tmp_path):
+    base = default_config("unet_cnn")
+    with pytest.raises(InputError, match="below 1"):
+        apply_overrides(base, ["train.early_stop.min_decrease=1.5"])
+    with pytest.raises(InputError, match="true or false"):
+        apply_overrides(base, ["train.early_stop.enabled=maybe"])
+    assert load_config(CONFIGS / "wgan_gp.yaml")["train"]["early_stop"]["term"] == "mse"
+    with pytest.raises(InputError, match="true or false"):
+        create_model("syndiff", 32, options={"paired": "false"})
 
 
 def test_run_stops_on_a_loss_plateau_and_resume_respects_it(cases, tmp_path):

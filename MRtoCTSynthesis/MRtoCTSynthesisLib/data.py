@@ -329,7 +329,12 @@ class UnpairedSliceDataset:
             n += both
             names.append(Path(f).name)
         if not mrs or not cts:
-            raise InputError(f"the unpaired training cases hold no {'MR' if not mrs else 'CT'} volume.",
+            what = "MR" if not mrs else "CT"
+            if disjoint_cases:
+                raise InputError(f"with disjoint_cases the {what} pool is empty: the paired cases alternate between "
+                                 f"the pools, and no single-modality case supplies {what}.",
+                                 f"drop disjoint_cases, or add cases with {what.lower()}.nii.gz.")
+            raise InputError(f"the unpaired training cases hold no {what} volume.",
                              "add cases with an mr.nii.gz and cases with a ct.nii.gz (they need not be paired).")
         return cls(torch.cat(mrs), torch.cat(cts), names)
 

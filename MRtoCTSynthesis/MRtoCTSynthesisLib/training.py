@@ -68,7 +68,8 @@ DEFAULT_CONFIG: dict[str, dict[str, Any] | str] = {
     "train": {"epochs": 100, "steps": None, "batch_size": 2, "ema_decay": 0.999, "amp": "auto", "seed": 0,
               "device": "auto", "log_every": 50, "val_every": 500, "val_cases": 2, "val_slices": 8,
               "val_sampler": None, "val_steps": 10, "checkpoint_every": 500,
-              "early_stop": {"enabled": False, "min_epochs": 100, "window": 20, "min_decrease": 0.01}},
+              "early_stop": {"enabled": False, "min_epochs": 100, "window": 20, "min_decrease": 0.01,
+                             "term": "loss"}},
 }
 #: config sections whose change makes a checkpoint unusable for --resume
 RESUME_KEYS = ("method", "model", "optim", "train.batch_size", "train.seed", "train.ema_decay")
@@ -197,6 +198,12 @@ def validate_config(cfg: dict) -> dict:
     positive("train.early_stop.min_epochs", es["min_epochs"], allow_zero=True)
     positive("train.early_stop.window", es["window"])
     positive("train.early_stop.min_decrease", es["min_decrease"], integer=False, allow_zero=True)
+    if es["min_decrease"] >= 1:
+        raise InputError(f"config train.early_stop.min_decrease must be below 1, got {es['min_decrease']!r}.",
+                         "use a fraction, e.g. 0.01 for Lyu & Wang's 1 %.")
+    if not isinstance(es["term"], str) or not es["term"]:
+        raise InputError(f"config train.early_stop.term must name a logged loss term, got {es['term']!r}.",
+                         "use 'loss' (the total), or a term of the method such as 'mse'.")
     positive("optim.lr", o["lr"], integer=False, allow_none=True)
     positive("optim.grad_clip", o["grad_clip"], integer=False, allow_zero=True)
     positive("optim.warmup_steps", o["warmup_steps"], allow_zero=True)
@@ -434,8 +441,8 @@ def train_diffusion(model, dataset, settings: TrainSettings, device="cpu",
 # ---------------------------------------------------------------------------------------------- early stop
 class LossPlateau:
     """Lyu & Wang's stopping rule (Sec. IV): train at least ``min_epochs`` epochs, then stop after the first
-    epoch whose mean training loss is not at least ``min_decrease`` (1 %) below the mean of the ``window``
-    (20) epochs before it.
+    epoch whose mean training loss is not at least ``min_decrease`` (1 %) of its size below the mean of the
+    ``window`` (20) epochs before it (``loss > ref - min_decrease * |ref|``, so negative losses work too).
 
     :meth:`add` takes the (process-averaged) loss of every step; an epoch is ``steps_per_epoch`` steps.
     :meth:`state` / ``LossPlateau(..., state=...)`` carry the epoch means and the running partial epoch
@@ -465,7 +472,8 @@ class LossPlateau:
         if len(self.epochs) < max(self.min_epochs, self.window + 1):
             return False
         self.reference = sum(self.epochs[-self.window - 1:-1]) / self.window
-        return self.epochs[-1] > (1.0 - self.min_decrease) * self.reference
+        # "1 % below" relative to the reference's size, so the rule also holds for losses below zero
+        return self.epochs[-1] > self.reference - self.min_decrease * abs(self.reference)
 
     def state(self) -> dict:
         return {"epochs": list(self.epochs), "partial": [self.partial_sum, self.partial_n]}
@@ -562,6 +570,9 @@ class TrainingRun:
         kw = dict(image_size=m["image_size"], context=m["context"], cache_dir=self.cache_dir, register=d["register"])
         if model.unpaired:
             return UnpairedSliceDataset.from_folders(folders, disjoint_cases=d["disjoint_cases"], **kw)
+        if d["disjoint_cases"]:
+            raise InputError(f"data.disjoint_cases applies to unpaired training, but {model.method!r} here trains on "
+                             "registered pairs.", "drop --disjoint-cases (or train an unpaired method).")
         from .data import is_paired
 
         single = [Path(f).name for f in folders if not is_paired(f)]
@@ -652,6 +663,20 @@ class TrainingRun:
         return {"mae_hu": float(abs(err).mean()), "me_hu": float(err.mean()),
                 "psnr_db": float(10 * math.log10(4095.0 ** 2 / max(mse, 1e-12)))}
 
+    def _plateau_value(self, out: dict) -> float:
+        """The loss term the early-stop rule watches, averaged over processes (``loss`` already is)."""
+        term = self.cfg["train"]["early_stop"]["term"]
+        if term not in out:
+            raise InputError(f"train.early_stop.term {term!r} is not a loss term of {self.cfg['method']!r}.",
+                             f"use one of: {', '.join(sorted(k for k in out if k != 'lr'))}.")
+        value = float(out[term])
+        dist = _dist()
+        if dist and term != "loss":
+            t = torch.tensor([value], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t)
+            value = t.item() / self.world
+        return value
+
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False, progress: bool = True) -> Path:
         from .atomic import atomic_write
@@ -720,7 +745,7 @@ class TrainingRun:
         final_path = self.run_dir / "model.safetensors"
 
         def callback(step, out, state, ema):
-            stop = bool(self.plateau and self.plateau.add(step, out["loss"]))  # the same on every process
+            stop = bool(self.plateau and self.plateau.add(step, self._plateau_value(out)))  # same on every process
             if stop:
                 pl = self.plateau
                 self.stopped_early = {"step": step, "epoch": len(pl.epochs), "epoch_loss": pl.epochs[-1],

@@ -205,6 +205,14 @@ class SynDiff(TrainableMethod):
     def roles_for(cls, method_config):
         return cls.paired_roles if method_config.get("paired") else cls.network_roles
 
+    @classmethod
+    def _config_with(cls, process, options) -> dict:
+        cfg = super()._config_with(process, options)
+        if not isinstance(cfg["paired"], bool):
+            raise InputError(f"SynDiff option 'paired' must be true or false, got {cfg['paired']!r}.",
+                             "write paired: true (supervised, SynDiff Sec. V-C) or paired: false (the paper's unpaired).")
+        return cfg
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def process_config(cls, process):

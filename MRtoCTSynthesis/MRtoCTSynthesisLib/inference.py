@@ -186,10 +186,7 @@ def synthesize_volume(mri: Volume, model, options: SynthesisOptions | None = Non
     options = options or SynthesisOptions()
     options.validate()
     device = resolve_device(options.device)
-    if options.channels_last or options.compile:
-        prepare_model(model, device, options)
-    else:
-        model.to(device)
+    prepare_model(model, device, options)
     sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
 
     norm = MRNormalization.fit(mri.array, what="MRI")

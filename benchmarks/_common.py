@@ -76,23 +76,16 @@ def demo_paths():
 def load_case(case_dir: str | os.PathLike | None, slices: int | None = None) -> Case:
     """A case folder with ``mr`` and optionally ``ct``/``mask`` volumes (nii.gz, nii, nrrd or mha);
     default: the bundled demo case. ``slices``: keep only that many central axial slices."""
+    from MRtoCTSynthesisLib.data import find_volume
     from MRtoCTSynthesisLib.volume import read_volume
 
     folder = Path(case_dir) if case_dir else demo_paths()[0]
-
-    def find(stem):
-        for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
-            p = folder / f"{stem}{suffix}"
-            if p.exists():
-                return p
-        return None
-
-    mr_path = find("mr")
+    mr_path, ct_path, mask_path = (find_volume(folder, stem) for stem in ("mr", "ct", "mask"))
     if mr_path is None:
         raise SystemExit(f"no mr.nii.gz/.nii/.nrrd/.mha in {folder}")
     mr = read_volume(mr_path, "MRI")
-    ct = read_volume(find("ct"), "CT") if find("ct") else None
-    mask = read_volume(find("mask"), "mask") if find("mask") else None
+    ct = read_volume(ct_path, "CT") if ct_path else None
+    mask = read_volume(mask_path, "mask") if mask_path else None
     ax = axial_axis(mr.geometry)
     full = mr.array.shape[ax]
     mr = central_slices(mr, slices, ax)

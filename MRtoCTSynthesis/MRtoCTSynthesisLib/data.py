@@ -31,7 +31,9 @@ class Case:
     mask: Volume | None
 
 
-def _find(folder: Path, stem: str) -> Path | None:
+def find_volume(folder, stem: str) -> Path | None:
+    """``<folder>/<stem>`` as .nii.gz, .nii, .nrrd or .mha (the first that exists), or None."""
+    folder = Path(folder)
     for suf in (".nii.gz", ".nii", ".nrrd", ".mha"):
         p = folder / f"{stem}{suf}"
         if p.exists():
@@ -41,7 +43,12 @@ def _find(folder: Path, stem: str) -> Path | None:
 
 def is_paired(folder) -> bool:
     """True if the case folder holds both an ``mr`` and a ``ct`` volume."""
-    return bool(_find(Path(folder), "mr") and _find(Path(folder), "ct"))
+    return bool(find_volume(folder, "mr") and find_volume(folder, "ct"))
+
+
+def has_volume(folder) -> bool:
+    """True if the case folder holds an ``mr`` or a ``ct`` volume (a case for unpaired training)."""
+    return bool(find_volume(folder, "mr") or find_volume(folder, "ct"))
 
 
 def find_cases(root, partial: bool = False) -> list[Path]:
@@ -53,7 +60,7 @@ def find_cases(root, partial: bool = False) -> list[Path]:
     if not root.is_dir():
         raise InputError(f"data folder {root} does not exist.", "point --data at a folder of <case>/mr.nii.gz + ct.nii.gz.")
     cases = sorted(p for p in root.iterdir() if p.is_dir()
-                   and (is_paired(p) or (partial and (_find(p, "mr") or _find(p, "ct")))))
+                   and (is_paired(p) or (partial and has_volume(p))))
     if not cases:
         raise InputError(f"no cases found in {root}.",
                          "each case needs its own folder with mr.nii.gz and ct.nii.gz (try `mrtoct phantom --out DIR`).")
@@ -130,7 +137,7 @@ def read_split(path, root) -> dict[str, list[Path]]:
             seen[name] = subset
             folder = root / name
             present = folder.is_dir() and (is_paired(folder) if subset != "train"
-                                           else bool(_find(folder, "mr") or _find(folder, "ct")))
+                                           else has_volume(folder))
             if not present:
                 need = "mr and ct volumes" if subset != "train" else "an mr or ct volume"
                 raise InputError(f"split file {path}: case {name!r} ({subset}) has no folder with {need} in {root}.",
@@ -159,7 +166,7 @@ def load_case(folder, register: bool = False, partial: bool = False) -> Case:
     case with only an MR or only a CT (the other is None; nothing to register).
     """
     folder = Path(folder)
-    mr_path, ct_path = _find(folder, "mr"), _find(folder, "ct")
+    mr_path, ct_path = find_volume(folder, "mr"), find_volume(folder, "ct")
     if not partial or not (mr_path or ct_path):
         mr_path, ct_path = mr_path or folder / "mr.nii.gz", ct_path or folder / "ct.nii.gz"  # read_volume names it
     mr = read_volume(mr_path, f"{folder.name} MRI") if mr_path else None
@@ -172,7 +179,7 @@ def load_case(folder, register: bool = False, partial: bool = False) -> Case:
         require_same_geometry(mr, ct, f"{folder.name} MRI", f"{folder.name} CT")
     if ct is not None:
         check_ct_in_hu(ct.array, f"{folder.name} CT")
-    mask_path = _find(folder, "mask")
+    mask_path = find_volume(folder, "mask")
     mask = read_volume(mask_path, f"{folder.name} mask") if mask_path else None
     if mask is not None:
         ref, what = (mr, "MRI") if mr is not None else (ct, "CT")
@@ -185,22 +192,23 @@ def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool =
 
     With ``body_only`` (and a mask), slices without any body voxel are dropped.
     """
-    out = []
-    for vol, ctx in ((case.mr, context), (case.ct, 0)):
-        if vol is None:
-            out.append(None)
-            continue
-        if vol is case.mr:
-            arr = MRNormalization.fit(vol.array, what=f"{case.name} MRI").apply(vol.array.astype(np.float32))
-        else:
-            arr = hu_to_model(vol.array.astype(np.float32))
-        arr_c, layout = to_canonical(arr, vol.geometry)
-        keep = np.arange(layout.n_slices)
-        if body_only and case.mask is not None:
-            mask_c, _ = to_canonical(case.mask.array, case.mask.geometry)
-            keep = np.flatnonzero(mask_c.reshape(layout.n_slices, -1).any(axis=1))
-        out.append(to_model_grid(arr_c, layout, image_size, ctx, indices=keep))
-    return out[0], out[1]
+    keep = None  # canonical slice indices with a body voxel (the mask shares the volumes' grid)
+    if body_only and case.mask is not None:
+        mask_c, mask_layout = to_canonical(case.mask.array, case.mask.geometry)
+        keep = np.flatnonzero(mask_c.reshape(mask_layout.n_slices, -1).any(axis=1))
+
+    def slices(arr, geometry, ctx):
+        arr_c, layout = to_canonical(arr, geometry)
+        return to_model_grid(arr_c, layout, image_size, ctx,
+                             indices=np.arange(layout.n_slices) if keep is None else keep)
+
+    mr = ct = None
+    if case.mr is not None:
+        norm = MRNormalization.fit(case.mr.array, what=f"{case.name} MRI")
+        mr = slices(norm.apply(case.mr.array.astype(np.float32)), case.mr.geometry, context)
+    if case.ct is not None:
+        ct = slices(hu_to_model(case.ct.array.astype(np.float32)), case.ct.geometry, 0)
+    return mr, ct
 
 
 #: bump when the slice preprocessing changes, so cached slices of an older engine are not reused
@@ -213,7 +221,7 @@ def _cache_key(folder: Path, image_size: int, context: int, register: bool) -> s
 
     files = []
     for stem in ("mr", "ct", "mask"):
-        p = _find(folder, stem)
+        p = find_volume(folder, stem)
         if p is not None:
             st = p.stat()
             files.append([str(p.resolve()), st.st_size, st.st_mtime_ns])

@@ -586,7 +586,7 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
     Everything is validated before the first synthesis (cases, checkpoints, samplers, DDMM-Synth settings,
     the output folder); outputs are written only after every run finished, each file atomically.
     """
-    from .data import _find, load_case
+    from .data import find_volume, load_case
     from .inference import resolve_device
     from .methods import load_model
     from .metrics import evaluate
@@ -636,7 +636,7 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
     n_runs, done, t_start = len(specs) * len(cases), 0, time.perf_counter()
     for ci, folder in enumerate(cases):
         case = load_case(folder)
-        ct_path = _find(Path(folder), "ct")
+        ct_path = find_volume(folder, "ct")
         mask_c = _canonical(case.mask)
         body_c = mask_c > 0 if mask_c is not None else None
         ref_c = _canonical(case.ct).astype(np.float64)

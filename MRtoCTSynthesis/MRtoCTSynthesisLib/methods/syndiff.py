@@ -138,6 +138,16 @@ class FastDiffusionSchedule:
         """``x_t ~ q(x_t | x0)`` (Eqs. 8-9 composed): ``sqrt(abar_i) x0 + sqrt(1 - abar_i) eps`` (``i = 0``: x0)."""
         return self._c(self.alpha_bar.sqrt(), i, x0) * x0 + self._c((1 - self.alpha_bar).sqrt(), i, x0) * noise
 
+    def sample_training_pair(self, x0: torch.Tensor, gen: torch.Generator):
+        """``(i, x_{t-k}, x_t, t)`` for training: a step ``i ~ U{1..N}`` per image, ``x_{t-k} ~ q(x_{t-k} | x0)``
+        and ``x_t ~ q(x_t | x_{t-k})`` (Eqs. 8-9), and the network time input ``t``; draws from ``gen`` on the
+        CPU (step, then the two noises), so runs are reproducible on any device."""
+        dev = x0.device
+        i = torch.randint(1, self.n_steps + 1, (x0.shape[0],), generator=gen)
+        x_prev = self.q_sample(x0, i - 1, torch.randn(x0.shape, generator=gen).to(dev))
+        x_t = self.q_step(x_prev, i, torch.randn(x0.shape, generator=gen).to(dev))
+        return i, x_prev, x_t, self.time_condition(i).to(dev)
+
     # ------------------------------------------------------------------ posterior
     def posterior_coefficients(self, i):
         """``(c0, ct, var)`` of ``q(x_{t-k} | x_t, x0) = N(c0 x0 + ct x_t, var)`` for step ``i >= 1`` (Eq. 14)."""
@@ -181,7 +191,6 @@ class SynDiff(TrainableMethod):
     method = "syndiff"
     default_sampler = "syndiff"
     valid_samplers = ("syndiff",)
-    unpaired = True
     supports_context = False
     inference_networks = ("diff_gen_ct",)
     network_roles = ("diff_gen_ct", "diff_gen_mr", "diff_disc_ct", "diff_disc_mr",
@@ -194,12 +203,14 @@ class SynDiff(TrainableMethod):
     def __init__(self, networks, metadata):
         super().__init__(networks, metadata)
         self.schedule = FastDiffusionSchedule.from_config(metadata.get("process") or DEFAULT_PROCESS)
-        #: the supervised variant trains on registered pairs; the paper's SynDiff on unpaired pools
-        self.unpaired = not self.paired
-
     @property
     def paired(self) -> bool:
         return bool(self.method_config.get("paired", False))
+
+    @property
+    def unpaired(self) -> bool:
+        """The supervised variant trains on registered pairs; the paper's SynDiff on unpaired pools."""
+        return not self.paired
 
     @classmethod
     def roles_for(cls, method_config):
@@ -306,17 +317,12 @@ def syndiff_train_step(model: SynDiff, state, data, gen: torch.Generator) -> dic
     def randn(*shape):
         return torch.randn(shape, generator=gen).to(dev)
 
-    def diffuse(x0):  # i ~ U{1..N}; x_{t-k} ~ q(x_{t-k} | x0); x_t ~ q(x_t | x_{t-k}) (Eqs. 8-9)
-        i = torch.randint(1, sched.n_steps + 1, (b,), generator=gen)
-        x_prev = sched.q_sample(x0, i - 1, randn(*x0.shape))
-        return i, x_prev, sched.q_step(x_prev, i, randn(*x0.shape)), sched.time_condition(i).to(dev)
-
     # non-diffusive module: source estimates paired with each real target (Eq. 16)
     y_ct = nets["nd_gen_ct"](mr)   # CT-like image of the real MR's anatomy
     y_mr = nets["nd_gen_mr"](ct)   # MR-like image of the real CT's anatomy
     # diffusive module: denoise the real target guided by the estimated source (Eqs. 19-20)
-    i_mr, prev_mr, xt_mr, t_mr = diffuse(mr)
-    i_ct, prev_ct, xt_ct, t_ct = diffuse(ct)
+    i_mr, prev_mr, xt_mr, t_mr = sched.sample_training_pair(mr, gen)
+    i_ct, prev_ct, xt_ct, t_ct = sched.sample_training_pair(ct, gen)
     g_mr, g_ct = nets["diff_gen_mr"], nets["diff_gen_ct"]
     x0_mr = g_mr(xt_mr, y_ct, t_mr, randn(b, g_mr.config.latent_dim))
     x0_ct = g_ct(xt_ct, y_mr, t_ct, randn(b, g_ct.config.latent_dim))
@@ -381,10 +387,7 @@ def syndiff_paired_train_step(model: SynDiff, state, data, gen: torch.Generator)
     def randn(*shape):
         return torch.randn(shape, generator=gen).to(dev)
 
-    i = torch.randint(1, sched.n_steps + 1, (b,), generator=gen)  # Eqs. 8-9 as in the unpaired step
-    prev = sched.q_sample(ct, i - 1, randn(*ct.shape))
-    xt = sched.q_step(prev, i, randn(*ct.shape))
-    t = sched.time_condition(i).to(dev)
+    i, prev, xt, t = sched.sample_training_pair(ct, gen)  # Eqs. 8-9, as in the unpaired step
     x0 = gen_ct(xt, mr, t, randn(b, gen_ct.config.latent_dim))
     fake_prev = sched.posterior_sample(xt, x0, i, randn(*ct.shape))
 

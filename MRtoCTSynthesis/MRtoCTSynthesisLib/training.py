@@ -628,10 +628,9 @@ class TrainingRun:
                              f"(Lyu & Wang's rule, train.early_stop).",
                              "use its model.safetensors, or train on with --set train.early_stop.enabled=false.")
         self.best = rec.get("best_val")
-        self.plateau_state = rec.get("plateau")
         return {"networks": {n: ck.tensors[n] for n in model.networks},
                 "ema": {n: ck.tensors[f"ema.{n}"] for n in model.inference_networks if f"ema.{n}" in ck.tensors},
-                "tensors": ck.tensors.get(STATE_PREFIX, {}), "doc": rec["resume"]}
+                "tensors": ck.tensors.get(STATE_PREFIX, {}), "doc": rec["resume"], "plateau": rec.get("plateau")}
 
     # ------------------------------------------------------------------ validation
     def _validate(self, model, ema) -> dict:
@@ -695,7 +694,7 @@ class TrainingRun:
         if d["cache"]:
             self.cache_dir = Path(d["cache_dir"]) if d["cache_dir"] else Path(os.environ.get(
                 "MRTOCT_CACHE", Path.home() / ".cache" / "mrtoct")) / "slices"
-        self.best, self.plateau_state, self.stopped_early = None, None, None
+        self.best, self.stopped_early = None, None
         torch.manual_seed(int(t["seed"]))  # same initial weights on every process
         options = dict(m["options"] or {})
         if cfg["method"] in ("ddpm", "score_sde"):
@@ -722,9 +721,8 @@ class TrainingRun:
         resume_state = self._load_resume(model) if resume else None
         start = int(resume_state["doc"]["step"]) if resume_state else 0
         es = t["early_stop"]
-        self.steps_per_epoch = math.ceil(self.n_slices / per_step)
-        self.plateau = LossPlateau(self.steps_per_epoch, es["min_epochs"], es["window"], es["min_decrease"],
-                                   self.plateau_state) if es["enabled"] else None
+        self.plateau = LossPlateau(math.ceil(self.n_slices / per_step), es["min_epochs"], es["window"],
+                                   es["min_decrease"], (resume_state or {}).get("plateau")) if es["enabled"] else None
         if start >= self.total_steps:
             raise InputError(f"--resume: the run already finished ({start} of {self.total_steps} steps).",
                              "raise train.steps (e.g. --steps N) to train further, or use the run's model.safetensors.")

@@ -1,10 +1,10 @@
 """MR to CT Synthesis: a 3D Slicer module that turns an MRI volume into a synthetic CT with diffusion models.
 
 The module itself is thin. It collects the inputs, writes them as NIfTI files to a temporary folder and
-runs the engine's ``mrtoct`` command line (``MRtoCTSynthesisLib.cli``) with Slicer's Python in a
+runs the engine's ``mrtoct`` command line (``MRtoCTSynthesisLib.apps.cli``) with Slicer's Python in a
 separate process. It reads that process's output on a QTimer and loads the results back into the
-scene. Everything that can run outside Slicer lives in ``MRtoCTSynthesisLib.slicer_bridge`` (command
-lines, progress and error parsing, geometry conversion) and ``MRtoCTSynthesisLib.mrml_glue`` (arrays and
+scene. Everything that can run outside Slicer lives in ``MRtoCTSynthesisLib.slicer.bridge`` (command
+lines, progress and error parsing, geometry conversion) and ``MRtoCTSynthesisLib.slicer.mrml`` (arrays and
 matrices in and out of MRML nodes), both tested with pytest outside Slicer.
 """
 
@@ -41,7 +41,8 @@ from slicer.parameterNodeWrapper import (
 )
 from slicer.util import VTKObservationMixin
 
-from MRtoCTSynthesisLib import mrml_glue, slicer_bridge
+from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
+from MRtoCTSynthesisLib.slicer import bridge as slicer_bridge
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 RESOURCES_DIR = MODULE_DIR / "Resources"
@@ -1023,7 +1024,7 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
 
     def test_ddmm_synth(self):
         self.delayDisplay("DDMM-Synth: demo model + sparse-view projections of the phantom CT")
-        from MRtoCTSynthesisLib.cli import build_parser
+        from MRtoCTSynthesisLib.apps.cli import build_parser
 
         synthesize = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices["synthesize"]
         if "--projections" not in synthesize._option_string_actions:

@@ -45,7 +45,7 @@ def one_torch_thread():
 @pytest.fixture(scope="session")
 def tiny_phantom_cases(tmp_path_factory):
     """Two 32x32x8 phantom cases in the SynthRAD layout, written once per test session through the CLI."""
-    from MRtoCTSynthesisLib.cli import main
+    from MRtoCTSynthesisLib.apps.cli import main
 
     out = tmp_path_factory.mktemp("tiny_phantoms")
     assert main(["phantom", "--out", str(out), "--cases", "2", "--size", "32", "32", "8",

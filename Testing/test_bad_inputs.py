@@ -21,8 +21,8 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.methods import create_model, save_model
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.models.methods import create_model, save_model
 
 SHAPE = (4, 16, 16)  # numpy (z, y, x)
 SPACING = (2.0, 2.0, 3.0)

@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.adversarial import (AdversarialSettings, gan_loss, gradient_penalty, make_train_state,
+from MRtoCTSynthesisLib.training.adversarial import (AdversarialSettings, gan_loss, gradient_penalty, make_train_state,
                                             ns_discriminator_loss, ns_generator_loss, train_adversarial)
-from MRtoCTSynthesisLib.checkpoint import load_checkpoint
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.data import Case, SliceDataset, UnpairedSliceDataset, case_slices
+from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.data.cases import Case, SliceDataset, UnpairedSliceDataset, case_slices
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.methods import METHODS, create_model, load_model
-from MRtoCTSynthesisLib.networks.gan import PatchDiscriminator, PatchGANConfig, ResnetGenerator, gan_preset
-from MRtoCTSynthesisLib.phantom import generate_case
-from MRtoCTSynthesisLib.volume import read_volume
+from MRtoCTSynthesisLib.models.methods import METHODS, create_model, load_model
+from MRtoCTSynthesisLib.models.networks.gan import PatchDiscriminator, PatchGANConfig, ResnetGenerator, gan_preset
+from MRtoCTSynthesisLib.data.phantom import generate_case
+from MRtoCTSynthesisLib.io.volume import read_volume
 
 BASELINES = ["unet_cnn", "pix2pix", "wgan_gp", "cyclegan"]
 SAVED = {"unet_cnn": {"generator"}, "pix2pix": {"generator", "discriminator"}, "wgan_gp": {"generator", "critic"},

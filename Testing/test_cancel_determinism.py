@@ -25,12 +25,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MRtoCTSynthesisLib import inference
-from MRtoCTSynthesisLib.cli import main
+from MRtoCTSynthesisLib.pipeline import synthesis as inference
+from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.errors import CancelledError
-from MRtoCTSynthesisLib.inference import SynthesisOptions, synthesize_volume
-from MRtoCTSynthesisLib.methods import create_model, save_model
-from MRtoCTSynthesisLib.volume import read_volume
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+from MRtoCTSynthesisLib.models.methods import create_model, save_model
+from MRtoCTSynthesisLib.io.volume import read_volume
 
 PREVIOUS = b"previous uncertainty map - must survive a cancelled run"
 
@@ -61,7 +61,7 @@ def inputs(tmp_path_factory):
 def test_signal_during_synthesis_writes_nothing(inputs, tmp_path, sig):
     out_ct, out_std = tmp_path / "sct.nii.gz", tmp_path / "std.nii.gz"
     out_std.write_bytes(PREVIOUS)
-    argv = [sys.executable, "-m", "MRtoCTSynthesisLib.cli", "synthesize", "--mri", inputs["mr"],
+    argv = [sys.executable, "-m", "MRtoCTSynthesisLib.apps.cli", "synthesize", "--mri", inputs["mr"],
             "--model", inputs["ddpm"], "--out-ct", str(out_ct), "--out-std", str(out_std),
             "--sampler", "ddpm", "--steps", "150", "--batch-size", "1", "--device", "cpu"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}

@@ -1,4 +1,4 @@
-"""Tests of the pickle-free checkpoint format (MRtoCTSynthesisLib.checkpoint)."""
+"""Tests of the pickle-free checkpoint format (MRtoCTSynthesisLib.models.checkpoint)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from MRtoCTSynthesisLib import checkpoint as ckpt_mod
-from MRtoCTSynthesisLib.checkpoint import (
+from MRtoCTSynthesisLib.models import checkpoint as ckpt_mod
+from MRtoCTSynthesisLib.models.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     Checkpoint,
@@ -23,7 +23,7 @@ from MRtoCTSynthesisLib.checkpoint import (
     save_checkpoint,
 )
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.networks import ConditionalUNet, UNetConfig
+from MRtoCTSynthesisLib.models.networks import ConditionalUNet, UNetConfig
 
 torch.set_num_threads(2)
 

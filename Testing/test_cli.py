@@ -5,8 +5,8 @@ import json
 import pytest
 import SimpleITK as sitk
 
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.volume import read_volume
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.io.volume import read_volume
 
 
 @pytest.fixture(scope="module")
@@ -103,9 +103,9 @@ def test_channels_last_flag_gives_the_same_sct(cases, tiny_model, tmp_path, caps
     """--channels-last changes the memory layout only: the sCT must match the default layout's to float noise."""
     import numpy as np
 
-    from MRtoCTSynthesisLib.cli import build_parser
-    from MRtoCTSynthesisLib.commands import COMPILE_CHOICES, _options_from_args
-    from MRtoCTSynthesisLib.inference import COMPILE_MODES
+    from MRtoCTSynthesisLib.apps.cli import build_parser
+    from MRtoCTSynthesisLib.apps.commands import COMPILE_CHOICES, _options_from_args
+    from MRtoCTSynthesisLib.pipeline.synthesis import COMPILE_MODES
 
     assert tuple(COMPILE_CHOICES) == COMPILE_MODES
     mr = cases / "case_001" / "mr.nii.gz"

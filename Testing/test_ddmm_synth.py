@@ -12,19 +12,19 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.diffusion import make_process
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.models.diffusion import make_process
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.inference import SynthesisOptions, synthesize_volume
-from MRtoCTSynthesisLib.intensity import hu_to_model
-from MRtoCTSynthesisLib.methods import METHODS, create_model, load_model, save_model
-from MRtoCTSynthesisLib.methods.ddmm_synth import (DDMMSynth, Measurements, NoisyNullSpaceProjection,
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+from MRtoCTSynthesisLib.io.intensity import hu_to_model
+from MRtoCTSynthesisLib.models.methods import METHODS, create_model, load_model, save_model
+from MRtoCTSynthesisLib.models.methods.ddmm_synth import (DDMMSynth, Measurements, NoisyNullSpaceProjection,
                                                    NullSpaceProjection, measurements_from_ct, nsmi_noise_schedule,
                                                    resolve_nsmi, synthesize_with_measurements)
 from MRtoCTSynthesisLib.operators import get_operator
-from MRtoCTSynthesisLib.phantom import generate_case
-from MRtoCTSynthesisLib.samplers import make_sampler
-from MRtoCTSynthesisLib.volume import Volume, read_volume, write_volume
+from MRtoCTSynthesisLib.data.phantom import generate_case
+from MRtoCTSynthesisLib.models.samplers import make_sampler
+from MRtoCTSynthesisLib.io.volume import Volume, read_volume, write_volume
 
 ASSETS = __import__("pathlib").Path(__import__("MRtoCTSynthesisLib").__file__).with_name("assets")
 DEMO_MODEL = ASSETS / "demo_ddpm.safetensors"
@@ -396,8 +396,8 @@ def trained():
         k0 = min(int(np.argmax(area)), vols[0].array.shape[0] - 2)
         mri, ct, mask = (_sub_volume(v, k0, k0 + 2) for v in vols)
         return load_model(DEMO_MODEL), mri, ct, mask, "bundled demo model"
-    from MRtoCTSynthesisLib.data import Case, SliceDataset, case_slices
-    from MRtoCTSynthesisLib.training import TrainSettings, train_diffusion
+    from MRtoCTSynthesisLib.data.cases import Case, SliceDataset, case_slices
+    from MRtoCTSynthesisLib.training.loop import TrainSettings, train_diffusion
 
     size = STAND_IN["size"]
     warnings.warn(f"{DEMO_MODEL.name} is missing: training a {size}x{size} stand-in model for the N-SMI claims test")

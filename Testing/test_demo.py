@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.commands import DEMO_CASE, DEMO_MODEL
-from MRtoCTSynthesisLib.volume import read_volume
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.assets import DEMO_CASE, DEMO_MODEL
+from MRtoCTSynthesisLib.io.volume import read_volume
 
 pytestmark = pytest.mark.skipif(not DEMO_MODEL.exists(), reason="bundled demo model not present in this checkout")
 

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from MRtoCTSynthesisLib import evaluation as ev
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.commands import DEMO_MODEL
+from MRtoCTSynthesisLib.apps import evaluation as ev
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.assets import DEMO_MODEL
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -191,7 +191,7 @@ def evaluation_run(tiny_phantom_cases, tmp_path_factory, one_torch_thread):
     untrained one-call UNet-CNN (a fixed-sampler, deterministic method)."""
     import torch
 
-    from MRtoCTSynthesisLib.methods import create_model, save_model
+    from MRtoCTSynthesisLib.models.methods import create_model, save_model
 
     tmp = tmp_path_factory.mktemp("evaluation")
     torch.manual_seed(0)
@@ -255,7 +255,7 @@ def test_batch_evaluation_writes_complete_outputs(evaluation_run):
     # figures: readable PNGs of the documented size, one row per method
     from matplotlib.image import imread
 
-    from MRtoCTSynthesisLib import figures
+    from MRtoCTSynthesisLib.apps import figures
 
     w_in, h_in = figures.GRID_PANEL_INCHES
     img = imread(out / "figures" / "case_000.png")

@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.intensity import HU_MAX, HU_MIN, MRNormalization, check_ct_in_hu, hu_to_model, model_to_hu
-from MRtoCTSynthesisLib.volume import READ_SUFFIXES, Volume, make_geometry, read_volume, write_volume
+from MRtoCTSynthesisLib.io.intensity import HU_MAX, HU_MIN, MRNormalization, check_ct_in_hu, hu_to_model, model_to_hu
+from MRtoCTSynthesisLib.io.volume import READ_SUFFIXES, Volume, make_geometry, read_volume, write_volume
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 DTYPES = [np.uint8, np.int16, np.uint16, np.int32, np.float32, np.float64]

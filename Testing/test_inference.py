@@ -5,15 +5,15 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MRtoCTSynthesisLib.data import SliceDataset
+from MRtoCTSynthesisLib.data.cases import SliceDataset
 from MRtoCTSynthesisLib.errors import CancelledError, InputError
-from MRtoCTSynthesisLib.inference import SynthesisOptions, synthesize_volume
-from MRtoCTSynthesisLib.intensity import hu_to_model
-from MRtoCTSynthesisLib.methods import create_model, load_model, save_model
-from MRtoCTSynthesisLib.phantom import generate_case
-from MRtoCTSynthesisLib.training import TrainSettings, train_diffusion
-from MRtoCTSynthesisLib.uncertainty import RunningMoments
-from MRtoCTSynthesisLib.volume import Volume, write_volume
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+from MRtoCTSynthesisLib.io.intensity import hu_to_model
+from MRtoCTSynthesisLib.models.methods import create_model, load_model, save_model
+from MRtoCTSynthesisLib.data.phantom import generate_case
+from MRtoCTSynthesisLib.training.loop import TrainSettings, train_diffusion
+from MRtoCTSynthesisLib.pipeline.uncertainty import RunningMoments
+from MRtoCTSynthesisLib.io.volume import Volume, write_volume
 
 from conftest import rotation_direction
 
@@ -125,7 +125,7 @@ def test_tiny_training_lowers_loss_and_beats_untrained(tmp_path):
 
 
 def test_ema_update_is_the_closed_form_average():
-    from MRtoCTSynthesisLib.training import EMA
+    from MRtoCTSynthesisLib.training.loop import EMA
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     ema = EMA(net, decay=0.9)
@@ -147,8 +147,8 @@ def test_ema_update_is_the_closed_form_average():
 @pytest.mark.parametrize("process_cfg", [{"kind": "vp", "schedule": "linear", "T": 1000},
                                          {"kind": "ve", "schedule": "lyu", "sigma": 25.0}])
 def test_v_parameterisation_inverts_exactly(process_cfg):
-    from MRtoCTSynthesisLib.diffusion import make_process
-    from MRtoCTSynthesisLib.methods.conditional_diffusion import eps_from_v, v_target
+    from MRtoCTSynthesisLib.models.diffusion import make_process
+    from MRtoCTSynthesisLib.models.methods.conditional_diffusion import eps_from_v, v_target
 
     proc = make_process(process_cfg)
     g = torch.Generator().manual_seed(0)

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.intensity import (HU_MAX, HU_MIN, MRNormalization, check_ct_in_hu, hu_to_model,
+from MRtoCTSynthesisLib.io.intensity import (HU_MAX, HU_MIN, MRNormalization, check_ct_in_hu, hu_to_model,
                                           model_std_to_hu, model_to_hu)
 
 

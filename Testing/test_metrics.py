@@ -1,4 +1,4 @@
-"""Tests for MRtoCTSynthesisLib.metrics against independent references.
+"""Tests for MRtoCTSynthesisLib.pipeline.metrics against independent references.
 
 References: scikit-image (mean_squared_error, peak_signal_noise_ratio, structural_similarity,
 downscale_local_mean), numpy on hand-built cases, and closed forms. scikit-image is a test-only dependency.
@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 from skimage.transform import downscale_local_mean
 
-from MRtoCTSynthesisLib import metrics as M
+from MRtoCTSynthesisLib.pipeline import metrics as M
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.volume import Volume, make_geometry
+from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
 
 R = 4095.0
 LO, HI = -1024.0, 3071.0

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from MRtoCTSynthesisLib import mrml_glue, slicer_bridge
+from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
+from MRtoCTSynthesisLib.slicer import bridge as slicer_bridge
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "MRtoCTSynthesis"

@@ -1,4 +1,4 @@
-"""MRML glue (MRtoCTSynthesisLib.mrml_glue) tested against the real MRML library, without the Slicer application.
+"""MRML glue (MRtoCTSynthesisLib.slicer.mrml) tested against the real MRML library, without the Slicer application.
 
 The MRML classes come from the ``slicer-core`` wheel (``pip install slicer-core==5.13.31053.0``; it pins
 ``vtk==9.6.2``), which provides them in the ``slicer`` namespace (``slicer.vtkMRMLScene``...) and in
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MRtoCTSynthesisLib import mrml_glue as glue
-from MRtoCTSynthesisLib import slicer_bridge as sb
+from MRtoCTSynthesisLib.slicer import mrml as glue
+from MRtoCTSynthesisLib.slicer import bridge as sb
 
 from conftest import rotation_direction
 

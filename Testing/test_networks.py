@@ -1,4 +1,4 @@
-"""Tests of the conditional UNet (MRtoCTSynthesisLib.networks)."""
+"""Tests of the conditional UNet (MRtoCTSynthesisLib.models.networks)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.networks import (
+from MRtoCTSynthesisLib.models.networks import (
     UNET_PRESETS,
     ConditionalUNet,
     UNetConfig,

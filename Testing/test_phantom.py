@@ -9,10 +9,10 @@ from scipy import ndimage
 
 from conftest import rotation_direction
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.phantom import (AIR, CORTICAL, FAT, FLUID, GAS, GREY_MATTER, MUSCLE, ORGAN, TRABECULAR,
+from MRtoCTSynthesisLib.data.phantom import (AIR, CORTICAL, FAT, FLUID, GAS, GREY_MATTER, MUSCLE, ORGAN, TRABECULAR,
                                         WHITE_MATTER, generate_case, generate_dataset, phantom_geometry,
                                         write_case)
-from MRtoCTSynthesisLib.volume import read_volume
+from MRtoCTSynthesisLib.io.volume import read_volume
 
 # Literature CT values (HU) of each tissue; windows wide enough for per-case variation and noise.
 HU_WINDOWS = {

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.diffusion import VEProcess, VPProcess, make_process
+from MRtoCTSynthesisLib.models.diffusion import VEProcess, VPProcess, make_process
 from MRtoCTSynthesisLib.errors import InputError
 
 F64 = torch.float64

@@ -7,10 +7,10 @@ import pytest
 import SimpleITK as sitk
 
 from MRtoCTSynthesisLib.errors import CancelledError, InputError
-from MRtoCTSynthesisLib.phantom import generate_case
-from MRtoCTSynthesisLib.registration import (load_transform, register, resample_moving, save_transform,
+from MRtoCTSynthesisLib.data.phantom import generate_case
+from MRtoCTSynthesisLib.pipeline.registration import (load_transform, register, resample_moving, save_transform,
                                              target_registration_error)
-from MRtoCTSynthesisLib.volume import Volume, make_geometry
+from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
 
 # the known motion: 5-8 degree rotations and 10-15 mm shifts
 TRUE_ANGLES_DEG = (-5.0, 6.0, 8.0)
@@ -155,9 +155,9 @@ def test_thin_volume_registers_without_coarse_pyramid_failure():
     """12 slices at 6 mm: the 4x level would leave 3 slices ("All samples map outside ..."); it is skipped."""
     import SimpleITK as sitk
 
-    from MRtoCTSynthesisLib.phantom import generate_case
-    from MRtoCTSynthesisLib.registration import register, target_registration_error
-    from MRtoCTSynthesisLib.volume import Volume
+    from MRtoCTSynthesisLib.data.phantom import generate_case
+    from MRtoCTSynthesisLib.pipeline.registration import register, target_registration_error
+    from MRtoCTSynthesisLib.io.volume import Volume
 
     case = generate_case(5, size=(48, 48, 12), spacing=(6.0, 6.0, 6.0))
     shift = sitk.TranslationTransform(3, (6.0, -4.0, 3.0))  # fixed -> moving, mm

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.diffusion import VEProcess, VPProcess
+from MRtoCTSynthesisLib.models.diffusion import VEProcess, VPProcess
 from MRtoCTSynthesisLib.errors import CancelledError, InputError
-from MRtoCTSynthesisLib.samplers import (
+from MRtoCTSynthesisLib.models.samplers import (
     SAMPLERS,
     DDIMSampler,
     DDPMSampler,
@@ -25,8 +25,8 @@ from MRtoCTSynthesisLib.samplers import (
     ProbabilityFlowODESampler,
     make_sampler,
 )
-from MRtoCTSynthesisLib.samplers.euler_maruyama import em_step
-from MRtoCTSynthesisLib.samplers.predictor_corrector import langevin_step
+from MRtoCTSynthesisLib.models.samplers.euler_maruyama import em_step
+from MRtoCTSynthesisLib.models.samplers.predictor_corrector import langevin_step
 
 S = 0.2
 F64 = torch.float64
@@ -456,7 +456,7 @@ def test_step_is_pure():
     s = make_sampler("dpmpp", proc, 10)
     g = torch.Generator().manual_seed(15)
     x, x0, x0p, eps = (torch.randn(1, 1, 4, 4, generator=g) for _ in range(4))
-    from MRtoCTSynthesisLib.samplers import Prediction
+    from MRtoCTSynthesisLib.models.samplers import Prediction
     grid = s.timesteps()
     state = (x0p, 0.5 * proc.log_snr(grid[2]))
     out1 = s.step(3, 10, x, Prediction(x0, eps), grid[3], grid[4], None, state)

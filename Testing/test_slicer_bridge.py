@@ -1,4 +1,4 @@
-"""The Slicer module's pure-Python side (MRtoCTSynthesisLib.slicer_bridge), tested without Slicer.
+"""The Slicer module's pure-Python side (MRtoCTSynthesisLib.slicer.bridge), tested without Slicer.
 
 Command lines are parsed back with the engine's own argparse parser, so every flag the module passes
 really exists. Geometry is checked against SimpleITK, which serves as an independent reference. The
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MRtoCTSynthesisLib import slicer_bridge as sb
-from MRtoCTSynthesisLib.cli import build_parser, main as cli_main
+from MRtoCTSynthesisLib.slicer import bridge as sb
+from MRtoCTSynthesisLib.apps.cli import build_parser, main as cli_main
 
 from conftest import rotation_direction
 
@@ -149,12 +149,12 @@ def test_python_executable_and_environment(tmp_path):
     parts = env["PYTHONPATH"].split(os.pathsep)
     assert parts[0] == str(sb.MODULE_DIR) and parts.count(str(sb.MODULE_DIR)) == 1 and "/a" in parts
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert sb.MODULE_DIR == MODULE_DIR.resolve() and (sb.MODULE_DIR / "MRtoCTSynthesisLib" / "cli.py").is_file()
+    assert sb.MODULE_DIR == MODULE_DIR.resolve() and (sb.MODULE_DIR / "MRtoCTSynthesisLib" / "apps" / "cli.py").is_file()
 
 
 # ============================================================================== progress / errors
 def test_progress_lines_from_the_engines_printer(capsys):
-    from MRtoCTSynthesisLib.commands import _progress_printer
+    from MRtoCTSynthesisLib.apps.commands import _progress_printer
 
     _progress_printer()(0.42, "slices 10/24, samples 40/96, 12.3 s elapsed, ~17 s left")
     _progress_printer()(1.0, "slices 24/24, samples 96/96, 30.0 s elapsed, ~0 s left")
@@ -169,9 +169,9 @@ def test_progress_messages_of_a_real_synthesis():
     """The texts inference.py reports are the ones progress_text understands."""
     import torch
 
-    from MRtoCTSynthesisLib.inference import SynthesisOptions, synthesize_volume
-    from MRtoCTSynthesisLib.methods import create_model
-    from MRtoCTSynthesisLib.volume import Volume, make_geometry
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+    from MRtoCTSynthesisLib.models.methods import create_model
+    from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
 
     torch.manual_seed(0)
     model = create_model("ddpm", 16)
@@ -276,7 +276,7 @@ def test_engine_process_end_to_end_synthesis(tmp_path):
     """The module's whole call path outside Slicer: files in, engine subprocess, progress, files out."""
     import torch
 
-    from MRtoCTSynthesisLib.methods import create_model, save_model
+    from MRtoCTSynthesisLib.models.methods import create_model, save_model
 
     torch.manual_seed(0)
     save_model(create_model("ddpm", 16), tmp_path / "tiny.safetensors")
@@ -304,7 +304,7 @@ def test_engine_process_end_to_end_ddmm_synth(tmp_path):
         pytest.skip(f"the engine's synthesize parser does not have {sorted(missing)} yet")
     import torch
 
-    from MRtoCTSynthesisLib.methods import create_model, save_model
+    from MRtoCTSynthesisLib.models.methods import create_model, save_model
 
     torch.manual_seed(0)
     save_model(create_model("ddpm", 16), tmp_path / "tiny.safetensors")
@@ -391,7 +391,7 @@ def test_kill_escalates_to_sigkill(tmp_path):
 
 # ======================================================================= methods and checkpoints
 def test_methods_come_from_the_engine_registry():
-    from MRtoCTSynthesisLib.methods import METHODS
+    from MRtoCTSynthesisLib.models.methods import METHODS
 
     assert sb.methods() == list(METHODS)
     assert {"ddpm", "score_sde"} <= set(sb.methods())
@@ -404,7 +404,7 @@ def test_methods_come_from_the_engine_registry():
 
 def test_fallback_table_agrees_with_the_engine():
     """Before torch is installed the module offers FALLBACK_METHODS; it must say what the engine says."""
-    from MRtoCTSynthesisLib.methods import METHODS
+    from MRtoCTSynthesisLib.models.methods import METHODS
 
     for name, cls in METHODS.items():
         assert name in sb.FALLBACK_METHODS, f"add {name!r} to slicer_bridge.FALLBACK_METHODS"
@@ -420,7 +420,7 @@ def test_fallback_table_agrees_with_the_engine():
 def test_fixed_step_samplers_refuse_steps_in_the_engine():
     """The GUI leaves --steps out for these samplers because the engine refuses them."""
     from MRtoCTSynthesisLib.errors import InputError
-    from MRtoCTSynthesisLib.methods import METHODS, create_model
+    from MRtoCTSynthesisLib.models.methods import METHODS, create_model
 
     for name, cls in METHODS.items():
         for sampler in cls.valid_samplers:
@@ -444,7 +444,7 @@ def test_checkpoint_method_compatibility():
 def test_read_checkpoint_summary_without_torch(tmp_path):
     import torch
 
-    from MRtoCTSynthesisLib.methods import create_model, save_model
+    from MRtoCTSynthesisLib.models.methods import create_model, save_model
 
     torch.manual_seed(0)
     path = save_model(create_model("score_sde", 16, context=1), tmp_path / "s.safetensors")
@@ -460,7 +460,7 @@ def test_read_checkpoint_summary_without_torch(tmp_path):
 
 
 def test_bridge_imports_without_torch_vtk_or_slicer():
-    code = ("import sys; import MRtoCTSynthesisLib.slicer_bridge, MRtoCTSynthesisLib.mrml_glue; "
+    code = ("import sys; import MRtoCTSynthesisLib.slicer.bridge, MRtoCTSynthesisLib.slicer.mrml; "
             "bad = [m for m in ('torch', 'SimpleITK', 'vtk', 'slicer', 'qt', 'psutil') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     res = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=dict(os.environ, **sb.engine_environment()))
@@ -518,7 +518,7 @@ def test_geometry_rejects_degenerate_matrices():
 
 
 def test_sitk_image_round_trip_and_engine_reads_same_geometry(oblique_image, tmp_path):
-    from MRtoCTSynthesisLib.volume import read_volume
+    from MRtoCTSynthesisLib.io.volume import read_volume
 
     arr = sitk.GetArrayFromImage(oblique_image)
     m = sb.ijk_to_ras_from_geometry(oblique_image.GetSpacing(), oblique_image.GetOrigin(), oblique_image.GetDirection())
@@ -551,7 +551,7 @@ def test_same_grid():
 
 # ================================================================================ results and UI
 def test_metrics_table_rows_from_engine_evaluate():
-    from MRtoCTSynthesisLib.metrics import evaluate
+    from MRtoCTSynthesisLib.pipeline.metrics import evaluate
 
     rng = np.random.default_rng(0)
     ref = rng.normal(0, 300, (12, 24, 24))

@@ -5,9 +5,9 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MRtoCTSynthesisLib.slicing import (from_canonical, slices_to_volume, to_canonical, to_model_grid,
+from MRtoCTSynthesisLib.io.slicing import (from_canonical, slices_to_volume, to_canonical, to_model_grid,
                                         volume_to_slices)
-from MRtoCTSynthesisLib.volume import Geometry, make_geometry
+from MRtoCTSynthesisLib.io.volume import Geometry, make_geometry
 
 
 def _physical_coords(geometry):

@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.adversarial import AdversarialSettings, make_train_state, r1_penalty, train_adversarial
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.checkpoint import load_checkpoint
-from MRtoCTSynthesisLib.data import SliceDataset, UnpairedSliceDataset, find_cases
+from MRtoCTSynthesisLib.training.adversarial import AdversarialSettings, make_train_state, r1_penalty, train_adversarial
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
+from MRtoCTSynthesisLib.data.cases import SliceDataset, UnpairedSliceDataset, find_cases
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.methods import create_model, load_model, save_model
-from MRtoCTSynthesisLib.methods.syndiff import FastDiffusionSchedule, SynDiff, syndiff_train_step
-from MRtoCTSynthesisLib.networks.gan import TimeConditionedDiscriminator, gan_preset
-from MRtoCTSynthesisLib.volume import read_volume
+from MRtoCTSynthesisLib.models.methods import create_model, load_model, save_model
+from MRtoCTSynthesisLib.models.methods.syndiff import FastDiffusionSchedule, SynDiff, syndiff_train_step
+from MRtoCTSynthesisLib.models.networks.gan import TimeConditionedDiscriminator, gan_preset
+from MRtoCTSynthesisLib.io.volume import read_volume
 
 NETS = {"diff_gen_ct", "diff_gen_mr", "diff_disc_ct", "diff_disc_mr", "nd_gen_ct", "nd_gen_mr", "nd_disc_ct",
         "nd_disc_mr"}

@@ -16,13 +16,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from MRtoCTSynthesisLib import adversarial, data as data_mod
-from MRtoCTSynthesisLib.checkpoint import read_metadata
-from MRtoCTSynthesisLib.cli import main
-from MRtoCTSynthesisLib.data import SliceDataset, load_case_slices, make_split, read_split
+from MRtoCTSynthesisLib.training import adversarial
+from MRtoCTSynthesisLib.data import cases as data_mod
+from MRtoCTSynthesisLib.models.checkpoint import read_metadata
+from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.data.cases import SliceDataset, load_case_slices, make_split, read_split
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.methods import create_model
-from MRtoCTSynthesisLib.training import (LossPlateau, apply_overrides, default_config, load_config, lr_factor, step_seed,
+from MRtoCTSynthesisLib.models.methods import create_model
+from MRtoCTSynthesisLib.training.loop import (LossPlateau, apply_overrides, default_config, load_config, lr_factor, step_seed,
                                          train_loop)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,8 +153,8 @@ def test_unpaired_methods_train_on_single_modality_cases(cases, tmp_path):
     come from the paired cases only; a paired method names the single-modality cases and the fix."""
     import shutil
 
-    from MRtoCTSynthesisLib.data import UnpairedSliceDataset, find_cases
-    from MRtoCTSynthesisLib.training import TrainingRun
+    from MRtoCTSynthesisLib.data.cases import UnpairedSliceDataset, find_cases
+    from MRtoCTSynthesisLib.training.loop import TrainingRun
 
     data = tmp_path / "mixed"
     shutil.copytree(cases, data)
@@ -311,7 +312,7 @@ def test_kill_and_resume_reaches_the_uninterrupted_weights(cases, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "MRtoCTSynthesis")}
     args = ["--data", str(cases), "--method", "ddpm", "--image-size", "32", "--steps", "40", "--batch-size", "2",
             "--checkpoint-every", "5", "--val-every", "0", "--device", "cpu", "--prediction", "v"]
-    cmd = [sys.executable, "-m", "MRtoCTSynthesisLib.cli", "train", *args]
+    cmd = [sys.executable, "-m", "MRtoCTSynthesisLib.apps.cli", "train", *args]
     assert subprocess.run([*cmd, "--run-dir", str(tmp_path / "full")], env=env, capture_output=True).returncode == 0
     run = tmp_path / "killed"
     proc = subprocess.Popen([*cmd, "--run-dir", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.volume import Geometry, Volume, read_volume, require_same_geometry, write_volume
+from MRtoCTSynthesisLib.io.volume import Geometry, Volume, read_volume, require_same_geometry, write_volume
 
 
 @pytest.mark.parametrize("suffix", [".nii.gz", ".nii", ".nrrd", ".mha"])

@@ -41,7 +41,7 @@ class Case:
 
 def axial_axis(geometry) -> int:
     """The numpy axis of a volume on ``geometry`` that runs along the canonical slice direction (S)."""
-    from MRtoCTSynthesisLib.slicing import canonical_layout
+    from MRtoCTSynthesisLib.io.slicing import canonical_layout
 
     order, _, _ = canonical_layout(geometry)
     return int(order[0])
@@ -50,7 +50,7 @@ def axial_axis(geometry) -> int:
 def central_slices(volume, n: int | None, axis: int | None = None):
     """The ``n`` central axial slices of ``volume`` as a thinner Volume on the matching sub-grid
     (same spacing and direction, origin moved to the first kept slice); ``n`` None or >= all: unchanged."""
-    from MRtoCTSynthesisLib.volume import Volume, make_geometry
+    from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
 
     g = volume.geometry
     ax = axial_axis(g) if axis is None else axis
@@ -68,7 +68,7 @@ def central_slices(volume, n: int | None, axis: int | None = None):
 
 
 def demo_paths():
-    from MRtoCTSynthesisLib.commands import DEMO_CASE, DEMO_MODEL
+    from MRtoCTSynthesisLib.assets import DEMO_CASE, DEMO_MODEL
 
     return DEMO_CASE, DEMO_MODEL
 
@@ -76,8 +76,8 @@ def demo_paths():
 def load_case(case_dir: str | os.PathLike | None, slices: int | None = None) -> Case:
     """A case folder with ``mr`` and optionally ``ct``/``mask`` volumes (nii.gz, nii, nrrd or mha);
     default: the bundled demo case. ``slices``: keep only that many central axial slices."""
-    from MRtoCTSynthesisLib.data import find_volume
-    from MRtoCTSynthesisLib.volume import read_volume
+    from MRtoCTSynthesisLib.data.cases import find_volume
+    from MRtoCTSynthesisLib.io.volume import read_volume
 
     folder = Path(case_dir) if case_dir else demo_paths()[0]
     mr_path, ct_path, mask_path = (find_volume(folder, stem) for stem in ("mr", "ct", "mask"))
@@ -98,8 +98,8 @@ def make_phantom_case(size, seed: int, folder: Path, spacing=None) -> Path:
     """Generate a pelvis phantom of ``size`` (nx, ny, nz) into ``folder`` (uncompressed .nii, cached by
     size and seed) and return the folder. The field of view is the default phantom's 384 x 384 x 144 mm
     unless ``spacing`` is given."""
-    from MRtoCTSynthesisLib.phantom import generate_case
-    from MRtoCTSynthesisLib.volume import write_volume
+    from MRtoCTSynthesisLib.data.phantom import generate_case
+    from MRtoCTSynthesisLib.io.volume import write_volume
 
     size = tuple(int(v) for v in size)
     if spacing is None:

@@ -8,7 +8,7 @@
    field of view) resampled trilinearly to the full grid (the anatomy is blocky at 512^2, which does not
    matter for memory or speed), with its CT and body mask resampled the same way.
 2. A fresh worker process reads the MR file and runs the engine's path end to end, as ``mrtoct
-   synthesize`` does: :func:`~MRtoCTSynthesisLib.inference.synthesize_volume` (default model: the bundled
+   synthesize`` does: :func:`~MRtoCTSynthesisLib.pipeline.synthesis.synthesize_volume` (default model: the bundled
    64 x 64 demo DDPM; ``--sampler``/``--steps``/``--samples``) and writing the sCT and std volumes.
    A thread samples the worker's resident set size every 50 ms and labels it with the phase it is in
    (read, synthesis batches, write); the peak is ``ru_maxrss``. Only after that are the CT and mask read
@@ -38,8 +38,8 @@ def make_volume(size, folder: Path, seed: int = 42) -> Path:
     """Cache ``mr.nii``, ``ct.nii``, ``mask.nii`` of ``size`` (nx, ny, nz) in ``folder``; return the folder."""
     from scipy import ndimage
 
-    from MRtoCTSynthesisLib.phantom import generate_case
-    from MRtoCTSynthesisLib.volume import Volume, make_geometry, write_volume
+    from MRtoCTSynthesisLib.data.phantom import generate_case
+    from MRtoCTSynthesisLib.io.volume import Volume, make_geometry, write_volume
 
     nx, ny, nz = (int(v) for v in size)
     out = folder / f"synthetic_{nx}x{ny}x{nz}_seed{seed}"
@@ -83,9 +83,9 @@ def worker(spec: dict) -> dict:
     sampler.start()
     import torch  # noqa: F401
 
-    from MRtoCTSynthesisLib.inference import SynthesisOptions, synthesize_volume
-    from MRtoCTSynthesisLib.methods import load_model
-    from MRtoCTSynthesisLib.volume import read_volume, write_volume
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+    from MRtoCTSynthesisLib.models.methods import load_model
+    from MRtoCTSynthesisLib.io.volume import read_volume, write_volume
 
     folder = Path(spec["folder"])
     sampler.phase = "load model"
@@ -119,7 +119,7 @@ def worker(spec: dict) -> dict:
     info = dict(res.info)
     info.pop("mr_normalization", None)
     # quality, after the peak was taken (reading the CT would add to it)
-    from MRtoCTSynthesisLib.metrics import mae, psnr
+    from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
 
     sct = res.sct.array
     del res, mri

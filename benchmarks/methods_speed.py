@@ -55,7 +55,7 @@ def _rss_mib() -> float:
 def worker(spec: dict) -> dict:
     import torch
 
-    from MRtoCTSynthesisLib.methods import create_model
+    from MRtoCTSynthesisLib.models.methods import create_model
 
     torch.set_num_threads(spec["threads"])
     dev = torch.device(spec["device"])

@@ -114,8 +114,8 @@ def bench_geometry(n, n_p, repeats, skimage_images, cg_max_iter):
 
 def bench_nsmi_step(repeats, steps=5):
     """Seconds per DDIM step of the tiny 64 x 64 model for 16 slices, without and with N-SMI (23 views)."""
-    from MRtoCTSynthesisLib.methods import create_model
-    from MRtoCTSynthesisLib.methods.ddmm_synth import DDMMSynth, NullSpaceProjection
+    from MRtoCTSynthesisLib.models.methods import create_model
+    from MRtoCTSynthesisLib.models.methods.ddmm_synth import DDMMSynth, NullSpaceProjection
     from MRtoCTSynthesisLib.operators import get_operator
 
     torch.manual_seed(0)

@@ -19,7 +19,7 @@ volume are then **extrapolated** linearly to the whole volume (the table says so
 
 Engines (one row each; ``--naive`` adds the second):
 
-* ``batched``: :func:`MRtoCTSynthesisLib.inference.synthesize_volume` -- slices x samples in batches of
+* ``batched``: :func:`MRtoCTSynthesisLib.pipeline.synthesis.synthesize_volume` -- slices x samples in batches of
   ``--batch-size`` (default: the engine's choice), ``--precision`` (bf16 autocast on CUDA by default),
   optional ``--channels-last`` / ``--compile``.
 * ``naive``: the baseline, implemented here and independent of the engine's batching: a plain Python loop
@@ -31,7 +31,7 @@ row's own peak; "RSS before" is the worker's resident size after loading model a
 device memory is ``torch.cuda.max_memory_allocated``. Measured per row: NFE per sample (from the run info
 / the sampler's own count), wall seconds of the synthesis call, seconds per slice (all K samples of a slice),
 per volume, throughput in slices x samples per second, PSNR / MAE of the sCT (the K-sample mean) against
-the reference CT inside the body mask (:mod:`MRtoCTSynthesisLib.metrics`). ``--warmup`` (default on for
+the reference CT inside the body mask (:mod:`MRtoCTSynthesisLib.pipeline.metrics`). ``--warmup`` (default on for
 CUDA) runs each configuration once untimed first (torch.compile, cuDNN autotuning, CUDA context);
 its time is reported separately.
 
@@ -63,7 +63,7 @@ PAPER = {"source": "SynDiff Table V, RTX 3090, 256x256", "ddpm_1000_s_per_slice"
 
 # ============================================================================================ worker
 def _build_model(spec: dict, device):
-    from MRtoCTSynthesisLib.methods import create_model, load_model
+    from MRtoCTSynthesisLib.models.methods import create_model, load_model
 
     m = spec["model"]
     if m.startswith("untrained:"):
@@ -81,8 +81,8 @@ def _naive_synthesis(mri, model, sampler, samples: int, seed: int, device):
     """One slice, one sample per call, fp32: the baseline loop (independent of inference.py's batching)."""
     import torch
 
-    from MRtoCTSynthesisLib.intensity import MRNormalization, model_std_to_hu, model_to_hu
-    from MRtoCTSynthesisLib.slicing import from_canonical, from_model_grid, to_canonical, to_model_grid
+    from MRtoCTSynthesisLib.io.intensity import MRNormalization, model_std_to_hu, model_to_hu
+    from MRtoCTSynthesisLib.io.slicing import from_canonical, from_model_grid, to_canonical, to_model_grid
 
     norm = MRNormalization.fit(mri.array, what="MRI")
     canon, layout = to_canonical(norm.apply(mri.array.astype(np.float32)), mri.geometry)
@@ -111,8 +111,8 @@ def worker(spec: dict) -> dict:
     set_threads(spec["threads"])
     import torch
 
-    from MRtoCTSynthesisLib.inference import SynthesisOptions, resolve_device, synthesize_volume
-    from MRtoCTSynthesisLib.metrics import mae, psnr
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize_volume
+    from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
 
     device = resolve_device(spec["device"])
     case = load_case(spec["case"], spec["slices"])
@@ -180,8 +180,8 @@ def parse_sampler(s: str) -> tuple[str, int | None]:
 
 def model_rows(model_spec: str, samplers):
     """(method, trained?, [(sampler, steps)]) for one ``--model`` entry."""
-    from MRtoCTSynthesisLib.methods import METHODS
-    from MRtoCTSynthesisLib.checkpoint import load_checkpoint
+    from MRtoCTSynthesisLib.models.methods import METHODS
+    from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
 
     if model_spec.startswith("untrained:"):
         method, trained = model_spec.split(":")[1], False

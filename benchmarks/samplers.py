@@ -33,12 +33,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from MRtoCTSynthesisLib.commands import DEMO_CASE, DEMO_MODEL
-from MRtoCTSynthesisLib.inference import SynthesisOptions, resolve_device, synthesize_volume
-from MRtoCTSynthesisLib.methods import create_model, load_model
-from MRtoCTSynthesisLib.metrics import mae, psnr
-from MRtoCTSynthesisLib.methods.conditional_diffusion import DEFAULT_STEPS
-from MRtoCTSynthesisLib.volume import Volume, read_volume
+from MRtoCTSynthesisLib.assets import DEMO_CASE, DEMO_MODEL
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize_volume
+from MRtoCTSynthesisLib.models.methods import create_model, load_model
+from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
+from MRtoCTSynthesisLib.models.methods.conditional_diffusion import DEFAULT_STEPS
+from MRtoCTSynthesisLib.io.volume import Volume, read_volume
 
 PAPER = {"ddpm_1000_rtx3090_s_per_slice": 85.8, "syndiff_rtx3090_s_per_slice": 0.182}
 
@@ -72,7 +72,7 @@ def sampler_runs(model_path: Path, device, samples: int, n_slices: int, samplers
     sl = slice(mid - n_slices // 2, mid - n_slices // 2 + n_slices)
 
     def crop(v):  # a thinner volume: the central slices, same in-plane geometry
-        from MRtoCTSynthesisLib.volume import make_geometry
+        from MRtoCTSynthesisLib.io.volume import make_geometry
         g = v.geometry
         return Volume(np.ascontiguousarray(v.array[sl]), make_geometry((g.size[0], g.size[1], n_slices), g.spacing,
                                                                          g.origin, g.direction))

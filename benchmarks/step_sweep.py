@@ -6,9 +6,9 @@
         [--out benchmarks/results/step_sweep_cpu.json]
 
 Every run synthesises the same central ``--slices`` axial slices of the case with ``--samples`` Monte-Carlo
-samples (the sCT is their mean, exactly as :func:`~MRtoCTSynthesisLib.inference.synthesize_volume`
+samples (the sCT is their mean, exactly as :func:`~MRtoCTSynthesisLib.pipeline.synthesis.synthesize_volume`
 returns it) and is scored against the reference CT inside the body mask (PSNR, MAE;
-:mod:`MRtoCTSynthesisLib.metrics`). Each sampler setting runs once per ``--seeds`` entry (with the same
+:mod:`MRtoCTSynthesisLib.pipeline.metrics`). Each sampler setting runs once per ``--seeds`` entry (with the same
 seed the deterministic samplers start from the same prior draws); the reference quality is ancestral DDPM
 with ``--reference`` steps (1000, the papers' setting), run once per ``--reference-seeds`` entry;
 ``--ddpm`` adds the same ancestral sampler on respaced grids with fewer steps. The
@@ -58,8 +58,8 @@ def parse_label(label: str) -> tuple[str, dict]:
 
 
 def run_one(case, model, sampler: str, steps: int, samples: int, seed: int, device: str, role: str):
-    from MRtoCTSynthesisLib.inference import SynthesisOptions, synthesize_volume
-    from MRtoCTSynthesisLib.metrics import mae, psnr
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+    from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
 
     name, sampler_options = parse_label(sampler)
     t0 = time.perf_counter()
@@ -218,7 +218,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     set_threads(args.threads)
 
-    from MRtoCTSynthesisLib.methods import load_model
+    from MRtoCTSynthesisLib.models.methods import load_model
 
     model_path = Path(args.model) if args.model else demo_paths()[1]
     case = load_case(args.case, args.slices)

@@ -5,8 +5,8 @@
         [--samplers dpmpp ddim] [--steps N] [--samples K] [--projections 23 ...] [--noise-sigma 0.0 ...]
         [--cases N] [--figures N] [--out DIR] [--device auto] [--seed 0]
 
-The same code as ``mrtoct evaluate --models ... --data ...`` (:func:`MRtoCTSynthesisLib.cli.run_batch_evaluation`,
-which calls :func:`MRtoCTSynthesisLib.evaluation.run_evaluation`); see ``--help`` for what it writes.
+The same code as ``mrtoct evaluate --models ... --data ...`` (:func:`MRtoCTSynthesisLib.apps.cli.run_batch_evaluation`,
+which calls :func:`MRtoCTSynthesisLib.apps.evaluation.run_evaluation`); see ``--help`` for what it writes.
 Works from a fresh clone: when the package is not installed, the repository's ``MRtoCTSynthesis`` folder
 is put on ``sys.path``.
 """
@@ -22,8 +22,8 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MRtoCTSynthesis"))
 
-from MRtoCTSynthesisLib import cli  # noqa: E402
-from MRtoCTSynthesisLib.cli import add_batch_evaluation_arguments, run_batch_evaluation, run_command  # noqa: E402
+from MRtoCTSynthesisLib.apps import cli  # noqa: E402
+from MRtoCTSynthesisLib.apps.cli import add_batch_evaluation_arguments, run_batch_evaluation, run_command  # noqa: E402
 
 
 def build_parser():

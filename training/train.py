@@ -16,7 +16,7 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "MRtoCTSynthesis"))
 
-from MRtoCTSynthesisLib.cli import main  # noqa: E402
+from MRtoCTSynthesisLib.apps.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main(["train", *sys.argv[1:]]))

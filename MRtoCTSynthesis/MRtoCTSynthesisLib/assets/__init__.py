@@ -1,0 +1,8 @@
+"""Files shipped with the engine: the demo case and the demo models (one place for their paths)."""
+
+from pathlib import Path
+
+ASSETS_DIR = Path(__file__).resolve().parent
+DEMO_CASE = ASSETS_DIR / "demo_case"
+DEMO_MODEL = ASSETS_DIR / "demo_ddpm.safetensors"
+DEMO_SYNDIFF = ASSETS_DIR / "demo_syndiff.safetensors"

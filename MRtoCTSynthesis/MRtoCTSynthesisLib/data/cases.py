@@ -1,0 +1,356 @@
+"""Paired MR/CT cases on disk -> training slices on the model grid.
+
+Folder layout (SynthRAD): ``<root>/<case>/mr.nii.gz``, ``<root>/<case>/ct.nii.gz`` and optionally
+``<root>/<case>/mask.nii.gz``, the MR already registered to the CT (``mrtoct register``). ``mrtoct
+phantom`` writes this layout. For the unpaired methods (``syndiff``, ``cyclegan``) a training case may hold
+only ``mr`` or only ``ct`` (unpaired data from different patients); validation and test cases always need
+both, since they are scored against the real CT. Each case's MR is normalised per volume, its CT mapped with the fixed HU
+mapping, both reoriented to canonical axial order and put on the model grid exactly as inference does
+(:mod:`.slicing`), so training and synthesis see identical inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..io.intensity import MRNormalization, check_ct_in_hu, hu_to_model
+from ..io.slicing import to_canonical, to_model_grid
+from ..io.volume import Volume, read_volume, require_same_geometry
+
+
+@dataclass
+class Case:
+    name: str
+    mr: Volume | None  # None only for single-modality cases of unpaired training (load_case(partial=True))
+    ct: Volume | None
+    mask: Volume | None
+
+
+def find_volume(folder, stem: str) -> Path | None:
+    """``<folder>/<stem>`` as .nii.gz, .nii, .nrrd or .mha (the first that exists), or None."""
+    folder = Path(folder)
+    for suf in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        p = folder / f"{stem}{suf}"
+        if p.exists():
+            return p
+    return None
+
+
+def is_paired(folder) -> bool:
+    """True if the case folder holds both an ``mr`` and a ``ct`` volume."""
+    return bool(find_volume(folder, "mr") and find_volume(folder, "ct"))
+
+
+def has_volume(folder) -> bool:
+    """True if the case folder holds an ``mr`` or a ``ct`` volume (a case for unpaired training)."""
+    return bool(find_volume(folder, "mr") or find_volume(folder, "ct"))
+
+
+def find_cases(root, partial: bool = False) -> list[Path]:
+    """Case folders under ``root`` holding both an ``mr`` and a ``ct`` volume, sorted by name.
+
+    ``partial=True`` (unpaired training) also lists folders holding only one of them.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"data folder {root} does not exist.", "point --data at a folder of <case>/mr.nii.gz + ct.nii.gz.")
+    cases = sorted(p for p in root.iterdir() if p.is_dir()
+                   and (is_paired(p) or (partial and has_volume(p))))
+    if not cases:
+        raise InputError(f"no cases found in {root}.",
+                         "each case needs its own folder with mr.nii.gz and ct.nii.gz (try `mrtoct phantom --out DIR`).")
+    return cases
+
+
+SPLIT_SUBSETS = ("train", "val", "test")
+
+
+def make_split(cases, val: float = 0.1, test: float = 0.2, seed: int = 0) -> dict[str, list[str]]:
+    """Split case names (patients) at random into ``train``/``val``/``test`` lists (at least 1 train case).
+
+    Fractions are rounded to whole cases; with 3+ cases, val and test each get at least one case when their
+    fraction is positive. The same names and seed give the same split.
+    """
+    names = sorted(Path(c).name for c in cases)
+    if not names:
+        raise InputError("no cases to split.", "point --data at a folder of case folders.")
+    if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
+        raise InputError(f"split fractions val={val}, test={test} are not in [0, 1) with val + test < 1.",
+                         "use e.g. val 0.1 and test 0.2.")
+    order = [names[i] for i in np.random.default_rng(seed).permutation(len(names))]
+    n = len(names)
+    n_test = int(round(test * n)) or (1 if test > 0 and n >= 3 else 0)
+    n_val = int(round(val * n)) or (1 if val > 0 and n >= 3 else 0)
+    n_test, n_val = min(n_test, n - 1), min(n_val, max(0, n - 1 - n_test))
+    return {"test": sorted(order[:n_test]), "val": sorted(order[n_test:n_test + n_val]),
+            "train": sorted(order[n_test + n_val:])}
+
+
+def _check_case_name(name, where: str) -> str:
+    if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
+        raise InputError(f"{where}: case entry {name!r} is not a plain case-folder name.",
+                         "list case folder names only (no paths, no '..'): cases must live directly in the data folder.")
+    return name
+
+
+def read_split(path, root) -> dict[str, list[Path]]:
+    """Read a split file (JSON or YAML ``{"train": [...], "val": [...], "test": [...]}`` of case names).
+
+    Names must be plain folder names directly under ``root`` (no paths: a split file cannot point outside
+    the data folder), each case in at most one subset, every listed case present: ``val`` and ``test`` cases
+    with both volumes, ``train`` cases with at least one (single-modality cases are for unpaired methods).
+    """
+    path, root = Path(path), Path(root)
+    if not path.is_file():
+        raise InputError(f"split file {path} does not exist.", "write one with `mrtoct split --data DIR --out split.json`.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            doc = yaml.safe_load(text)
+        else:
+            import json
+
+            doc = json.loads(text)
+    except Exception as e:  # noqa: BLE001 - any parse error is the user's file
+        raise InputError(f"split file {path} cannot be parsed: {e}", "write JSON like {\"train\": [\"case_000\"], ...}.") from e
+    if not isinstance(doc, dict) or not set(doc) <= set(SPLIT_SUBSETS) or "train" not in doc:
+        raise InputError(f"split file {path} must map 'train' (and optionally 'val', 'test') to lists of case names.",
+                         "e.g. {\"train\": [\"case_000\", \"case_001\"], \"val\": [\"case_002\"], \"test\": [\"case_003\"]}")
+    out, seen = {}, {}
+    for subset in SPLIT_SUBSETS:
+        names = doc.get(subset) or []
+        if not isinstance(names, list):
+            raise InputError(f"split file {path}: '{subset}' is not a list.", "give a list of case folder names.")
+        folders = []
+        for name in names:
+            _check_case_name(name, f"split file {path}")
+            if name in seen:
+                raise InputError(f"split file {path}: case {name!r} is in both '{seen[name]}' and '{subset}'.",
+                                 "put each patient in exactly one subset (no leakage between train and test).")
+            seen[name] = subset
+            folder = root / name
+            present = folder.is_dir() and (is_paired(folder) if subset != "train"
+                                           else has_volume(folder))
+            if not present:
+                need = "mr and ct volumes" if subset != "train" else "an mr or ct volume"
+                raise InputError(f"split file {path}: case {name!r} ({subset}) has no folder with {need} in {root}.",
+                                 "fix the name, or regenerate the split for this data folder.")
+            folders.append(folder)
+        out[subset] = folders
+    if not out["train"] and not out["test"]:
+        raise InputError(f"split file {path} lists no cases.", "add case names to 'train' (and 'test').")
+    return out
+
+
+def write_split(split: dict[str, list], path) -> Path:
+    """Write a split (names or folders per subset) as JSON, atomically."""
+    from ..io.atomic import write_json
+
+    doc = {k: [Path(c).name for c in split.get(k, [])] for k in SPLIT_SUBSETS}
+    write_json(Path(path), doc)
+    return Path(path)
+
+
+def load_case(folder, register: bool = False, partial: bool = False) -> Case:
+    """Read one case, checking that MR, CT (in HU) and mask share one grid.
+
+    ``register=True`` first registers the MR to the CT (:func:`.registration.register`, rigid then affine)
+    and resamples it onto the CT grid, for cases whose MR is not aligned yet. ``partial=True`` accepts a
+    case with only an MR or only a CT (the other is None; nothing to register).
+    """
+    folder = Path(folder)
+    mr_path, ct_path = find_volume(folder, "mr"), find_volume(folder, "ct")
+    if not partial or not (mr_path or ct_path):
+        mr_path, ct_path = mr_path or folder / "mr.nii.gz", ct_path or folder / "ct.nii.gz"  # read_volume names it
+    mr = read_volume(mr_path, f"{folder.name} MRI") if mr_path else None
+    ct = read_volume(ct_path, f"{folder.name} CT") if ct_path else None
+    if register and mr is not None and ct is not None:
+        from ..pipeline.registration import register as _register
+
+        mr = _register(ct, mr).registered
+    if mr is not None and ct is not None:
+        require_same_geometry(mr, ct, f"{folder.name} MRI", f"{folder.name} CT")
+    if ct is not None:
+        check_ct_in_hu(ct.array, f"{folder.name} CT")
+    mask_path = find_volume(folder, "mask")
+    mask = read_volume(mask_path, f"{folder.name} mask") if mask_path else None
+    if mask is not None:
+        ref, what = (mr, "MRI") if mr is not None else (ct, "CT")
+        require_same_geometry(ref, mask, f"{folder.name} {what}", f"{folder.name} mask")
+    return Case(folder.name, mr, ct, mask)
+
+
+def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool = True):
+    """``(mr [N, 1+2c, H, W], ct [N, 1, H, W])`` model-range slices of one case (None for a missing modality).
+
+    With ``body_only`` (and a mask), slices without any body voxel are dropped.
+    """
+    keep = None  # canonical slice indices with a body voxel (the mask shares the volumes' grid)
+    if body_only and case.mask is not None:
+        mask_c, mask_layout = to_canonical(case.mask.array, case.mask.geometry)
+        keep = np.flatnonzero(mask_c.reshape(mask_layout.n_slices, -1).any(axis=1))
+
+    def slices(arr, geometry, ctx):
+        arr_c, layout = to_canonical(arr, geometry)
+        return to_model_grid(arr_c, layout, image_size, ctx,
+                             indices=np.arange(layout.n_slices) if keep is None else keep)
+
+    mr = ct = None
+    if case.mr is not None:
+        norm = MRNormalization.fit(case.mr.array, what=f"{case.name} MRI")
+        mr = slices(norm.apply(case.mr.array.astype(np.float32)), case.mr.geometry, context)
+    if case.ct is not None:
+        ct = slices(hu_to_model(case.ct.array.astype(np.float32)), case.ct.geometry, 0)
+    return mr, ct
+
+
+#: bump when the slice preprocessing changes, so cached slices of an older engine are not reused
+PREPROCESSING_VERSION = 1
+
+
+def _cache_key(folder: Path, image_size: int, context: int, register: bool) -> str:
+    import hashlib
+    import json
+
+    files = []
+    for stem in ("mr", "ct", "mask"):
+        p = find_volume(folder, stem)
+        if p is not None:
+            st = p.stat()
+            files.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    doc = {"files": files, "image_size": image_size, "context": context, "register": bool(register),
+           "version": PREPROCESSING_VERSION}
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
+
+
+def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
+                     register: bool = False, partial: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`case_slices` of the case in ``folder``, through an on-disk cache when ``cache_dir`` is given.
+
+    ``partial=True`` accepts a single-modality case (:func:`load_case`) and returns None for the missing one.
+
+    The cache file is named by a hash of the volumes' paths, sizes and modification times, the model grid,
+    the context and the registration flag, so editing a volume or changing a setting never reuses stale
+    slices; it is written atomically, and an unreadable cache file is recomputed.
+    """
+    folder = Path(folder)
+    path = None
+    if cache_dir is not None:
+        from safetensors.torch import load_file
+
+        path = Path(cache_dir) / f"{folder.name}-{_cache_key(folder, image_size, context, register)}.safetensors"
+        if path.exists():
+            try:
+                t = load_file(str(path))
+                if ("mr" in t and "ct" in t) or partial:
+                    return t.get("mr"), t.get("ct")
+            except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
+                pass
+    mr, ct = case_slices(load_case(folder, register=register, partial=partial), image_size, context)
+    if path is not None:
+        from safetensors.torch import save_file
+
+        from ..io.atomic import atomic_write
+
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_write(path, suffix=".safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in (("mr", mr), ("ct", ct)) if v is not None}, str(tmp))
+        except OSError as e:  # a read-only cache folder slows the next run down but must not stop this one
+            import sys
+
+            print(f"note: could not write the slice cache {path} ({e}); continuing without it", file=sys.stderr)
+    return mr, ct
+
+
+class SliceDataset:
+    """All slices of a set of cases in memory, with reproducible random mini-batches."""
+
+    def __init__(self, mr: torch.Tensor, ct: torch.Tensor, case_names: list[str]):
+        if len(mr) != len(ct) or len(mr) == 0:
+            raise InputError("the training data has no slices.", "check the cases and their body masks.")
+        self.mr, self.ct, self.case_names = mr, ct, case_names
+
+    @classmethod
+    def from_folders(cls, folders, image_size: int, context: int = 0, cache_dir=None,
+                     register: bool = False) -> "SliceDataset":
+        mrs, cts, names = [], [], []
+        for f in folders:
+            m, c = load_case_slices(f, image_size, context, cache_dir=cache_dir, register=register)
+            mrs.append(m)
+            cts.append(c)
+            names.append(Path(f).name)
+        return cls(torch.cat(mrs), torch.cat(cts), names)
+
+    def __len__(self) -> int:
+        return len(self.mr)
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, len(self), (batch_size,), generator=generator)
+        return self.mr[idx], self.ct[idx]
+
+
+class UnpairedSliceDataset:
+    """MR slices and CT slices as two independent pools, for unpaired training (``syndiff``, ``cyclegan``).
+
+    :meth:`batch` draws the MR indices and the CT indices with two separate random draws, so the i-th MR
+    and the i-th CT of a batch are unrelated even when both pools come from the same cases (slices are never
+    paired by index). :meth:`from_folders` accepts cases holding only an MR or only a CT (each feeds its
+    pool); with ``disjoint_cases=True`` it goes further and takes the MR of every other paired case and the
+    CT of the remaining ones, so no anatomy appears in both pools.
+    """
+
+    unpaired = True
+
+    def __init__(self, mr: torch.Tensor, ct: torch.Tensor, case_names: list[str] | None = None):
+        if len(mr) == 0 or len(ct) == 0:
+            raise InputError("the unpaired training data has no MR or no CT slices.", "check the cases and their masks.")
+        self.mr, self.ct, self.case_names = mr, ct, list(case_names or [])
+
+    @classmethod
+    def from_paired(cls, paired: SliceDataset) -> "UnpairedSliceDataset":
+        """Both pools of a paired dataset, sampled independently (the pairing is not used)."""
+        return cls(paired.mr, paired.ct, paired.case_names)
+
+    @classmethod
+    def from_folders(cls, folders, image_size: int, context: int = 0, disjoint_cases: bool = False,
+                     cache_dir=None, register: bool = False) -> "UnpairedSliceDataset":
+        folders = list(folders)
+        if disjoint_cases and len(folders) < 2:
+            raise InputError("disjoint unpaired pools need at least two cases.", "add cases or drop disjoint_cases.")
+        mrs, cts, names = [], [], []
+        n = 0  # alternates over the paired cases; single-modality cases feed their own pool
+        for f in folders:
+            m, c = load_case_slices(f, image_size, context, cache_dir=cache_dir, register=register, partial=True)
+            both = m is not None and c is not None
+            if m is not None and (not disjoint_cases or not both or n % 2 == 0):
+                mrs.append(m)
+            if c is not None and (not disjoint_cases or not both or n % 2 == 1):
+                cts.append(c)
+            n += both
+            names.append(Path(f).name)
+        if not mrs or not cts:
+            what = "MR" if not mrs else "CT"
+            if disjoint_cases:
+                raise InputError(f"with disjoint_cases the {what} pool is empty: the paired cases alternate between "
+                                 f"the pools, and no single-modality case supplies {what}.",
+                                 f"drop disjoint_cases, or add cases with {what.lower()}.nii.gz.")
+            raise InputError(f"the unpaired training cases hold no {what} volume.",
+                             "add cases with an mr.nii.gz and cases with a ct.nii.gz (they need not be paired).")
+        return cls(torch.cat(mrs), torch.cat(cts), names)
+
+    def __len__(self) -> int:
+        return max(len(self.mr), len(self.ct))
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mr, ct)`` of ``batch_size`` slices each, drawn independently of each other."""
+        i_mr = torch.randint(0, len(self.mr), (batch_size,), generator=generator)
+        i_ct = torch.randint(0, len(self.ct), (batch_size,), generator=generator)
+        return self.mr[i_mr], self.ct[i_ct]

@@ -1,0 +1,785 @@
+"""Self-describing, pickle-free checkpoints.
+
+File layout
+-----------
+A checkpoint is one ``*.safetensors`` file: an 8-byte little-endian header length, a JSON header (tensor
+names, dtypes, shapes, byte offsets, and a ``__metadata__`` str->str dict), then the raw tensor bytes.
+Loading it never runs ``pickle``. ``__metadata__`` holds one key, ``mrtoct``, whose value is a JSON
+document::
+
+    {
+      "format": "mrtoct-checkpoint",          # fixed
+      "format_version": 1,                    # bumped on incompatible changes
+      "method": "ddpm",                       # ddpm | score_sde | syndiff | unet_cnn | pix2pix | wgan_gp | cyclegan ...
+      "network": {                            # every network stored in the file, by name
+        "denoiser": {"type": "unet", "config": {...UNetConfig.to_dict()...}}
+      },
+      "process": {...} | null,                # noise schedule / SDE config (null for CNN/GAN methods)
+      "intensity": {...},                     # how CT HU and MR intensities map to network values
+      "conditioning": {"mr_channels": 1, "context_slices": 0, "image_size": 64},
+      "training": {...},                      # free: data description, steps, seed, git commit ...
+      "created": "2025-01-01T12:00:00+00:00", # ISO 8601, UTC
+      "engine_version": "0.1.0",
+      "sha256": "..."                         # optional, see below
+    }
+
+Tensor names are ``<network>.<state_dict key>`` (for example ``denoiser.conv_in.weight``). Exponential
+moving-average weights of a network are stored as ``ema.<network>.<key>``; **when EMA weights are
+present, inference uses them** (:func:`load_network` with ``prefer_ema=True``, the default). Network
+names are identifiers without dots and cannot be ``ema``.
+
+``sha256`` (written by default) is the SHA-256 over the tensors in sorted name order, each contributing
+``name \\0 dtype \\0 shape-as-JSON \\0 raw little-endian bytes``; it is independent of the byte layout
+safetensors chooses, and :func:`load_checkpoint` checks it when present, so a flipped bit in the
+weights is reported instead of silently producing a wrong CT.
+
+Saving is atomic: the bytes go to a temporary file in the destination folder, are fsync-ed, and
+``os.replace`` puts them in place, so an interrupted save never leaves a half-written checkpoint.
+
+Legacy ``.pt``/``.pth`` files are read only through ``torch.load(..., weights_only=True)`` and must
+hold ``{"state_dict": {...}, "metadata": {...}}`` in the same layout; anything else is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Union
+
+import torch
+from torch import nn
+
+from .. import __version__
+from ..errors import InputError
+from .networks.unet import ConditionalUNet, UNetConfig
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "NETWORK_TYPES",
+    "Checkpoint",
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_metadata",
+    "build_network",
+    "network_spec",
+    "register_network_type",
+    "load_network",
+    "describe_checkpoint",
+]
+
+FORMAT = "mrtoct-checkpoint"
+FORMAT_VERSION = 1
+METADATA_KEY = "mrtoct"
+EMA_PREFIX = "ema"
+TORCH_SUFFIXES = (".pt", ".pth")
+
+#: network type name -> (config class with from_dict/to_dict, module class taking the config)
+NETWORK_TYPES: dict[str, tuple[type, type]] = {"unet": (UNetConfig, ConditionalUNet)}
+
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+_CORRUPT_FIX = "the checkpoint is truncated or corrupted; re-download or re-copy it"
+
+StateDict = Mapping[str, torch.Tensor]
+PathLike = Union[str, os.PathLike]
+
+
+def register_network_type(name: str, config_cls: type, module_cls: type) -> None:
+    """Make ``{"type": name, "config": {...}}`` buildable: ``module_cls(config_cls.from_dict(config))``."""
+    NETWORK_TYPES[name] = (config_cls, module_cls)
+
+
+# ---------------------------------------------------------------------------------------------- data
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the metadata document and the tensors grouped by network.
+
+    ``tensors`` maps a group name (``"denoiser"``, ``"ema.denoiser"``) to that network's state dict.
+    """
+
+    metadata: dict[str, Any]
+    tensors: dict[str, dict[str, torch.Tensor]]
+    path: str | None = None
+
+    @property
+    def method(self) -> str:
+        return self.metadata["method"]
+
+    @property
+    def network_names(self) -> list[str]:
+        """Names of the networks described in the metadata."""
+        return list(self.metadata.get("network", {}))
+
+    def has_ema(self, name: str) -> bool:
+        return f"{EMA_PREFIX}.{name}" in self.tensors
+
+    def state_dict(self, name: str, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+        """Weights of network ``name``: the EMA copy when present and ``prefer_ema``, else the raw ones."""
+        if prefer_ema and self.has_ema(name):
+            return self.tensors[f"{EMA_PREFIX}.{name}"]
+        if name in self.tensors:
+            return self.tensors[name]
+        if self.has_ema(name):
+            return self.tensors[f"{EMA_PREFIX}.{name}"]
+        raise InputError(
+            f"checkpoint {self.path or ''} holds no weights for network {name!r} "
+            f"(weights present for: {', '.join(sorted(self.tensors)) or 'nothing'})",
+            "use a checkpoint written for this method, or re-export it",
+        )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+def _where(path: PathLike | None) -> str:
+    return f"checkpoint {str(path)!r}" if path is not None else "checkpoint"
+
+
+def _corrupt(path: PathLike | None, detail: str) -> InputError:
+    return InputError(f"{_where(path)} cannot be read: {detail}", _CORRUPT_FIX)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return obj.to_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, (Path, torch.dtype, torch.device)):
+        return str(obj)
+    if isinstance(obj, (set, frozenset)):
+        return sorted(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() <= 1024:
+        return obj.tolist()
+    if type(obj).__module__ == "numpy":  # numpy scalars and small arrays, without importing numpy here
+        return obj.tolist() if hasattr(obj, "tolist") else obj.item()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON-serialisable")
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    """Strip torch.compile / DataParallel wrappers so the saved keys have no wrapper prefix."""
+    while True:
+        if hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        elif isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        else:
+            return module
+
+
+#: tensor-name prefix of the training state (optimiser moments ...) in resumable checkpoints
+STATE_PREFIX = "train_state"
+
+
+def _check_network_name(name: Any) -> None:
+    if not isinstance(name, str) or not name or "." in name or name == EMA_PREFIX:
+        raise InputError(
+            f"invalid network name {name!r} for a checkpoint",
+            "use a non-empty name without dots that is not 'ema' (e.g. 'denoiser', 'generator')",
+        )
+
+
+def network_spec(module: nn.Module) -> dict[str, Any] | None:
+    """``{"type": ..., "config": {...}}`` for a module of a registered type that has a ``config``, else None."""
+    module = _unwrap(module)
+    for tname, (_cfg_cls, mod_cls) in NETWORK_TYPES.items():
+        if type(module) is mod_cls and hasattr(module, "config") and hasattr(module.config, "to_dict"):
+            return {"type": tname, "config": module.config.to_dict()}
+    return None
+
+
+def _normalise_spec(name: str, spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("type"), str) or "config" not in spec:
+        raise InputError(
+            f"the metadata's network entry {name!r} must be {{'type': <str>, 'config': {{...}}}}, got {spec!r}",
+            "describe each network by its type (e.g. 'unet') and its config dict",
+        )
+    out = dict(spec)
+    cfg = out["config"]
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if not isinstance(cfg, Mapping):
+        raise InputError(
+            f"the config of network {name!r} must be a dict, got {type(cfg).__name__}",
+            "store the network config as a dict (UNetConfig.to_dict())",
+        )
+    out["config"] = dict(cfg)
+    return out
+
+
+def _tensor_bytes(t: torch.Tensor) -> memoryview:
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy())
+
+
+def _payload_sha256(flat: Mapping[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(flat):
+        t = flat[name]
+        h.update(name.encode("utf-8") + b"\0")
+        h.update(str(t.dtype).replace("torch.", "").encode() + b"\0")
+        h.update(json.dumps(list(t.shape)).encode() + b"\0")
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()
+
+
+def _group(flat: Mapping[str, torch.Tensor], path: PathLike | None) -> dict[str, dict[str, torch.Tensor]]:
+    groups: dict[str, dict[str, torch.Tensor]] = {}
+    for key, t in flat.items():
+        parts = key.split(".")
+        n = 2 if parts[0] == EMA_PREFIX else 1
+        if len(parts) <= n or not all(parts[:n]):
+            raise _corrupt(path, f"tensor name {key!r} does not start with a network name")
+        groups.setdefault(".".join(parts[:n]), {})[".".join(parts[n:])] = t
+    return groups
+
+
+def _flatten_networks(
+    networks: Mapping[str, nn.Module | StateDict], seen_storages: set[int], prefix: str = ""
+) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+    """Prefixed CPU tensors ready for safetensors, plus the specs of registered module types.
+
+    ``seen_storages`` (shared between calls) makes tensors sharing memory (tied weights, or an EMA copy
+    that is the network itself) into private copies, which safetensors requires.
+    """
+    flat: dict[str, torch.Tensor] = {}
+    specs: dict[str, dict[str, Any]] = {}
+    for name, net in networks.items():
+        _check_network_name(name)
+        if isinstance(net, nn.Module):
+            spec = network_spec(net)
+            if spec is not None:
+                specs[name] = spec
+            sd = _unwrap(net).state_dict()
+        elif isinstance(net, Mapping):
+            sd = net
+        else:
+            raise InputError(
+                f"network {name!r} to save is a {type(net).__name__}, not a module or a state dict",
+                "pass an nn.Module or its state_dict()",
+            )
+        for key, t in sd.items():
+            if not isinstance(t, torch.Tensor):
+                raise InputError(
+                    f"state dict entry {name}.{key} is a {type(t).__name__}, not a tensor",
+                    "checkpoints store tensors only; put other values into the metadata",
+                )
+            t = t.detach().to("cpu")
+            if not t.is_contiguous():
+                t = t.contiguous()
+            if t.numel():
+                ptr = t.untyped_storage().data_ptr()
+                if ptr in seen_storages:  # safetensors refuses shared memory: give it a private copy
+                    t = t.clone()
+                else:
+                    seen_storages.add(ptr)
+            flat[f"{prefix}{name}.{key}"] = t
+    return flat, specs
+
+
+def _read_exact(path: Path, n: int | None = None) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read() if n is None else f.read(n)
+    except OSError as e:
+        raise InputError(f"{_where(path)} cannot be opened: {e.strerror or e}",
+                         "check the path and the file permissions") from e
+
+
+def _check_path(path: PathLike) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"checkpoint file not found: {str(p)!r}",
+                         "check the path, or download / train a model first (mrtoct train)")
+    if p.is_dir():
+        raise InputError(f"{str(p)!r} is a folder, not a checkpoint file",
+                         "give the path of the .safetensors file inside it")
+    return p
+
+
+def _parse_header(prefix: bytes, file_size: int, path: PathLike | None) -> dict[str, Any]:
+    """Validate the safetensors layout from the first bytes of the file; return the header dict."""
+    if file_size < 8:
+        raise _corrupt(path, f"the file has only {file_size} bytes")
+    looks_torch = prefix[:4] == b"PK\x03\x04" or (prefix[:1] == b"\x80" and b"\x02" <= prefix[1:2] <= b"\x05")
+    if looks_torch and prefix[8:9] != b"{":  # a safetensors header always starts with '{' at byte 8
+        raise InputError(
+            f"{_where(path)} is a PyTorch pickle/zip file, not a safetensors file",
+            "if it is a trusted legacy checkpoint, give it a .pt extension; otherwise re-export it "
+            "with save_checkpoint (never load untrusted pickles)",
+        )
+    n = int.from_bytes(prefix[:8], "little")
+    if n < 2 or n > _MAX_HEADER_BYTES or 8 + n > file_size:
+        raise _corrupt(path, f"its header length field says {n} bytes but the file has {file_size} bytes "
+                             "(not a safetensors file, or cut short)")
+    raw = prefix[8:8 + n]
+    if len(raw) < n:
+        raise _corrupt(path, "the header is cut short")
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise _corrupt(path, f"its safetensors header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise _corrupt(path, "its safetensors header is not a JSON object")
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            start, stop = entry["data_offsets"]
+            numel = math.prod(int(s) for s in entry["shape"])
+            if not (0 <= int(start) <= int(stop)) or not isinstance(entry["dtype"], str) or numel < 0:
+                raise ValueError
+        except (KeyError, TypeError, ValueError) as e:
+            raise _corrupt(path, f"the header entry for tensor {key!r} is malformed") from e
+        end = max(end, int(stop))
+    if 8 + n + end != file_size:
+        raise _corrupt(path, f"the header describes {8 + n + end} bytes but the file has {file_size}")
+    return header
+
+
+def _document_from_header(header: Mapping[str, Any], path: PathLike | None) -> dict[str, Any]:
+    meta = header.get("__metadata__")
+    if not isinstance(meta, dict) or METADATA_KEY not in meta:
+        raise InputError(
+            f"{_where(path)} is a safetensors file but not an MRtoCTSynthesis checkpoint "
+            f"(no {METADATA_KEY!r} entry in its metadata)",
+            "use a checkpoint written by MRtoCTSynthesis (mrtoct train / save_checkpoint)",
+        )
+    return _parse_document(meta[METADATA_KEY], path)
+
+
+def _parse_document(text: Any, path: PathLike | None) -> dict[str, Any]:
+    if isinstance(text, Mapping):
+        doc = dict(text)
+    else:
+        try:
+            doc = json.loads(text)
+        except (TypeError, ValueError) as e:
+            raise InputError(
+                f"the metadata of {_where(path)} is not valid JSON ({e})",
+                _CORRUPT_FIX + " (or re-export it if it was edited by hand)",
+            ) from e
+    _validate_document(doc, path)
+    return doc
+
+
+def _validate_document(doc: Any, path: PathLike | None) -> None:
+    if not isinstance(doc, dict):
+        raise InputError(f"the metadata of {_where(path)} is not a JSON object", _CORRUPT_FIX)
+    fmt = doc.get("format")
+    if fmt != FORMAT:
+        raise InputError(
+            f"{_where(path)} has format {fmt!r}, expected {FORMAT!r}",
+            "use a checkpoint written by MRtoCTSynthesis (mrtoct train / save_checkpoint)",
+        )
+    ver = doc.get("format_version")
+    if isinstance(ver, bool) or not isinstance(ver, int):
+        raise InputError(f"{_where(path)} has no valid format_version (got {ver!r})", _CORRUPT_FIX)
+    if ver > FORMAT_VERSION:
+        raise InputError(
+            f"{_where(path)} uses checkpoint format version {ver}, newer than this engine's {FORMAT_VERSION}",
+            "update MRtoCTSynthesis to a release that reads it",
+        )
+    if ver != FORMAT_VERSION:
+        raise InputError(
+            f"{_where(path)} uses checkpoint format version {ver}, which this engine does not read "
+            f"(it reads version {FORMAT_VERSION})",
+            "re-export the checkpoint with this version of MRtoCTSynthesis",
+        )
+    if not isinstance(doc.get("method"), str) or not doc["method"]:
+        raise InputError(f"{_where(path)} does not name its method", "re-export the checkpoint")
+    nets = doc.get("network")
+    if not isinstance(nets, dict):
+        raise InputError(f"{_where(path)} does not describe its networks", "re-export the checkpoint")
+    for name, spec in nets.items():
+        _normalise_spec(name, spec)
+
+
+# ---------------------------------------------------------------------------------------------- save
+def _write_payload(f, data: bytes) -> None:
+    """Write ``data`` to the open temporary file (a separate function so tests can make it fail)."""
+    view = memoryview(data)
+    chunk = 64 * 1024 * 1024
+    for i in range(0, len(view), chunk):
+        f.write(view[i:i + chunk])
+
+
+def _fsync_dir(folder: Path) -> None:
+    if os.name != "posix":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    folder = path.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    mode = (path.stat().st_mode & 0o777) if path.exists() else 0o644
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_payload(f, data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.chmod(tmp, mode)
+        except OSError:
+            pass
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    _fsync_dir(folder)
+
+
+def save_checkpoint(
+    path: PathLike,
+    networks: Mapping[str, nn.Module | StateDict],
+    metadata: Mapping[str, Any],
+    *,
+    ema: Mapping[str, nn.Module | StateDict] | None = None,
+    extra: Mapping[str, torch.Tensor] | None = None,
+    checksum: bool = True,
+) -> Path:
+    """Write networks (and optional EMA copies) with their metadata to ``path`` atomically.
+
+    ``networks`` maps names (``"denoiser"``, ``"generator"`` ...) to modules or state dicts; ``ema``
+    maps the same names to EMA copies (stored as ``ema.<name>.*``). ``metadata`` must give ``method``
+    and may give ``network`` (specs ``{"type", "config"}``; filled in automatically for modules of a
+    registered type), ``process``, ``intensity``, ``conditioning``, ``training``, ``created`` and any
+    further JSON-able keys. ``format``, ``format_version``, ``engine_version`` and ``sha256`` are set
+    here. ``extra`` tensors (a training run's optimiser moments, see :mod:`.training`) are stored as
+    ``train_state.<key>`` and come back as ``Checkpoint.tensors["train_state"]``. Returns the path written.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        raise InputError(f"checkpoints are written as .safetensors files, got {str(path)!r}",
+                         "give the output file a .safetensors extension")
+    if not isinstance(metadata, Mapping):
+        raise InputError("checkpoint metadata must be a dict", "pass a dict with at least 'method'")
+    if not networks:
+        raise InputError("no networks to save", "pass at least one network")
+
+    seen: set[int] = set()
+    flat, specs = _flatten_networks(networks, seen)
+    if ema:
+        for name in ema:
+            if name not in networks:
+                raise InputError(f"EMA weights given for {name!r}, which is not among the saved networks",
+                                 "save the network itself too")
+        ema_flat, _ = _flatten_networks(ema, seen, prefix=f"{EMA_PREFIX}.")
+        flat.update(ema_flat)
+    if extra:
+        if STATE_PREFIX in networks:
+            raise InputError(f"{STATE_PREFIX!r} is reserved for training state", "rename the network")
+        for key, t in extra.items():
+            flat[f"{STATE_PREFIX}.{key}"] = t.detach().to("cpu").contiguous().clone()
+
+    given_specs = metadata.get("network") or {}
+    if not isinstance(given_specs, Mapping):
+        raise InputError("metadata['network'] must be a dict of network specs",
+                         "use {'denoiser': {'type': 'unet', 'config': {...}}}")
+    net_specs: dict[str, dict[str, Any]] = {}
+    for name in networks:
+        if name in given_specs:
+            spec = _normalise_spec(name, given_specs[name])
+            auto = specs.get(name)
+            if auto is not None and spec["type"] == auto["type"]:
+                cfg_cls = NETWORK_TYPES[spec["type"]][0]
+                if cfg_cls.from_dict(spec["config"]).to_dict() != auto["config"]:
+                    raise InputError(
+                        f"metadata['network'][{name!r}] disagrees with the config of the module being saved",
+                        "leave the network spec out (it is filled from the module) or pass module.config",
+                    )
+            net_specs[name] = spec
+        elif name in specs:
+            net_specs[name] = specs[name]
+        else:
+            raise InputError(
+                f"no description (type and config) for network {name!r}",
+                "add metadata['network'][name] = {'type': 'unet', 'config': config.to_dict()}, "
+                "or pass the module itself",
+            )
+    for name, spec in given_specs.items():  # descriptions of networks saved elsewhere are kept as given
+        net_specs.setdefault(name, _normalise_spec(name, spec))
+
+    method = metadata.get("method")
+    if not isinstance(method, str) or not method:
+        raise InputError("checkpoint metadata has no 'method'", "add e.g. metadata['method'] = 'ddpm'")
+
+    doc: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "method": method,
+        "network": net_specs,
+        "process": metadata.get("process"),
+        "intensity": metadata.get("intensity", {}),
+        "conditioning": metadata.get("conditioning", {}),
+        "training": metadata.get("training", {}),
+        "created": metadata.get("created")
+        or _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "engine_version": __version__,
+    }
+    for key, value in metadata.items():
+        if key not in doc and key not in ("format", "format_version", "sha256", "engine_version"):
+            doc[key] = value
+    if checksum:
+        doc["sha256"] = _payload_sha256(flat)
+    try:
+        text = json.dumps(doc, default=_json_default)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"checkpoint metadata cannot be written as JSON: {e}",
+                         "keep metadata values to numbers, strings, lists and dicts") from e
+    _validate_document(json.loads(text), path)
+
+    from safetensors.torch import save as _st_save
+
+    data = _st_save(flat, metadata={METADATA_KEY: text})
+    _atomic_write(path, data)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- load
+def read_metadata(path: PathLike) -> dict[str, Any]:
+    """The metadata document of a checkpoint, reading only the header (fast; tensors not verified)."""
+    p = _check_path(path)
+    if p.suffix.lower() in TORCH_SUFFIXES:
+        return load_checkpoint(p).metadata
+    return _document_from_header(_read_header(p), p)
+
+
+def _read_header(p: Path) -> dict[str, Any]:
+    size = p.stat().st_size
+    first = _read_exact(p, 8)
+    n = int.from_bytes(first[:8], "little") if len(first) == 8 else 0
+    prefix = _read_exact(p, 8 + n) if 8 <= 8 + n <= min(size, 8 + _MAX_HEADER_BYTES) else first
+    return _parse_header(prefix, size, p)
+
+
+def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", *, verify: bool = True) -> Checkpoint:
+    """Load a checkpoint without pickle; problems are reported as :class:`InputError`.
+
+    ``verify`` checks the stored SHA-256 of the tensors when the file has one.
+    """
+    p = _check_path(path)
+    if p.suffix.lower() in TORCH_SUFFIXES:
+        doc, flat = _load_torch_file(p)
+    else:
+        data = _read_exact(p)
+        header = _parse_header(data, len(data), p)
+        doc = _document_from_header(header, p)
+        from safetensors.torch import load as _st_load
+
+        try:
+            flat = _st_load(data)
+        except Exception as e:  # SafetensorError and friends: the header lied about the payload
+            raise _corrupt(p, f"safetensors could not read the tensors ({e})") from e
+        del data
+    if verify and doc.get("sha256"):
+        if _payload_sha256(flat) != doc["sha256"]:
+            raise _corrupt(p, "the tensors do not match the checksum stored in the file")
+    groups = _group(flat, p)
+    if str(map_location) != "cpu":
+        groups = {g: {k: t.to(map_location) for k, t in sd.items()} for g, sd in groups.items()}
+    return Checkpoint(metadata=doc, tensors=groups, path=str(p))
+
+
+def _torch_load_refusal(path: Path, exc: Exception) -> InputError:
+    """A clear InputError from torch.load(weights_only=True)'s long, advice-laden error message."""
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    never = ("MRtoCTSynthesis never unpickles arbitrary objects (that could run code); use a .safetensors checkpoint, "
+             "or re-export the model with save_checkpoint from code you trust")
+    glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if glob:
+        return InputError(f"{_where(path)} was refused: it holds a pickled Python object ({glob.group(1)}) besides "
+                          "tensors; loading it could run code, so torch.load(weights_only=True) did not unpickle it", never)
+    if re.search(r"zip archive|central directory|PytorchStreamReader|unexpected EOF|Ran out of input", text, re.I):
+        return _corrupt(path, "its PyTorch zip archive is incomplete or damaged")
+    detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
+    if detail:
+        return InputError(f"{_where(path)} was refused: it is not a plain-tensor PyTorch file "
+                          f"(torch.load(weights_only=True): {detail.group(1).strip().rstrip('.')}): either it holds Python "
+                          "objects that could run code when unpickled, or it is truncated or corrupted", never)
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return InputError(f"{_where(path)} was refused: it is not a readable PyTorch file, or it is truncated or "
+                      f"corrupted (torch.load(weights_only=True): {first})", never)
+
+
+def _load_torch_file(p: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _torch_load_refusal(p, e) from e
+    if not isinstance(obj, Mapping) or "state_dict" not in obj or "metadata" not in obj:
+        raise InputError(
+            f"{_where(p)} is a PyTorch file without the expected {{'state_dict', 'metadata'}} layout",
+            "re-export the model as .safetensors with save_checkpoint",
+        )
+    doc = _parse_document(obj["metadata"], p)
+    sd = obj["state_dict"]
+    if not isinstance(sd, Mapping):
+        raise InputError(f"{_where(p)}: 'state_dict' is not a dict", "re-export the model with save_checkpoint")
+    flat: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        if isinstance(value, torch.Tensor):
+            flat[str(key)] = value
+        elif isinstance(value, Mapping):  # nested {network: {key: tensor}}
+            for k, t in value.items():
+                if not isinstance(t, torch.Tensor):
+                    raise InputError(f"{_where(p)}: entry {key}.{k} is not a tensor", "re-export the model")
+                flat[f"{key}.{k}"] = t
+        else:
+            raise InputError(f"{_where(p)}: entry {key!r} is not a tensor", "re-export the model")
+    return doc, flat
+
+
+# ---------------------------------------------------------------------------------------------- networks
+def build_network(net_spec: Mapping[str, Any]) -> nn.Module:
+    """Build an (untrained) module from ``{"type": <registered type>, "config": {...}}``."""
+    spec = _normalise_spec("network", net_spec)
+    tname = spec["type"]
+    if tname not in NETWORK_TYPES:
+        raise InputError(
+            f"unknown network type {tname!r}",
+            f"known types: {', '.join(sorted(NETWORK_TYPES))}; update MRtoCTSynthesis if the checkpoint is newer",
+        )
+    cfg_cls, mod_cls = NETWORK_TYPES[tname]
+    return mod_cls(cfg_cls.from_dict(spec["config"]))
+
+
+def _mismatch_report(expected: Mapping[str, torch.Tensor], stored: Mapping[str, torch.Tensor]) -> str | None:
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    shapes = [
+        f"{k} {tuple(stored[k].shape)} vs {tuple(expected[k].shape)}"
+        for k in sorted(set(expected) & set(stored))
+        if tuple(stored[k].shape) != tuple(expected[k].shape)
+    ]
+    if not (missing or unexpected or shapes):
+        return None
+
+    def fmt(items: list[str]) -> str:
+        if not items:
+            return "none"
+        head = ", ".join(items[:4])
+        return head + (f" and {len(items) - 4} more" if len(items) > 4 else "")
+
+    return f"missing: {fmt(missing)}; unexpected: {fmt(unexpected)}; shape mismatch (stored vs config): {fmt(shapes)}"
+
+
+def load_network(
+    checkpoint: Checkpoint | PathLike, name: str, prefer_ema: bool = True
+) -> nn.Module:
+    """Build network ``name`` from the checkpoint's stored config and load its weights strictly.
+
+    Uses the EMA weights when present and ``prefer_ema``. The module is returned in ``eval()`` mode on
+    the device the tensors were loaded to (``map_location``) and in float32 parameters; call
+    ``.train()`` to resume training.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
+    specs = ckpt.metadata.get("network", {})
+    if name not in specs:
+        raise InputError(
+            f"{_where(ckpt.path)} has no network named {name!r} (it has: {', '.join(specs) or 'none'})",
+            "use a checkpoint of the right method",
+        )
+    try:
+        net = build_network(specs[name])
+    except InputError as e:
+        raise InputError(f"{_where(ckpt.path)}, network {name!r}: {e.problem}", e.fix) from e
+    sd = ckpt.state_dict(name, prefer_ema=prefer_ema)
+    report = _mismatch_report(net.state_dict(), sd)
+    if report:
+        raise InputError(
+            f"{_where(ckpt.path)}: checkpoint weights do not match its network config for {name!r} ({report})",
+            "the file's weights and config disagree (edited or mixed-up file); use an unmodified checkpoint",
+        )
+    net.load_state_dict(sd, strict=True)
+    devices = {t.device for t in sd.values()}
+    if len(devices) == 1:
+        net.to(devices.pop())
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------- describe
+def _fmt_count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = json.dumps(value, default=str, sort_keys=True)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def describe_checkpoint(path: PathLike) -> str:
+    """Human-readable summary of a checkpoint (for ``mrtoct info``), from its header only."""
+    p = _check_path(path)
+    size = p.stat().st_size
+    if p.suffix.lower() in TORCH_SUFFIXES:
+        ck = load_checkpoint(p)
+        doc = ck.metadata
+        shapes = {g: {k: (str(t.dtype).replace("torch.", ""), list(t.shape)) for k, t in sd.items()}
+                  for g, sd in ck.tensors.items()}
+    else:
+        header = _read_header(p)
+        doc = _document_from_header(header, p)
+        shapes = {}
+        for key, entry in header.items():
+            if key == "__metadata__":
+                continue
+            parts = key.split(".")
+            n = 2 if parts[0] == EMA_PREFIX else 1
+            shapes.setdefault(".".join(parts[:n]), {})[".".join(parts[n:])] = (entry["dtype"], entry["shape"])
+
+    lines = [
+        f"Checkpoint: {p}",
+        f"  size: {size / 2**20:.1f} MiB, format {doc['format']} v{doc['format_version']}, "
+        f"engine {doc.get('engine_version', '?')}, created {doc.get('created', '?')}",
+        f"  method: {doc['method']}",
+        "  networks:",
+    ]
+    for name, spec in doc["network"].items():
+        groups = [g for g in (name, f"{EMA_PREFIX}.{name}") if g in shapes]
+        counts = {g: sum(math.prod(s) for _, s in shapes[g].values()) for g in groups}
+        dtypes = sorted({d for g in groups for d, _ in shapes[g].values()})
+        n = counts.get(name, counts.get(f"{EMA_PREFIX}.{name}", 0))
+        ema = "yes (used for inference)" if f"{EMA_PREFIX}.{name}" in shapes else "no"
+        stored = "" if groups else " (no weights stored)"
+        lines.append(f"    {name}: type {spec.get('type')}, {_fmt_count(n)} parameters, "
+                     f"dtype {'/'.join(dtypes) or '-'}, EMA {ema}{stored}")
+        lines.append(f"      config: {_short(spec.get('config'))}")
+    for key in ("process", "intensity", "conditioning"):
+        lines.append(f"  {key}: {_short(doc.get(key))}")
+    training = doc.get("training") or {}
+    if isinstance(training, Mapping) and training:
+        lines.append("  training:")
+        for k, v in training.items():
+            lines.append(f"    {k}: {_short(v, 200)}")
+    extra = [k for k in doc if k not in {"format", "format_version", "method", "network", "process", "intensity",
+                                         "conditioning", "training", "created", "engine_version", "sha256"}]
+    for k in extra:
+        lines.append(f"  {k}: {_short(doc[k], 200)}")
+    lines.append(f"  checksum: {'sha256 ' + doc['sha256'][:16] + '...' if doc.get('sha256') else 'none'}")
+    return "\n".join(lines)

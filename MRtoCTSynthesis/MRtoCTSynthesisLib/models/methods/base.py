@@ -1,0 +1,66 @@
+"""What every synthesis method offers the volume engine (:mod:`..inference`).
+
+A method owns its network(s) and knows how to turn a batch of MR condition slices ``[B, C, H, W]``
+(model range, C = 1 + 2 * context) into CT slices ``[B, 1, H, W]`` in the model range. Diffusion methods
+draw a fresh sample each call (Monte-Carlo uncertainty comes from calling it K times); deterministic
+methods (the CNN) give the same output every time, so their std map is zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...errors import InputError
+
+
+@dataclass
+class SampleOutput:
+    x0: torch.Tensor  # [B, 1, H, W], model range
+    nfe: int          # network evaluations for this batch
+
+
+class SynthesisModel:
+    """Base class: a trained method ready for inference (see :func:`..methods.load_model`)."""
+
+    method: str = "?"
+    default_sampler: str | None = None
+    valid_samplers: tuple[str, ...] = ()
+
+    def __init__(self, networks: dict[str, torch.nn.Module], metadata: dict):
+        self.networks = networks
+        self.metadata = metadata
+        cond = metadata.get("conditioning", {})
+        try:
+            self.image_size = int(cond["image_size"])
+            self.context = int(cond.get("context_slices", 0))
+        except (KeyError, TypeError, ValueError):
+            raise InputError(f"the checkpoint's conditioning section {cond!r} has no valid image_size / "
+                             "context_slices.", "use an unmodified checkpoint written by `mrtoct train`.") from None
+        if self.image_size < 1 or self.context < 0:
+            raise InputError(f"the checkpoint's model grid is {self.image_size} pixels with {self.context} context "
+                             "slices.", "use an unmodified checkpoint written by `mrtoct train`.")
+        for name, net in networks.items():  # the model grid must suit every network's down-sampling
+            f = getattr(getattr(net, "config", None), "downsample_factor", None)
+            if isinstance(f, int) and f > 1 and self.image_size % f:
+                raise InputError(f"the checkpoint's model grid image_size {self.image_size} does not fit its network "
+                                 f"{name!r}, which needs a multiple of {f} (edited or mixed-up checkpoint).",
+                                 "use an unmodified checkpoint written by `mrtoct train`.")
+
+    @property
+    def in_channels(self) -> int:
+        return 1 + 2 * self.context
+
+    def to(self, device) -> "SynthesisModel":
+        for net in self.networks.values():
+            net.to(device)
+            net.eval()
+        return self
+
+    def make_sampler(self, name: str | None, steps: int | None, **options):
+        raise NotImplementedError
+
+    def sample(self, cond: torch.Tensor, sampler, generator: torch.Generator | None = None,
+               x0_hook=None, cancel=None) -> SampleOutput:
+        raise NotImplementedError

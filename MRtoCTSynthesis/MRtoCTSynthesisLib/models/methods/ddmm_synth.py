@@ -1,0 +1,438 @@
+"""DDMM-Synth: MRI-conditioned diffusion + sparse-view CT measurements (Li et al. 2023).
+
+The prior is an ordinary MRI-conditioned diffusion model (a ``ddpm`` checkpoint, DDMM-Synth Eq. 1); the
+CT measurements enter only at inference, through the null-space measurement inference (N-SMI) block
+applied to every ``x0`` prediction as the samplers' ``x0_hook`` (see :mod:`..samplers.base`).
+
+Measurements
+------------
+``y = A x + n`` (DDMM-Synth Eq. 2), one sinogram per axial slice on the model grid. ``A`` is the
+parallel-beam projector of :mod:`..operators.radon` with ``N_p`` views uniform over 180 degrees;
+``x`` is CT in the model range ``[-1, 1]``; ``y`` holds raw line integrals (model units x pixel
+lengths) and the measurement noise ``sigma_meas`` (``--noise-sigma``) is the per-bin standard
+deviation in those units.
+
+Noiseless N-SMI (DDMM-Synth Eq. 5)
+----------------------------------
+``x0_hat = x0 - A+ (A x0 - y)``: the range-space part of the prediction is replaced by ``A+ y`` and
+the null-space part (what the measurements cannot see) is kept from the MRI-guided prior. The result
+satisfies ``A x0_hat = y`` up to the pseudo-inverse's regularisation, at every step, and the last step
+returns it, so the final sample is consistent with the measurements. Works with every sampler (it is a
+plain ``x0_hook``).
+
+Noisy N-SMI, DDMM-Synth-noise (DDMM-Synth Eqs. 7-13)
+----------------------------------------------------
+With noisy data ``A+ y`` also brings ``A+ n`` into ``x0_hat``. Following the paper (and DDNM+) this is
+modelled as ``A+ n ~ N(0, sigma_n^2 I)`` in the image domain, the correction is scaled,
+``x0_hat = x0 - gamma_t A+ (A x0 - y)`` (Eq. 7), and the posterior step
+``x_s = c_x x_t + c_t x0_hat + noise`` then already carries measurement noise of variance
+``(gamma_t c_t sigma_n)^2`` (Eq. 11), so the sampler adds only ``phi_t`` of fresh noise (Eq. 12) such
+that the total is the step's usual variance ``sigma_t^2`` (Eq. 13):
+
+    gamma_t = 1,                          phi_t = sigma_t^2 - (c_t sigma_n)^2   if sigma_t >= c_t sigma_n
+    gamma_t = sigma_t / (c_t sigma_n),    phi_t = 0                             otherwise,
+
+i.e. ``gamma_t = min(1, sigma_t / (c_t sigma_n))`` and ``phi_t = sigma_t^2 - (gamma_t c_t sigma_n)^2``.
+For the DDPM posterior (Eq. 9) ``c_t = sqrt(alpha_bar_{t-1}) beta_t / (1 - alpha_bar_t)`` and
+``sigma_t^2 = beta~_t``; in general ``c_t`` is the coefficient of ``x0`` in the sampler's posterior mean
+and ``sigma_t^2`` the variance of the noise it injects -- :class:`~..samplers.base.StepNoise`, given by
+``ddpm`` (exactly Eq. 9 on the sampler's grid) and by ``ddim`` with ``eta > 0`` (``c_t = alpha_s -
+alpha_t sqrt(sigma_s^2 - v) / sigma_t``, since DDIM's ``eps_hat`` is recomputed from ``x0_hat``). The
+rule is what DDNM+'s two principles (Wang et al. 2022) give -- the noise in ``x_{t-1}`` stays Gaussian
+with the prior's variance ``sigma_t^2``, and ``gamma_t`` stays as close to 1 as that allows. DDNM+ writes
+it as
+``x0_hat = x0 - Sigma_t A+ (A x0 - y)`` with ``Sigma_t = lambda_t I`` and the extra noise covariance
+``Phi_t = gamma_t I``, so DDMM-Synth's ``gamma_t`` is DDNM+'s ``lambda_t`` and DDMM-Synth's ``phi_t`` is
+DDNM+'s ``gamma_t`` (the letters are swapped). This module implements DDMM-Synth's form with a scalar
+``gamma_t`` (DDNM+'s isotropic ``Sigma_t``); DDNM+'s time-travel trick is not part of DDMM-Synth and is
+not implemented. On the last step the posterior adds no noise (``sigma_t = 0``), so ``gamma_t = 0``:
+the final sample is not forced onto the noisy measurements.
+
+Why the noisy block matters here: ``A+`` amplifies measurement noise along the weakest directions of
+``A A^T`` (rays grazing a corner, near-dependent views; ``lambda = 1e-6 lambda_max`` barely damps
+them), so the noiseless block copies that amplified noise into every step's ``x0``; scaling the
+correction by ``gamma_t < 1`` in the late steps lets the prior average it out.
+
+``sigma_n`` here is image-domain; the user gives the per-bin ``sigma_meas``. They are linked through the
+operator: ``sigma_n = g sigma_meas`` with ``g`` the per-pixel RMS of ``A+ n`` for unit white bin noise
+(:meth:`~..operators.radon.RadonOperator.pinv_noise_gain`; about 1.9 for 23 views on a 64 x 64 grid).
+This moment-matches the paper's isotropic model to the real, correlated ``A+ n``. The paper's
+``sigma_n = 0.1 - 0.3`` (image noise in its normalised scale) therefore corresponds to
+``--noise-sigma`` of about ``0.05 - 0.15`` for 23 views at 64 x 64 (see the ``sigma_n_image`` entry of
+the run info).
+
+Samplers: ``ddpm`` and ``ddim`` (``eta > 0``; DDMM-Synth uses 100 DDIM steps, and for the noisy block
+``eta`` defaults to 1, where DDIM's step is the DDPM posterior) support the noisy block. ``dpmpp`` and
+``ddim`` with ``eta = 0`` are deterministic and have no noise to trade: the rule would give
+``gamma_t = 0`` (no measurement information at all), so ``--nsmi noisy`` is refused with them and
+``--nsmi auto`` falls back to the noiseless block with a warning.
+
+Batches: :func:`..inference.synthesize_volume` asks :meth:`Measurements.hook_for` for each batch's
+hook with the canonical slice index of every batch row (Monte-Carlo samples of a slice repeat its
+index), so each row is projected onto its own slice's measurements.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..diffusion.process import work_dtype
+from ...errors import InputError
+from ...operators.radon import RadonOperator, detector_count, get_operator, simulate_measurements
+from ..samplers.base import StepNoise
+from .conditional_diffusion import ConditionalDiffusion
+from .ddpm import ConditionalDDPM
+
+__all__ = [
+    "DDMMSynth",
+    "Measurements",
+    "NullSpaceProjection",
+    "NoisyNullSpaceProjection",
+    "nsmi_noise_schedule",
+    "measurements_from_ct",
+    "measurements_from_sinogram",
+    "resolve_nsmi",
+    "sampler_supports_noisy_nsmi",
+    "synthesize_with_measurements",
+    "NSMI_MODES",
+    "DEFAULT_PROJECTIONS",
+    "MAX_PROJECTIONS",
+    "MEASUREMENT_SEED_OFFSET",
+]
+
+NSMI_MODES = ("auto", "noiseless", "noisy")
+#: views used when the user gives a reference CT but no count (the DDMM-Synth table's best setting)
+DEFAULT_PROJECTIONS = 23
+#: more views than this is refused (10 per degree; the operator's memory grows linearly with it)
+MAX_PROJECTIONS = 1800
+#: the measurement noise uses its own generator, seeded with ``seed + MEASUREMENT_SEED_OFFSET``
+MEASUREMENT_SEED_OFFSET = 1_000_003
+
+
+# =========================================================================================== N-SMI
+def nsmi_noise_schedule(x0_coef, variance, sigma_n_image: float):
+    """DDMM-Synth Eq. 13: ``(gamma_t, phi_t)`` for a step with ``x0`` coefficient ``c_t`` and noise variance
+    ``sigma_t^2 = variance``, when ``A+ n`` has image-domain std ``sigma_n_image``.
+
+    ``gamma_t = min(1, sigma_t / (c_t sigma_n))`` and ``phi_t = sigma_t^2 - (gamma_t c_t sigma_n)^2``, so
+    the measurement part plus the extra part is exactly ``sigma_t^2``, ``gamma_t`` lies in ``[0, 1]`` (0
+    only when ``sigma_t = 0``) and ``phi_t >= 0``. ``sigma_n_image = 0`` gives ``(1, sigma_t^2)`` (the
+    noiseless block with the usual noise). Accepts numbers (returned as float64 CPU tensors) or tensors
+    (returned on ``x0_coef``'s device, in float64 -- float32 on ``mps`` -- so that a sampling loop on a
+    GPU never waits for a host round-trip here).
+    """
+    c = torch.as_tensor(x0_coef).detach()
+    dev = c.device
+    wd = work_dtype(dev)
+    c = c.to(dev, wd).abs()
+    var = torch.as_tensor(variance).detach().to(dev, wd).clamp_min(0.0)
+    meas = c * float(sigma_n_image)  # std that gamma = 1 would bring
+    sig = var.sqrt()
+    full = sig >= meas
+    gamma = torch.where(full, torch.ones_like(sig), sig / torch.where(meas > 0, meas, torch.ones_like(meas)))
+    phi = torch.where(full, (var - meas ** 2).clamp_min(0.0), torch.zeros_like(var))
+    return gamma, phi
+
+
+class NullSpaceProjection:
+    """Noiseless N-SMI hook, DDMM-Synth Eq. 5: ``x0 -> x0 - A+ (A x0 - y)``.
+
+    ``y``: the sinograms of the batch rows, ``[B, 1, N_p, n_det]`` (or ``[B, N_p, n_det]``) on the
+    operator's device. Called by the samplers as ``hook(x0, x_t, t)`` with ``x0`` ``[B, 1, H, W]``.
+    """
+
+    mode = "noiseless"
+
+    def __init__(self, operator: RadonOperator, y: torch.Tensor):
+        self.operator = operator
+        y = y.to(device=operator.device, dtype=operator.dtype)
+        self.y = y if y.dim() == 4 else y[:, None]
+
+    def correction(self, x0: torch.Tensor) -> torch.Tensor:
+        """``A+ (A x0 - y)``, the range-space error of ``x0`` (full precision, autocast off)."""
+        op = self.operator
+        if x0.shape[0] != self.y.shape[0]:
+            raise ValueError(f"the N-SMI hook has {self.y.shape[0]} sinograms but the batch has {x0.shape[0]} images")
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            x = x0.to(op.dtype)
+            return op.pinv(op.forward(x) - self.y)
+
+    def __call__(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (x0 - self.correction(x0).to(x0.dtype)).to(x0.dtype)
+
+
+class NoisyNullSpaceProjection(NullSpaceProjection):
+    """DDMM-Synth-noise hook (Eqs. 7-13): scaled correction and noise composition.
+
+    ``sigma_n_image``: image-domain std of ``A+ n`` (see the module docstring). With a sampler that
+    describes its steps (:class:`~..samplers.base.StepNoise`: ``ddpm``, ``ddim`` with ``eta > 0``) the
+    sampler calls :meth:`compose_noise`; any other caller gets the noiseless projection (``gamma = 1``).
+    ``history`` records ``(t, c_t, sigma_t^2, gamma_t, phi_t)`` of every composed step.
+    """
+
+    mode = "noisy"
+
+    def __init__(self, operator: RadonOperator, y: torch.Tensor, sigma_n_image: float, record: bool = False):
+        super().__init__(operator, y)
+        self.sigma_n_image = float(sigma_n_image)
+        self.history: Optional[list] = [] if record else None
+
+    def compose_noise(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, step: StepNoise):
+        gamma, phi = nsmi_noise_schedule(step.x0_coef, step.variance, self.sigma_n_image)
+        if self.history is not None:
+            self.history.append(tuple(float(v) for v in (step.t, step.x0_coef, step.variance, gamma, phi)))
+        g = gamma.to(device=x0.device, dtype=x0.dtype)
+        if g.dim() == 1:
+            g = g.reshape(-1, *([1] * (x0.dim() - 1)))
+        x0_hat = x0 - g * self.correction(x0).to(x0.dtype)
+        return x0_hat, phi.to(device=x0.device, dtype=x0.dtype)
+
+
+# ==================================================================================== measurements
+@dataclass
+class Measurements:
+    """One sinogram per canonical axial slice, on the model grid of a checkpoint.
+
+    ``sinograms``: ``[n_slices, 1, N_p, n_det]`` on ``operator.device`` (slice order of
+    :func:`..slicing.to_canonical`: inferior to superior). ``noise_sigma``: per-bin std of the noise in
+    them (model units x pixel lengths). ``source``: ``"ct"`` (simulated) or ``"sinogram"`` (a file).
+    """
+
+    sinograms: torch.Tensor
+    operator: RadonOperator
+    noise_sigma: float = 0.0
+    source: str = "ct"
+    details: dict = field(default_factory=dict)
+
+    @property
+    def n_slices(self) -> int:
+        return int(self.sinograms.shape[0])
+
+    @property
+    def n_projections(self) -> int:
+        return self.operator.n_projections
+
+    @property
+    def sigma_n_image(self) -> float:
+        """The image-domain ``sigma_n`` of DDMM-Synth Eqs. 8-13 (``noise_sigma`` x the operator's gain)."""
+        return self.noise_sigma * self.operator.pinv_noise_gain() if self.noise_sigma > 0 else 0.0
+
+    def hook_for(self, mode: str) -> Callable[[np.ndarray], NullSpaceProjection]:
+        """``x0_hook_for`` for :func:`..inference.synthesize_volume`: slice indices -> a hook for that batch."""
+        if mode not in ("noiseless", "noisy"):
+            raise ValueError(f"mode must be 'noiseless' or 'noisy', got {mode!r}")
+        sigma = self.sigma_n_image if mode == "noisy" else 0.0
+
+        def factory(indices):
+            idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.sinograms.device)
+            y = self.sinograms.index_select(0, idx)
+            return NoisyNullSpaceProjection(self.operator, y, sigma) if mode == "noisy" \
+                else NullSpaceProjection(self.operator, y)
+
+        return factory
+
+    def to_volume_array(self) -> np.ndarray:
+        """The sinograms as a ``(n_slices, N_p, n_det)`` float32 array (the ``--sinogram`` file layout)."""
+        return self.sinograms[:, 0].detach().float().cpu().numpy()
+
+
+def check_noise_sigma(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) or value < 0:
+        raise InputError(f"--noise-sigma must be a finite number >= 0, got {value!r}.",
+                         "use 0 for noiseless measurements, or a per-bin standard deviation such as 0.1 "
+                         "(model units x pixel lengths; see `mrtoct synthesize --help`).")
+    return float(value)
+
+
+def check_projections(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_PROJECTIONS:
+        raise InputError(f"--projections must be a whole number between 1 and {MAX_PROJECTIONS}, got {value!r}.",
+                         f"use e.g. --projections {DEFAULT_PROJECTIONS} (DDMM-Synth uses 10, 20 or 23 views over 180 degrees).")
+    return int(value)
+
+
+def _canonical_model_slices(array: np.ndarray, geometry, image_size: int) -> torch.Tensor:
+    from ...io.slicing import to_canonical, to_model_grid
+
+    canon, layout = to_canonical(array, geometry)
+    return to_model_grid(canon, layout, image_size, context=0, pad_value=-1.0)
+
+
+def measurements_from_ct(mri, ct, image_size: int, n_projections: int = DEFAULT_PROJECTIONS,
+                         noise_sigma: float = 0.0, seed: int = 0, device="cpu") -> Measurements:
+    """Simulate sparse-view measurements of ``ct`` (a :class:`..volume.Volume` in HU on ``mri``'s grid).
+
+    Each axial slice is mapped to the model range (:func:`..intensity.hu_to_model`), put on the model grid
+    exactly like the MRI (:func:`..slicing.to_canonical` / :func:`..slicing.to_model_grid`, padding -1),
+    projected with ``N_p`` views and given Gaussian noise of per-bin std ``noise_sigma`` from a CPU
+    generator seeded with ``seed + MEASUREMENT_SEED_OFFSET`` (the same noise on every device).
+    """
+    from ...io.intensity import check_ct_in_hu, hu_to_model
+    from ...io.volume import require_same_geometry
+
+    n_projections = check_projections(n_projections)
+    noise_sigma = check_noise_sigma(noise_sigma)
+    require_same_geometry(mri, ct, "MRI", "reference CT")
+    check_ct_in_hu(ct.array, "reference CT")
+    slices = _canonical_model_slices(hu_to_model(np.asarray(ct.array, dtype=np.float32)), ct.geometry, image_size)
+    op = get_operator(image_size, n_projections, device=device, dtype=torch.float32)
+    y = simulate_measurements(slices.to(op.device), op, 0.0)
+    if noise_sigma > 0:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed) + MEASUREMENT_SEED_OFFSET)
+        y = y + noise_sigma * torch.randn(y.shape, generator=gen, dtype=torch.float32).to(y.device)
+    return Measurements(y, op, noise_sigma, "ct", {"seed": int(seed) + MEASUREMENT_SEED_OFFSET})
+
+
+def measurements_from_sinogram(sinogram, mri, image_size: int, noise_sigma: float = 0.0,
+                               n_projections: Optional[int] = None, device="cpu") -> Measurements:
+    """Measurements from a user's sinogram volume (``--sinogram``).
+
+    Layout: a 3D image whose numpy array (SimpleITK order) is ``(n_slices, N_p, n_det)`` -- in a NIfTI or
+    NRRD file, x = detector bin, y = view, z = slice; spacing/origin are ignored. Slice ``k`` is the
+    ``k``-th axial slice of the MRI in canonical order (inferior to superior, as
+    :func:`..slicing.to_canonical` orders it) on the model grid (the checkpoint's ``image_size``, see
+    ``mrtoct info``); views are ``180 a / N_p`` degrees and ``n_det = ceil(sqrt(2) image_size)`` bins,
+    with the conventions of :mod:`..operators.radon` (those of scikit-image's ``radon(circle=False)``,
+    transposed to view-major); values are line integrals of the CT in model units (``[-1, 1]``) times
+    pixel lengths. ``--out-sinogram`` writes exactly this layout. ``noise_sigma`` describes the noise
+    already in the file (nothing is added).
+    """
+    from ...io.slicing import to_canonical
+
+    arr = np.asarray(getattr(sinogram, "array", sinogram), dtype=np.float32)
+    noise_sigma = check_noise_sigma(noise_sigma)
+    n_det = detector_count(image_size, image_size)
+    n_slices = to_canonical(np.zeros(mri.array.shape, dtype=np.uint8), mri.geometry)[1].n_slices
+    if arr.ndim != 3 or arr.shape[0] != n_slices or arr.shape[2] != n_det:
+        raise InputError(
+            f"the sinogram file has shape {arr.shape} (slices, views, bins) but this MRI and model need "
+            f"({n_slices}, N_p, {n_det}).",
+            f"write one sinogram per axial slice ({n_slices}, inferior to superior) of the {image_size}x{image_size} "
+            f"model grid with {n_det} detector bins; `mrtoct synthesize --ct CT --out-sinogram FILE` shows the layout.")
+    if not np.isfinite(arr).all():
+        raise InputError("the sinogram file has NaN/Inf values.", "fill or remove them before synthesis.")
+    if n_projections is not None and check_projections(n_projections) != arr.shape[1]:
+        raise InputError(f"--projections {n_projections} does not match the sinogram file's {arr.shape[1]} views.",
+                         "leave --projections out with --sinogram (it is read from the file).")
+    op = get_operator(image_size, check_projections(int(arr.shape[1])), device=device, dtype=torch.float32)
+    y = torch.from_numpy(np.ascontiguousarray(arr))[:, None].to(op.device)
+    return Measurements(y, op, noise_sigma, "sinogram")
+
+
+# ========================================================================================== method
+class DDMMSynth(ConditionalDDPM):
+    """A conditional diffusion prior sampled with N-SMI (the checkpoint is an ordinary ``ddpm`` one).
+
+    Samplers: those that expose ``x0`` at every step with a posterior-form update (``ddim`` -- the paper's,
+    100 steps -- ``ddpm`` and ``dpmpp``). :meth:`from_model` wraps a loaded diffusion model.
+    """
+
+    method = "ddmm_synth"
+    default_sampler = "ddim"
+    valid_samplers = ("ddpm", "ddim", "dpmpp")
+
+    @classmethod
+    def from_model(cls, model) -> "DDMMSynth":
+        if isinstance(model, DDMMSynth):
+            return model
+        if not isinstance(model, ConditionalDiffusion):
+            raise InputError(
+                f"DDMM-Synth needs a conditional diffusion checkpoint (method 'ddpm'), but this one is "
+                f"{getattr(model, 'method', type(model).__name__)!r}.",
+                "use a checkpoint from `mrtoct train --method ddpm` (N-SMI works at inference only, with the "
+                "diffusion model as prior), or synthesise without --ct/--sinogram.")
+        wrapped = cls(model.networks, dict(model.metadata))
+        wrapped.source_method = model.method
+        return wrapped
+
+
+def sampler_supports_noisy_nsmi(sampler) -> bool:
+    """True when the sampler describes its steps as posterior draws (:meth:`~..samplers.base.Sampler.step_noise`)."""
+    grid = sampler.timesteps()
+    n = grid.shape[0] - 1
+    if n < 1:
+        return False
+    return sampler.step_noise(0, n, grid[0], grid[1]) is not None
+
+
+def resolve_nsmi(nsmi: str, noise_sigma: float, sampler) -> tuple[str, list[str]]:
+    """The N-SMI block to run (``"noiseless"``/``"noisy"``) and notes for the user.
+
+    ``auto``: noisy when ``noise_sigma > 0`` and the sampler supports it, else noiseless (with a note).
+    ``noisy`` with a deterministic sampler is an :class:`InputError`.
+    """
+    if nsmi not in NSMI_MODES:
+        raise InputError(f"unknown N-SMI mode {nsmi!r}.", f"use one of {', '.join(NSMI_MODES)}.")
+    notes: list[str] = []
+    ok = sampler_supports_noisy_nsmi(sampler)
+    label = sampler.name + (f"(eta={sampler.eta:g})" if hasattr(sampler, "eta") else "")
+    if nsmi == "noisy" and not ok:
+        raise InputError(
+            f"the noisy N-SMI block (DDMM-Synth-noise) needs a stochastic posterior sampler, but {label} is "
+            "deterministic (it would ignore the measurements entirely).",
+            "use --sampler ddim (eta defaults to 1 for the noisy block) or --sampler ddpm, or --nsmi noiseless.")
+    if nsmi == "auto":
+        if noise_sigma > 0 and not ok:
+            notes.append(f"--nsmi auto: {label} cannot run the noisy block, using the noiseless one; "
+                         "use --sampler ddim or ddpm for DDMM-Synth-noise.")
+            return "noiseless", notes
+        return ("noisy" if noise_sigma > 0 else "noiseless"), notes
+    if nsmi == "noisy" and noise_sigma == 0:
+        notes.append("--nsmi noisy with --noise-sigma 0 is the noiseless block (gamma_t = 1).")
+    return nsmi, notes
+
+
+def synthesize_with_measurements(mri, model, measurements: Measurements, nsmi: str = "auto", options=None,
+                                 progress=None, cancel=None):
+    """:func:`..inference.synthesize_volume` with N-SMI on ``measurements``.
+
+    ``model`` is a loaded conditional diffusion model (wrapped with :meth:`DDMMSynth.from_model`). For the
+    noisy block with ``ddim`` and no ``eta`` option, ``eta = 1`` is used. The result's ``info["method"]``
+    is ``"ddmm_synth"`` or ``"ddmm_synth_noise"`` and ``info["measurements"]`` describes the embedding.
+    """
+    from ...pipeline.synthesis import SynthesisOptions, synthesize_volume
+    from ...io.slicing import to_canonical
+
+    model = DDMMSynth.from_model(model)
+    options = dataclasses.replace(options or SynthesisOptions())
+    options.sampler_options = dict(options.sampler_options)
+    options.validate()
+    op = measurements.operator
+    if op.image_shape != (model.image_size, model.image_size):
+        raise InputError(f"the measurements are on a {op.height}x{op.width} grid but the model works on "
+                         f"{model.image_size}x{model.image_size}.",
+                         "simulate or write the sinograms for the model's grid (see `mrtoct info`).")
+    n_slices = to_canonical(np.zeros(mri.array.shape, dtype=np.uint8), mri.geometry)[1].n_slices
+    if measurements.n_slices != n_slices:
+        raise InputError(f"there are {measurements.n_slices} sinograms but the MRI has {n_slices} axial slices.",
+                         "give one sinogram per axial slice of this MRI.")
+    name = options.sampler or model.default_sampler
+    mode_wanted = nsmi if nsmi != "auto" else ("noisy" if measurements.noise_sigma > 0 else "noiseless")
+    if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
+        options.sampler_options["eta"] = 1.0
+    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
+    mode, notes = resolve_nsmi(nsmi, measurements.noise_sigma, sampler)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    result = synthesize_volume(mri, model, options, progress=progress, cancel=cancel,
+                               x0_hook_for=measurements.hook_for(mode))
+    result.info["method"] = "ddmm_synth_noise" if mode == "noisy" else "ddmm_synth"
+    result.info["sampler_options"] = dict(options.sampler_options)
+    result.info["measurements"] = {
+        "source": measurements.source, "nsmi": mode, "nsmi_requested": nsmi,
+        "n_projections": measurements.n_projections, "n_detectors": op.n_det,
+        "angles": "uniform over [0, 180) degrees", "grid": [op.height, op.width],
+        "noise_sigma": measurements.noise_sigma, "noise_sigma_units": "model units x pixel length, per detector bin",
+        "sigma_n_image": measurements.sigma_n_image, "pinv": op.method, "pinv_regularization": op.regularization,
+        "checkpoint_method": getattr(model, "source_method", model.method), "notes": notes,
+        **measurements.details,
+    }
+    return result

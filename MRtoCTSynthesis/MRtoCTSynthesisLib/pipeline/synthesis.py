@@ -1,0 +1,258 @@
+"""Slice-wise volume synthesis: MRI volume -> sCT volume in HU + Monte-Carlo std volume in HU.
+
+The path of one call (the CLI's ``synthesize``, the Slicer module and the demo all come through here):
+
+1. normalise the MRI per volume (:class:`~.intensity.MRNormalization`);
+2. reorient to canonical axial order and put each slice on the model grid (:mod:`.slicing`);
+3. enumerate (slice, sample) items, slice-major, and cut them into batches of ``batch_size`` images, so
+   slices x Monte-Carlo samples fill the device together;
+4. for each batch, the method's ``sample`` runs the chosen sampler on the device (bf16 autocast on CUDA
+   when the model allows it); an optional ``x0_hook_for(slice_indices)`` lets DDMM-Synth pin each
+   slice's x0 to its own measurements;
+5. stream the samples into per-slice running moments (:class:`~.uncertainty.RunningMoments`), never
+   holding all K samples of the volume;
+6. map mean and std back to the input grid and to HU: the outputs have exactly the MRI's geometry.
+
+GPU options (all off by default; the default path is unchanged and bit-identical on CPU):
+``channels_last`` stores the networks' weights (and the condition batch) in NHWC order, which cuDNN's
+convolutions prefer under bf16/fp16 autocast; ``compile`` wraps each network's ``forward`` in
+``torch.compile`` (``compile_mode="reduce-overhead"`` adds CUDA graphs of the fixed-shape network call;
+the sampler arithmetic between calls stays eager). Both may change results in the last bits (other
+kernels). ``torch.compile`` needs a C++ compiler on CPU and Triton on CUDA; without them it is refused
+with an :class:`InputError`. The per-step sampling loop itself has no host synchronisation: the time
+grid and schedule tables live on the device (:mod:`.samplers.base`, :mod:`.diffusion.process`).
+
+Reproducibility: one ``torch.Generator`` seeded with ``seed`` drives all noise, consumed batch by batch, so
+the same seed, inputs, batch size and device give the same sCT. On CUDA, cuDNN/cuBLAS kernels may differ
+in the last bits between runs and GPUs; on CPU the result is bit-identical. A CUDA out-of-memory error
+halves the batch and retries (with a message), which changes the noise order and therefore the sample.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from ..errors import CancelledError, InputError
+from ..io.intensity import MRNormalization, model_std_to_hu, model_to_hu
+from ..io.slicing import from_canonical, from_model_grid, to_canonical, to_model_grid
+from .uncertainty import RunningMoments
+from ..io.volume import Volume
+
+ProgressFn = Callable[[float, str], None]
+
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+@dataclass
+class SynthesisOptions:
+    """What to run: sampler/steps (None = the model's defaults), K Monte-Carlo samples, seed, device."""
+
+    sampler: Optional[str] = None
+    steps: Optional[int] = None
+    samples: int = 1
+    seed: int = 0
+    device: str = "auto"
+    batch_size: Optional[int] = None
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
+    sampler_options: dict = field(default_factory=dict)
+    channels_last: bool = False  # NHWC weights and inputs (GPU convolutions under autocast)
+    compile: bool = False        # torch.compile each network's forward (lazy: compiled on the first batch)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
+
+    def validate(self) -> None:
+        if self.samples < 1:
+            raise InputError(f"samples must be >= 1, got {self.samples}.", "use --samples 1 (no uncertainty) or more, e.g. 10.")
+        if self.steps is not None and self.steps < 1:
+            raise InputError(f"steps must be >= 1, got {self.steps}.", "use e.g. --steps 20 for dpmpp or 1000 for ddpm.")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}.", "omit --batch-size to choose automatically.")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise InputError(f"unknown precision {self.precision!r}.", "use auto, fp32, bf16 or fp16.")
+        if self.compile_mode not in COMPILE_MODES:
+            raise InputError(f"unknown compile mode {self.compile_mode!r}.", f"use one of {', '.join(COMPILE_MODES)}.")
+
+
+@dataclass
+class SynthesisResult:
+    sct: Volume        # mean of the K samples, HU, on the MRI's grid
+    std: Volume        # pixel-wise std of the K samples, HU (zeros for K = 1)
+    info: dict
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; an explicit ``cuda`` without a GPU is an InputError."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError("--device cuda was asked for, but torch sees no CUDA GPU.",
+                         "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU.")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise InputError(f"unknown device {name!r}.", "use auto, cpu, cuda or cuda:N.") from None
+
+
+def default_batch_size(device: torch.device, image_size: int) -> int:
+    """Images per network call: modest on CPU (cache-friendly), large on GPU (fills the device)."""
+    pixels = image_size * image_size
+    if device.type == "cuda":
+        return max(8, min(256, int(64 * (256 * 256) / pixels)))
+    return max(4, min(64, int(16 * (64 * 64) / pixels)))
+
+
+def _autocast(device: torch.device, precision: str):
+    if device.type != "cuda" or precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    if precision == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if precision in ("bf16", "auto") and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cuda", dtype=torch.float16)
+
+
+def check_compile_available(device: torch.device) -> None:
+    """Refuse ``torch.compile`` with a clear message where its backend cannot build kernels."""
+    if not hasattr(torch, "compile"):
+        raise InputError(f"this torch ({torch.__version__}) has no torch.compile.", "drop --compile or install torch >= 2.1.")
+    if device.type == "cuda":
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            raise InputError("torch.compile on CUDA needs Triton, which is not installed.",
+                             "drop --compile, or install the triton package that matches this torch.") from None
+    elif device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if not any(shutil.which(c) for c in (cxx, "g++", "clang++", "c++")):
+            raise InputError("torch.compile on CPU needs a C++ compiler (g++ or clang++), and none was found.",
+                             "drop --compile (the default), or install a C++ compiler (e.g. apt-get install g++).")
+    else:
+        raise InputError(f"torch.compile is not supported here on {device.type}.", "drop --compile.")
+
+
+def _compiled_forward(net: torch.nn.Module, mode: str):
+    """``net.forward`` through ``torch.compile``; with CUDA graphs, each call starts a new graph step
+    and its output is cloned, so a sampler may keep the previous step's output (DPM-Solver++ history)."""
+    compiled = torch.compile(type(net).forward.__get__(net), mode=None if mode == "default" else mode)
+    if mode == "default":
+        return compiled
+    mark = getattr(getattr(torch, "compiler", None), "cudagraph_mark_step_begin", None)
+
+    def forward(*args, **kwargs):
+        if mark is not None:
+            mark()
+        out = compiled(*args, **kwargs)
+        return out.clone() if isinstance(out, torch.Tensor) else out
+
+    return forward
+
+
+def prepare_model(model, device: torch.device, options: SynthesisOptions):
+    """Move ``model`` to ``device`` and apply the optional ``channels_last`` / ``compile`` settings
+    (once per network: a model that was already prepared the same way is left as it is)."""
+    model.to(device)
+    if options.compile:
+        check_compile_available(device)
+    for net in model.networks.values():
+        if options.channels_last and not getattr(net, "_mrtoct_channels_last", False):
+            net.to(memory_format=torch.channels_last)
+            net._mrtoct_channels_last = True
+        if options.compile and getattr(net, "_mrtoct_compiled", None) != options.compile_mode:
+            net.forward = _compiled_forward(net, options.compile_mode)
+            net._mrtoct_compiled = options.compile_mode
+    return model
+
+
+def _is_compile_failure(exc: BaseException) -> bool:
+    mod = type(exc).__module__ or ""
+    return mod.startswith(("torch._dynamo", "torch._inductor")) or "BackendCompilerFailed" in type(exc).__name__
+
+
+def synthesize_volume(mri: Volume, model, options: SynthesisOptions | None = None,
+                      progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
+                      x0_hook_for: Callable[[np.ndarray], Callable | None] | None = None) -> SynthesisResult:
+    """Synthesise a CT for ``mri`` with ``model`` (a loaded method, see :func:`.methods.load_model`).
+
+    ``progress(fraction, message)`` is called after each batch; ``cancel()`` returning True stops the
+    run with :class:`CancelledError` (nothing is returned, so nothing is written).
+    """
+    options = options or SynthesisOptions()
+    options.validate()
+    device = resolve_device(options.device)
+    prepare_model(model, device, options)
+    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
+
+    norm = MRNormalization.fit(mri.array, what="MRI")
+    canon, layout = to_canonical(norm.apply(np.asarray(mri.array, dtype=np.float32)), mri.geometry)
+    n_slices, k = layout.n_slices, options.samples
+    size = model.image_size
+    batch = options.batch_size or default_batch_size(device, size)
+
+    items = np.repeat(np.arange(n_slices), k)  # slice-major: a slice's samples are finished together
+    moments = RunningMoments((n_slices, 1, size, size), device=device)
+    gen = torch.Generator(device=device).manual_seed(int(options.seed))
+    total_nfe, n_batches, t0, start = 0, 0, time.perf_counter(), 0
+    while start < len(items):
+        if cancel is not None and cancel():
+            raise CancelledError("synthesis cancelled")
+        idx = items[start:start + batch]
+        # each slice of the batch is resampled once and moved once, then repeated for its K samples
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        cond = to_model_grid(canon, layout, size, model.context, indices=uniq).to(device)
+        if len(uniq) != len(idx):
+            cond = cond.index_select(0, torch.as_tensor(inverse.reshape(-1), device=device))
+        if options.channels_last:
+            cond = cond.contiguous(memory_format=torch.channels_last)
+        hook = x0_hook_for(idx) if x0_hook_for is not None else None
+        try:
+            with torch.no_grad(), _autocast(device, options.precision):
+                out = model.sample(cond, sampler, generator=gen, x0_hook=hook, cancel=cancel)
+        except torch.cuda.OutOfMemoryError:
+            if batch == 1:
+                raise InputError("the GPU ran out of memory even with one image per batch.",
+                                 "use --device cpu, a smaller model, or free GPU memory.") from None
+            torch.cuda.empty_cache()
+            batch = max(1, batch // 2)
+            if progress:
+                progress(start / len(items), f"CUDA out of memory: retrying with batch size {batch}")
+            continue
+        except Exception as exc:
+            if options.compile and _is_compile_failure(exc):
+                raise InputError(f"torch.compile failed on {device.type}: {type(exc).__name__}: {str(exc)[:300]}",
+                                 "run without --compile (the default).") from exc
+            raise
+        moments.update(torch.as_tensor(idx, device=device), out.x0.float())
+        total_nfe += out.nfe
+        n_batches += 1
+        start += len(idx)
+        if progress:
+            elapsed = time.perf_counter() - t0
+            eta = elapsed / start * (len(items) - start)
+            done_slices = start // k
+            progress(start / len(items), f"slices {done_slices}/{n_slices}, samples {start}/{len(items)}, "
+                                         f"{elapsed:.1f} s elapsed, ~{eta:.0f} s left")
+
+    del canon  # the input-grid copy of the MRI is not needed any more (large volumes: one volume less at the peak)
+    mean = from_canonical(from_model_grid(moments.mean().float(), layout), layout)
+    std = from_canonical(from_model_grid(moments.std().float(), layout), layout)
+    seconds = time.perf_counter() - t0
+    info = {
+        "method": model.method, "sampler": sampler.name, "steps": sampler.steps, "samples": k, "seed": options.seed,
+        "device": str(device), "batch_size": batch, "precision": options.precision,
+        "channels_last": options.channels_last, "compile": options.compile_mode if options.compile else False,
+        "nfe_per_sample": total_nfe / max(1, n_batches),
+        "slices": n_slices, "seconds": seconds, "seconds_per_slice": seconds / n_slices,
+        "mr_normalization": norm.to_dict(),
+    }
+    return SynthesisResult(
+        sct=mri.with_array(model_to_hu(mean).astype(np.float32)),
+        std=mri.with_array(np.clip(model_std_to_hu(std), 0, None).astype(np.float32)),
+        info=info,
+    )

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.training.adversarial import (AdversarialSettings, gan_loss, gradient_penalty, make_train_state,
-                                            ns_discriminator_loss, ns_generator_loss, train_adversarial)
+from MRtoCTSynthesisLib.models.losses import gan_loss, gradient_penalty, ns_discriminator_loss, ns_generator_loss
+from MRtoCTSynthesisLib.training.loop import train_adversarial
+from MRtoCTSynthesisLib.training.state import AdversarialSettings, make_train_state
 from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
 from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.data.cases import Case, SliceDataset, UnpairedSliceDataset, case_slices

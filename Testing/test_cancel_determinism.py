@@ -3,7 +3,7 @@
 * Cancel through the real command line: ``mrtoct synthesize`` in a subprocess gets SIGINT (Ctrl-C) or
   SIGTERM (the Slicer module's Cancel) after its first PROGRESS line; it must exit with status 130, say
   that nothing was written, leave no output or temporary file and keep an existing output intact.
-* Cancel in-process (the ``cancel`` callback of :func:`synthesize_volume`): after the CancelledError no
+* Cancel in-process (the ``cancel`` callback of :func:`synthesize`): after the CancelledError no
   reference to the condition slices, the samples or the running moments survives (and, on CUDA, the
   device memory goes back to where it was).
 * Determinism: the same seed, inputs and device give a bit-identical sCT and std through the CLI, for a
@@ -28,7 +28,7 @@ import torch
 from MRtoCTSynthesisLib.pipeline import synthesis as inference
 from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.errors import CancelledError
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 from MRtoCTSynthesisLib.models.methods import create_model, save_model
 from MRtoCTSynthesisLib.io.volume import read_volume
 
@@ -139,7 +139,7 @@ def test_cancel_callback_releases_tensors(inputs, monkeypatch, one_torch_thread)
         baseline = torch.cuda.memory_allocated()
     cancelled = False
     try:
-        synthesize_volume(mri, model, SynthesisOptions(sampler="ddim", steps=10, batch_size=2, device=device),
+        synthesize(mri, model, SynthesisOptions(sampler="ddim", steps=10, batch_size=2, device=device),
                           cancel=cancel)
     except CancelledError:
         cancelled = True  # the exception (and its traceback's frames) is dropped when this block ends

@@ -10,12 +10,11 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from MRtoCTSynthesisLib.models import checkpoint as ckpt_mod
+from MRtoCTSynthesisLib.models.checkpoint import format as ckpt_format
 from MRtoCTSynthesisLib.models.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
     Checkpoint,
-    build_network,
     describe_checkpoint,
     load_checkpoint,
     load_network,
@@ -23,7 +22,7 @@ from MRtoCTSynthesisLib.models.checkpoint import (
     save_checkpoint,
 )
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.models.networks import ConditionalUNet, UNetConfig
+from MRtoCTSynthesisLib.models.networks import ConditionalUNet, UNetConfig, build_network
 
 torch.set_num_threads(2)
 
@@ -286,7 +285,7 @@ def test_atomic_save_keeps_old_file_on_failure(saved, monkeypatch):
         f.write(data[: len(data) // 2])
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(ckpt_mod, "_write_payload", half_then_fail)
+    monkeypatch.setattr(ckpt_format, "_write_payload", half_then_fail)
     other = _perturbed(ConditionalUNet(CFG), 7)
     with pytest.raises(OSError, match="No space"):
         save_checkpoint(path, {"denoiser": other}, _metadata())

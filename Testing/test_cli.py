@@ -104,7 +104,7 @@ def test_channels_last_flag_gives_the_same_sct(cases, tiny_model, tmp_path, caps
     import numpy as np
 
     from MRtoCTSynthesisLib.apps.cli import build_parser
-    from MRtoCTSynthesisLib.apps.commands import COMPILE_CHOICES, _options_from_args
+    from MRtoCTSynthesisLib.apps.commands.synthesize import COMPILE_CHOICES, options_from_args
     from MRtoCTSynthesisLib.pipeline.synthesis import COMPILE_MODES
 
     assert tuple(COMPILE_CHOICES) == COMPILE_MODES
@@ -114,9 +114,9 @@ def test_channels_last_flag_gives_the_same_sct(cases, tiny_model, tmp_path, caps
     assert main([*base, "--out-ct", str(tmp_path / "b.nii.gz"), "--channels-last"]) == 0
     a, b = read_volume(tmp_path / "a.nii.gz").array, read_volume(tmp_path / "b.nii.gz").array
     assert np.abs(a - b).max() < 0.5  # HU; same network, same noise, only the convolution layout differs
-    opts = _options_from_args(build_parser().parse_args([*base, "--out-ct", "x.nii.gz", "--compile"]))
+    opts = options_from_args(build_parser().parse_args([*base, "--out-ct", "x.nii.gz", "--compile"]))
     assert opts.compile and opts.compile_mode == "default" and not opts.channels_last
-    opts = _options_from_args(build_parser().parse_args(
+    opts = options_from_args(build_parser().parse_args(
         [*base, "--out-ct", "x.nii.gz", "--compile", "reduce-overhead", "--channels-last"]))
     assert opts.compile and opts.compile_mode == "reduce-overhead" and opts.channels_last
     with pytest.raises(SystemExit) as exit_:

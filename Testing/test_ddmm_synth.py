@@ -3,6 +3,7 @@ closed-form DDPM posterior, the samplers' noise-composition mechanism, Monte-Car
 the paper's two claims on phantom data with a trained model (more views help; the noisy block beats the
 noiseless one on noisy measurements)."""
 
+import dataclasses
 import json
 import math
 import warnings
@@ -15,12 +16,12 @@ import torch
 from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.models.diffusion import make_process
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 from MRtoCTSynthesisLib.io.intensity import hu_to_model
 from MRtoCTSynthesisLib.models.methods import METHODS, create_model, load_model, save_model
 from MRtoCTSynthesisLib.models.methods.ddmm_synth import (DDMMSynth, Measurements, NoisyNullSpaceProjection,
-                                                   NullSpaceProjection, measurements_from_ct, nsmi_noise_schedule,
-                                                   resolve_nsmi, synthesize_with_measurements)
+                                                          NullSpaceProjection, nsmi_noise_schedule, resolve_nsmi)
+from MRtoCTSynthesisLib.pipeline.measurements import measurements_from_ct
 from MRtoCTSynthesisLib.operators import get_operator
 from MRtoCTSynthesisLib.data.phantom import generate_case
 from MRtoCTSynthesisLib.models.samplers import make_sampler
@@ -280,7 +281,8 @@ def test_monte_carlo_batches_match_their_slices(small_case):
 
     spy.sample = spy_sample
     opts = SynthesisOptions(sampler="ddim", steps=4, samples=3, batch_size=5)
-    res = synthesize_volume(case.mr_t2, spy, opts, x0_hook_for=spy_factory)
+    meas.hook_for = lambda mode: spy_factory  # the volume engine asks the measurements for each batch's hook
+    res = synthesize(case.mr_t2, spy, opts, measurements=meas)
     assert [b.tolist() for b in batches] == [[0, 0, 0, 1, 1], [1, 2, 2, 2, 3], [3, 3]]
     for idx, x in zip(batches, samples):
         y = meas.sinograms[torch.as_tensor(idx)]
@@ -289,9 +291,10 @@ def test_monte_carlo_batches_match_their_slices(small_case):
             assert float(_rel_residual(meas.operator, x[:1], meas.sinograms[[idx[-1]]])) > 1e-2
     # through the public entry point: the mean sCT (HU, clipped) is far closer to the measurements than
     # plain synthesis with the same seed
-    res = synthesize_with_measurements(case.mr_t2, model, meas, "auto", opts)
+    del meas.hook_for
+    res = synthesize(case.mr_t2, model, opts, measurements=meas)
     assert res.info["method"] == "ddmm_synth" and res.info["measurements"]["nsmi"] == "noiseless"
-    plain = synthesize_volume(case.mr_t2, model, opts)
+    plain = synthesize(case.mr_t2, model, opts)
     r_nsmi, r_plain = (_rel_residual(meas.operator, torch.from_numpy(hu_to_model(v.array)).float()[:, None],
                                      meas.sinograms) for v in (res.sct, plain.sct))
     assert (r_nsmi < 0.2 * r_plain).all(), (r_nsmi, r_plain)
@@ -427,18 +430,18 @@ def test_more_views_help_and_the_noisy_block_beats_the_noiseless_one(trained):
     model, mri, ct, mask, source = trained
     size = model.image_size
     opts = SynthesisOptions(sampler="ddim", steps=8, samples=1, seed=0)
-    psnr = {"none": _psnr(synthesize_volume(mri, model, opts).sct, ct)}
+    psnr = {"none": _psnr(synthesize(mri, model, opts).sct, ct)}
     for n_p in (10, 20, 23):
         meas = measurements_from_ct(mri, ct, size, n_p, 0.0)
-        psnr[n_p] = _psnr(synthesize_with_measurements(mri, model, meas, "noiseless", opts).sct, ct)
+        psnr[n_p] = _psnr(synthesize(mri, model, dataclasses.replace(opts, nsmi="noiseless"), measurements=meas).sct, ct)
     print(source, {k: round(v, 2) for k, v in psnr.items()})
     assert psnr["none"] < psnr[10] < psnr[20] < psnr[23] + 0.1, psnr
     # noisy measurements (per-bin sigma 0.1): the same stochastic sampler (DDIM eta = 1 = the DDPM
     # posterior) with the noiseless block (gamma = 1, full noise) and with DDMM-Synth-noise (Eq. 13)
     noisy = SynthesisOptions(sampler="ddim", steps=8, samples=1, seed=0, sampler_options={"eta": 1.0})
     meas = measurements_from_ct(mri, ct, size, 23, 0.1, seed=0)
-    p_noiseless = _psnr(synthesize_with_measurements(mri, model, meas, "noiseless", noisy).sct, ct)
-    res = synthesize_with_measurements(mri, model, meas, "noisy", noisy)
+    p_noiseless = _psnr(synthesize(mri, model, dataclasses.replace(noisy, nsmi="noiseless"), measurements=meas).sct, ct)
+    res = synthesize(mri, model, dataclasses.replace(noisy, nsmi="noisy"), measurements=meas)
     p_noisy = _psnr(res.sct, ct)
     print(source, "sigma 0.1:", round(p_noiseless, 2), "->", round(p_noisy, 2), res.info["measurements"]["sigma_n_image"])
     assert res.info["method"] == "ddmm_synth_noise"

@@ -7,13 +7,13 @@ import torch
 
 from MRtoCTSynthesisLib.data.cases import SliceDataset
 from MRtoCTSynthesisLib.errors import CancelledError, InputError
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 from MRtoCTSynthesisLib.io.intensity import hu_to_model
 from MRtoCTSynthesisLib.models.methods import create_model, load_model, save_model
 from MRtoCTSynthesisLib.data.phantom import generate_case
 from MRtoCTSynthesisLib.training.loop import TrainSettings, train_diffusion
 from MRtoCTSynthesisLib.pipeline.uncertainty import RunningMoments
-from MRtoCTSynthesisLib.io.volume import Volume, write_volume
+from MRtoCTSynthesisLib.io.volume import write_volume
 
 from conftest import rotation_direction
 
@@ -39,27 +39,27 @@ def _untrained(method="ddpm", size=16):
 @pytest.mark.parametrize("method", ["ddpm", "score_sde"])
 def test_output_keeps_exact_geometry_and_std_semantics(oblique_mri, method):
     model = _untrained(method)
-    one = synthesize_volume(oblique_mri, model, SynthesisOptions(sampler="ddim", steps=3, samples=1, seed=1))
+    one = synthesize(oblique_mri, model, SynthesisOptions(sampler="ddim", steps=3, samples=1, seed=1))
     assert one.sct.geometry == oblique_mri.geometry and one.std.geometry == oblique_mri.geometry
     assert one.sct.array.shape == oblique_mri.array.shape
     assert np.all(one.std.array == 0)  # K = 1: no spread
     assert one.sct.array.min() >= -1024 and one.sct.array.max() <= 3071
-    many = synthesize_volume(oblique_mri, model, SynthesisOptions(sampler="ddpm", steps=4, samples=3, seed=1))
+    many = synthesize(oblique_mri, model, SynthesisOptions(sampler="ddpm", steps=4, samples=3, seed=1))
     assert many.std.array.mean() > 1.0  # K > 1 with a stochastic sampler: positive spread (HU)
 
 
 def test_same_seed_same_output_other_seed_differs(oblique_mri):
     model = _untrained()
     opts = dict(sampler="ddpm", steps=4, samples=2, batch_size=5)
-    a = synthesize_volume(oblique_mri, model, SynthesisOptions(seed=7, **opts))
-    b = synthesize_volume(oblique_mri, model, SynthesisOptions(seed=7, **opts))
-    c = synthesize_volume(oblique_mri, model, SynthesisOptions(seed=8, **opts))
+    a = synthesize(oblique_mri, model, SynthesisOptions(seed=7, **opts))
+    b = synthesize(oblique_mri, model, SynthesisOptions(seed=7, **opts))
+    c = synthesize(oblique_mri, model, SynthesisOptions(seed=8, **opts))
     np.testing.assert_array_equal(a.sct.array, b.sct.array)
     assert np.abs(a.sct.array - c.sct.array).max() > 0
 
 
 def test_written_output_reads_back_on_the_mri_grid(tmp_path, oblique_mri):
-    res = synthesize_volume(oblique_mri, _untrained(), SynthesisOptions(sampler="ddim", steps=2))
+    res = synthesize(oblique_mri, _untrained(), SynthesisOptions(sampler="ddim", steps=2))
     write_volume(res.sct, tmp_path / "sct.nrrd")
     img = sitk.ReadImage(str(tmp_path / "sct.nrrd"))
     ref = oblique_mri.to_sitk()
@@ -71,10 +71,10 @@ def test_written_output_reads_back_on_the_mri_grid(tmp_path, oblique_mri):
 def test_cancel_and_bad_options(oblique_mri):
     model = _untrained()
     with pytest.raises(CancelledError):
-        synthesize_volume(oblique_mri, model, SynthesisOptions(sampler="ddim", steps=2), cancel=lambda: True)
+        synthesize(oblique_mri, model, SynthesisOptions(sampler="ddim", steps=2), cancel=lambda: True)
     for bad in (dict(samples=0), dict(steps=0), dict(batch_size=0), dict(sampler="nope")):
         with pytest.raises(InputError):
-            synthesize_volume(oblique_mri, model, SynthesisOptions(**bad))
+            synthesize(oblique_mri, model, SynthesisOptions(**bad))
 
 
 def test_running_moments_match_numpy():
@@ -119,13 +119,13 @@ def test_tiny_training_lowers_loss_and_beats_untrained(tmp_path):
     truth = hu_to_model(test.ct.array)
     body = test.mask.array > 0
     opts = SynthesisOptions(sampler="ddim", steps=20, samples=2, seed=0)
-    p_trained = _psnr_model_range(hu_to_model(synthesize_volume(test.mr_t2, trained, opts).sct.array)[body], truth[body])
-    p_before = _psnr_model_range(hu_to_model(synthesize_volume(test.mr_t2, before, opts).sct.array)[body], truth[body])
+    p_trained = _psnr_model_range(hu_to_model(synthesize(test.mr_t2, trained, opts).sct.array)[body], truth[body])
+    p_before = _psnr_model_range(hu_to_model(synthesize(test.mr_t2, before, opts).sct.array)[body], truth[body])
     assert p_trained > p_before + 3.0, (p_trained, p_before)
 
 
 def test_ema_update_is_the_closed_form_average():
-    from MRtoCTSynthesisLib.training.loop import EMA
+    from MRtoCTSynthesisLib.training.state import EMA
 
     net = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 2))
     ema = EMA(net, decay=0.9)

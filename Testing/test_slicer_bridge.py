@@ -49,7 +49,7 @@ def test_synthesize_command_round_trips_through_engine_parser(tmp_path):
                                        seed=7, device="cpu", info_json=tmp_path / "run.json")
     args = _parse(argv)
     assert args.command == "synthesize"
-    assert args.func.__name__ == "cmd_synthesize"
+    assert args.func.__module__.endswith("apps.commands.synthesize") and args.func.__name__ == "run"
     assert Path(args.mri) == tmp_path / "mri.nii.gz" and Path(args.model) == tmp_path / "m.safetensors"
     assert Path(args.out_ct) == tmp_path / "sct.nii.gz" and Path(args.out_std) == tmp_path / "std.nii.gz"
     assert (args.sampler, args.steps, args.samples, args.seed, args.device) == ("ddim", 25, 4, 7, "cpu")
@@ -154,10 +154,10 @@ def test_python_executable_and_environment(tmp_path):
 
 # ============================================================================== progress / errors
 def test_progress_lines_from_the_engines_printer(capsys):
-    from MRtoCTSynthesisLib.apps.commands import _progress_printer
+    from MRtoCTSynthesisLib.apps.args import progress_printer
 
-    _progress_printer()(0.42, "slices 10/24, samples 40/96, 12.3 s elapsed, ~17 s left")
-    _progress_printer()(1.0, "slices 24/24, samples 96/96, 30.0 s elapsed, ~0 s left")
+    progress_printer()(0.42, "slices 10/24, samples 40/96, 12.3 s elapsed, ~17 s left")
+    progress_printer()(1.0, "slices 24/24, samples 96/96, 30.0 s elapsed, ~0 s left")
     lines = capsys.readouterr().err.splitlines()
     f, msg = sb.parse_progress_line(lines[0])
     assert f == pytest.approx(0.42) and msg.startswith("slices 10/24")
@@ -169,7 +169,7 @@ def test_progress_messages_of_a_real_synthesis():
     """The texts inference.py reports are the ones progress_text understands."""
     import torch
 
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
     from MRtoCTSynthesisLib.models.methods import create_model
     from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
 
@@ -177,7 +177,7 @@ def test_progress_messages_of_a_real_synthesis():
     model = create_model("ddpm", 16)
     mri = Volume(np.random.default_rng(0).random((3, 12, 10)).astype(np.float32) * 100, make_geometry((10, 12, 3)))
     seen = []
-    synthesize_volume(mri, model, SynthesisOptions(sampler="ddim", steps=2, samples=2, batch_size=2, device="cpu"),
+    synthesize(mri, model, SynthesisOptions(sampler="ddim", steps=2, samples=2, batch_size=2, device="cpu"),
                       progress=lambda f, m: seen.append((f, m)))
     assert seen[-1][0] == 1.0
     for i, (f, m) in enumerate(seen):

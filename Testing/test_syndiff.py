@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.training.adversarial import AdversarialSettings, make_train_state, r1_penalty, train_adversarial
+from MRtoCTSynthesisLib.models.losses import r1_penalty
+from MRtoCTSynthesisLib.training.loop import train_adversarial
+from MRtoCTSynthesisLib.training.state import AdversarialSettings, make_train_state
 from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
 from MRtoCTSynthesisLib.data.cases import SliceDataset, UnpairedSliceDataset, find_cases

@@ -16,15 +16,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from MRtoCTSynthesisLib.training import adversarial
+from MRtoCTSynthesisLib.training import state as train_state
 from MRtoCTSynthesisLib.data import cases as data_mod
 from MRtoCTSynthesisLib.models.checkpoint import read_metadata
 from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.data.cases import SliceDataset, load_case_slices, make_split, read_split
 from MRtoCTSynthesisLib.errors import InputError
 from MRtoCTSynthesisLib.models.methods import create_model
-from MRtoCTSynthesisLib.training.loop import (LossPlateau, apply_overrides, default_config, load_config, lr_factor, step_seed,
-                                         train_loop)
+from MRtoCTSynthesisLib.training.config import apply_overrides, default_config, load_config
+from MRtoCTSynthesisLib.training.loop import LossPlateau, train_loop
+from MRtoCTSynthesisLib.training.state import lr_factor, step_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIGS = ROOT / "training" / "configs"
@@ -154,7 +155,7 @@ def test_unpaired_methods_train_on_single_modality_cases(cases, tmp_path):
     import shutil
 
     from MRtoCTSynthesisLib.data.cases import UnpairedSliceDataset, find_cases
-    from MRtoCTSynthesisLib.training.loop import TrainingRun
+    from MRtoCTSynthesisLib.training.run import TrainingRun
 
     data = tmp_path / "mixed"
     shutil.copytree(cases, data)
@@ -279,18 +280,18 @@ def test_each_method_trains_resumes_exactly_and_evaluates(method, variant, cases
     assert all(np.isfinite(e["val"]["psnr_db"]) for e in log if "val" in e)
 
     # interrupt the same run during step 3 (after the step-2 checkpoint), then resume it
-    original = adversarial.TrainState.update
+    original = train_state.TrainState.update
 
     def interrupted(self, name, loss):
         if self.step >= 2:
             raise KeyboardInterrupt
         return original(self, name, loss)
 
-    monkeypatch.setattr(adversarial.TrainState, "update", interrupted)
+    monkeypatch.setattr(train_state.TrainState, "update", interrupted)
     assert main(_train_args(method, cases, part, 4, *variant)) != 0
     assert read_metadata(part / "last.safetensors")["training"]["step"] == 2
     assert not (part / "model.safetensors").exists()
-    monkeypatch.setattr(adversarial.TrainState, "update", original)
+    monkeypatch.setattr(train_state.TrainState, "update", original)
     assert main(_train_args(method, cases, part, 4, *variant)) == 2  # refuses to start over a checkpoint silently
     assert main(_train_args(method, cases, part, 4, *variant, "--resume")) == 0
     a, b = load_file(str(full / "last.safetensors")), load_file(str(part / "last.safetensors"))

@@ -8,7 +8,7 @@
    field of view) resampled trilinearly to the full grid (the anatomy is blocky at 512^2, which does not
    matter for memory or speed), with its CT and body mask resampled the same way.
 2. A fresh worker process reads the MR file and runs the engine's path end to end, as ``mrtoct
-   synthesize`` does: :func:`~MRtoCTSynthesisLib.pipeline.synthesis.synthesize_volume` (default model: the bundled
+   synthesize`` does: :func:`~MRtoCTSynthesisLib.pipeline.synthesis.synthesize` (default model: the bundled
    64 x 64 demo DDPM; ``--sampler``/``--steps``/``--samples``) and writing the sCT and std volumes.
    A thread samples the worker's resident set size every 50 ms and labels it with the phase it is in
    (read, synthesis batches, write); the peak is ``ru_maxrss``. Only after that are the CT and mask read
@@ -83,7 +83,7 @@ def worker(spec: dict) -> dict:
     sampler.start()
     import torch  # noqa: F401
 
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
     from MRtoCTSynthesisLib.models.methods import load_model
     from MRtoCTSynthesisLib.io.volume import read_volume, write_volume
 
@@ -104,7 +104,7 @@ def worker(spec: dict) -> dict:
     opts = SynthesisOptions(sampler=spec["sampler"], steps=spec["steps"], samples=spec["samples"], seed=0,
                             device="cpu", batch_size=spec["batch_size"])
     t0 = time.perf_counter()
-    res = synthesize_volume(mri, model, opts, progress=progress)
+    res = synthesize(mri, model, opts, progress=progress)
     t_synth = time.perf_counter() - t0
     sampler.phase = "write sCT + std"
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ volume are then **extrapolated** linearly to the whole volume (the table says so
 
 Engines (one row each; ``--naive`` adds the second):
 
-* ``batched``: :func:`MRtoCTSynthesisLib.pipeline.synthesis.synthesize_volume` -- slices x samples in batches of
+* ``batched``: :func:`MRtoCTSynthesisLib.pipeline.synthesis.synthesize` -- slices x samples in batches of
   ``--batch-size`` (default: the engine's choice), ``--precision`` (bf16 autocast on CUDA by default),
   optional ``--channels-last`` / ``--compile``.
 * ``naive``: the baseline, implemented here and independent of the engine's batching: a plain Python loop
@@ -111,7 +111,7 @@ def worker(spec: dict) -> dict:
     set_threads(spec["threads"])
     import torch
 
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize_volume
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize
     from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
 
     device = resolve_device(spec["device"])
@@ -132,11 +132,11 @@ def worker(spec: dict) -> dict:
                                 compile_mode=spec["compile_mode"])
         if spec["warmup"]:
             t0 = time.perf_counter()
-            synthesize_volume(case.mr, model, opts)
+            synthesize(case.mr, model, opts)
             sync()
             warm_s = time.perf_counter() - t0
         t0 = time.perf_counter()
-        res = synthesize_volume(case.mr, model, opts)
+        res = synthesize(case.mr, model, opts)
         sync()
         wall = time.perf_counter() - t0
         sct, std, info = res.sct, res.std, res.info

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from MRtoCTSynthesisLib.assets import DEMO_CASE, DEMO_MODEL
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize_volume
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize
 from MRtoCTSynthesisLib.models.methods import create_model, load_model
 from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
 from MRtoCTSynthesisLib.models.methods.conditional_diffusion import DEFAULT_STEPS
@@ -82,7 +82,7 @@ def sampler_runs(model_path: Path, device, samples: int, n_slices: int, samplers
     rows = []
     for name, steps in samplers:
         t0 = time.perf_counter()
-        res = synthesize_volume(mri, model, SynthesisOptions(sampler=name, steps=steps, samples=samples, seed=0,
+        res = synthesize(mri, model, SynthesisOptions(sampler=name, steps=steps, samples=samples, seed=0,
                                                              device=str(device)))
         wall = time.perf_counter() - t0
         body = mask.array > 0

@@ -6,7 +6,7 @@
         [--out benchmarks/results/step_sweep_cpu.json]
 
 Every run synthesises the same central ``--slices`` axial slices of the case with ``--samples`` Monte-Carlo
-samples (the sCT is their mean, exactly as :func:`~MRtoCTSynthesisLib.pipeline.synthesis.synthesize_volume`
+samples (the sCT is their mean, exactly as :func:`~MRtoCTSynthesisLib.pipeline.synthesis.synthesize`
 returns it) and is scored against the reference CT inside the body mask (PSNR, MAE;
 :mod:`MRtoCTSynthesisLib.pipeline.metrics`). Each sampler setting runs once per ``--seeds`` entry (with the same
 seed the deterministic samplers start from the same prior draws); the reference quality is ancestral DDPM
@@ -58,12 +58,12 @@ def parse_label(label: str) -> tuple[str, dict]:
 
 
 def run_one(case, model, sampler: str, steps: int, samples: int, seed: int, device: str, role: str):
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize_volume
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
     from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
 
     name, sampler_options = parse_label(sampler)
     t0 = time.perf_counter()
-    res = synthesize_volume(case.mr, model, SynthesisOptions(sampler=name, steps=steps, samples=samples,
+    res = synthesize(case.mr, model, SynthesisOptions(sampler=name, steps=steps, samples=samples,
                                                              seed=seed, device=device, sampler_options=sampler_options))
     wall = time.perf_counter() - t0
     body = case.mask.array > 0

@@ -5,7 +5,7 @@
         [--samplers dpmpp ddim] [--steps N] [--samples K] [--projections 23 ...] [--noise-sigma 0.0 ...]
         [--cases N] [--figures N] [--out DIR] [--device auto] [--seed 0]
 
-The same code as ``mrtoct evaluate --models ... --data ...`` (:func:`MRtoCTSynthesisLib.apps.cli.run_batch_evaluation`,
+The same code as ``mrtoct evaluate --models ... --data ...`` (:func:`MRtoCTSynthesisLib.apps.commands.evaluate.run_batch_evaluation`,
 which calls :func:`MRtoCTSynthesisLib.apps.evaluation.run_evaluation`); see ``--help`` for what it writes.
 Works from a fresh clone: when the package is not installed, the repository's ``MRtoCTSynthesis`` folder
 is put on ``sys.path``.
@@ -13,7 +13,6 @@ is put on ``sys.path``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,13 +21,13 @@ try:
 except ImportError:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MRtoCTSynthesis"))
 
-from MRtoCTSynthesisLib.apps import cli  # noqa: E402
-from MRtoCTSynthesisLib.apps.cli import add_batch_evaluation_arguments, run_batch_evaluation, run_command  # noqa: E402
+from MRtoCTSynthesisLib.apps.args import Parser  # noqa: E402
+from MRtoCTSynthesisLib.apps.cli import run_command  # noqa: E402
+from MRtoCTSynthesisLib.apps.commands.evaluate import add_batch_evaluation_arguments, run_batch_evaluation  # noqa: E402
 
 
 def build_parser():
-    parser_class = getattr(cli, "_Parser", argparse.ArgumentParser)  # the CLI's error format when it has one
-    p = parser_class(prog="training/evaluate.py",
+    p = Parser(prog="training/evaluate.py",
                      description="Synthesise every test case with every model x sampler (and DDMM-Synth --projections x "
                                  "--noise-sigma rows for conditional DDPM checkpoints), score each sCT (MAE/ME in HU, "
                                  "PSNR, SSIM inside the body mask) and write table.md/table.csv (mean ± std across cases, "

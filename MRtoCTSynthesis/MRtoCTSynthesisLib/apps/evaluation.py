@@ -9,11 +9,11 @@ What one run does (:func:`run_evaluation`; ``mrtoct evaluate --models ... --data
    For a conditional DDPM checkpoint and each projection count ``N_p`` x measurement noise ``sigma`` also a
    DDMM-Synth row: the case's own reference CT is projected with ``N_p`` parallel-beam views and embedded
    with N-SMI (Li et al. 2023, DDMM-Synth Eqs. 5 and 7-13), exactly as ``mrtoct synthesize --ct`` does
-   (the same function, :func:`..commands._synthesize_with_measurements`, is called). Methods with a single
+   (both call :func:`..pipeline.synthesis.synthesize` with a :class:`..pipeline.measurements.MeasurementSpec`). Methods with a single
    fixed sampler (SynDiff's T/k-step sampler, the one-call CNN/GAN baselines) give one row and ignore
    ``samplers``/``steps``. Each row has a **method label**, e.g. ``ddpm/dpmpp-20``,
    ``ddmm_synth/ddim-100 Np=23 σ=0.05`` or ``syndiff``.
-3. **Runs**: each case is synthesised with each method by :func:`..inference.synthesize_volume` with K
+3. **Runs**: each case is synthesised with each method by :func:`..pipeline.synthesis.synthesize` with K
    Monte-Carlo samples (the sCT is their mean and the std map their spread, as Lyu & Wang Sec. IV-B do
    with 10 samples), and scored with :func:`..metrics.evaluate` (MAE/ME in HU, PSNR, SSIM inside the body
    mask). NFE per sample and seconds per slice (wall time for all K samples of a slice) come from the run.
@@ -37,7 +37,6 @@ checked against independent computations.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import math
@@ -463,22 +462,19 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
     one-call baselines, which also run with K = 1 when they are deterministic); a ``ddmm_synth`` checkpoint
     gets DDMM-Synth rows only. DDMM-Synth rows (``ddpm`` and ``ddmm_synth`` checkpoints): each sampler that
     N-SMI supports x each ``N_p`` in ``projections`` (a ``ddmm_synth`` checkpoint with none: 23, the default
-    of ``mrtoct synthesize --ct``) x each sigma in ``noise_sigmas`` (none: 0). Validation of ``N_p``/sigma
-    is :func:`..commands._check_measurement_args`, the check of ``mrtoct synthesize``.
+    of ``mrtoct synthesize --ct``) x each sigma in ``noise_sigmas`` (none: 0), checked as ``mrtoct synthesize``
+    checks ``--projections``/``--noise-sigma``.
     """
-    from argparse import Namespace
-
-    from .commands import _check_measurement_args
-    from ..models.methods.ddmm_synth import DEFAULT_PROJECTIONS, DDMMSynth
+    from ..models.methods.ddmm_synth import DEFAULT_PROJECTIONS, DDMMSynth, check_noise_sigma, check_projections
 
     notes = notes if notes is not None else []
     samplers = list(dict.fromkeys(samplers or [None]))
     sigmas = list(dict.fromkeys(float(s) for s in noise_sigmas)) or [0.0]
     projections = list(dict.fromkeys(int(p) for p in projections))
-    for n_p in projections or [None]:
-        for s in sigmas:
-            _check_measurement_args(Namespace(ct="reference CT", sinogram=None, projections=n_p, noise_sigma=s,
-                                              nsmi=None, out_sinogram=None))
+    for n_p in projections:
+        check_projections(n_p)
+    for s in sigmas:
+        check_noise_sigma(s)
     ddmm_capable = [p for p, m in models.items() if _is_ddpm(m)]
     if (projections or noise_sigmas) and not ddmm_capable:
         raise InputError("--projections/--noise-sigma add DDMM-Synth rows, but none of the --models is a conditional "
@@ -535,28 +531,18 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
     return specs
 
 
-def _synthesis_namespace(settings: EvaluationSettings, spec: MethodSpec, ct_path=None) -> argparse.Namespace:
-    """The arguments ``mrtoct synthesize`` would get for this row (so its helpers can be reused as they are)."""
-    return argparse.Namespace(sampler=spec.sampler, steps=spec.steps, samples=spec.samples, seed=settings.seed,
-                              device=settings.device, batch_size=settings.batch_size, precision=settings.precision,
-                              ct=None if ct_path is None else str(ct_path), sinogram=None,
-                              projections=spec.projections, noise_sigma=spec.noise_sigma, nsmi=None,
-                              out_sinogram=None)
+def _run_one(settings: EvaluationSettings, spec: MethodSpec, model, case):
+    """Synthesise one case with one method, as ``mrtoct synthesize`` would (DDMM-Synth rows: measurements simulated
+    from the case's own CT with ``spec.projections`` views and ``spec.noise_sigma`` per-bin noise)."""
+    from ..pipeline.measurements import MeasurementSpec
+    from ..pipeline.synthesis import SynthesisOptions, synthesize
+    from .args import progress_printer
 
-
-def _run_one(settings, spec, model, case, ct_path):
-    """Synthesise one case with one method, as ``mrtoct synthesize`` would (same option and DDMM-Synth path)."""
-    from .commands import _options_from_args, _progress_printer, _synthesize_with_measurements
-    from ..pipeline.synthesis import synthesize_volume
-
-    args = _synthesis_namespace(settings, spec, ct_path if spec.ddmm else None)
-    options = _options_from_args(args)
-    options.validate()
-    if spec.ddmm:
-        result, _ = _synthesize_with_measurements(args, case.mr, model, options)
-    else:
-        result = synthesize_volume(case.mr, model, options, progress=_progress_printer())
-    return result
+    options = SynthesisOptions(sampler=spec.sampler, steps=spec.steps, samples=spec.samples, seed=settings.seed,
+                               device=settings.device, batch_size=settings.batch_size, precision=settings.precision)
+    measurements = MeasurementSpec(ct=case.ct, projections=spec.projections, noise_sigma=spec.noise_sigma or 0.0) \
+        if spec.ddmm else None
+    return synthesize(case.mr, model, options, measurements=measurements, progress=progress_printer())
 
 
 def _warm_up(model, settings: EvaluationSettings) -> None:
@@ -564,13 +550,13 @@ def _warm_up(model, settings: EvaluationSettings) -> None:
     one-time costs (CUDA context, cuDNN autotuning, lazy initialisation) do not land in the first row's s/slice."""
     import torch
 
-    from ..pipeline.synthesis import _autocast, resolve_device
+    from ..devices import autocast, resolve_device
 
     device = resolve_device(settings.device)
     model.to(device)
     sampler = model.make_sampler(None, None if len(model.valid_samplers) == 1 else 1)
     cond = torch.zeros(1, model.in_channels, model.image_size, model.image_size, device=device)
-    with torch.no_grad(), _autocast(device, settings.precision):
+    with torch.no_grad(), autocast(device, settings.precision):
         model.sample(cond, sampler, generator=torch.Generator(device=device).manual_seed(0))
 
 
@@ -586,8 +572,8 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
     Everything is validated before the first synthesis (cases, checkpoints, samplers, DDMM-Synth settings,
     the output folder); outputs are written only after every run finished, each file atomically.
     """
-    from ..data.cases import find_volume, load_case
-    from ..pipeline.synthesis import resolve_device
+    from ..data.cases import load_case
+    from ..devices import resolve_device
     from ..models.methods import load_model
     from ..pipeline.metrics import evaluate
     from ..io.slicing import canonical_layout
@@ -636,14 +622,13 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
     n_runs, done, t_start = len(specs) * len(cases), 0, time.perf_counter()
     for ci, folder in enumerate(cases):
         case = load_case(folder)
-        ct_path = find_volume(folder, "ct")
         mask_c = _canonical(case.mask)
         body_c = mask_c > 0 if mask_c is not None else None
         ref_c = _canonical(case.ct).astype(np.float64)
         z = central_body_slice(body_c, ref_c.shape[0])
         fig_rows = []
         for spec in specs:
-            result = _run_one(settings, spec, models[spec.model_path], case, ct_path)
+            result = _run_one(settings, spec, models[spec.model_path], case)
             met = evaluate(result.sct, case.ct, case.mask)
             sct_c = _canonical(result.sct).astype(np.float64)
             std_c = _canonical(result.std).astype(np.float64)

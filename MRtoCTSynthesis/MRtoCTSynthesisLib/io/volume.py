@@ -121,7 +121,8 @@ class Volume:
         return tuple(self.array.shape)
 
 
-def _suffix(path: Path) -> str:
+def volume_suffix(path: Path) -> str:
+    """The file format suffix of ``path`` (``.nii.gz`` counts as one suffix), lower case."""
     name = path.name.lower()
     for suf in (".nii.gz",) + tuple(s for s in READ_SUFFIXES if s != ".nii.gz"):
         if name.endswith(suf):
@@ -273,7 +274,7 @@ def read_volume(path: str | os.PathLike, what: str = "volume", series_uid: str |
     if min(image.GetSize()) < 1:
         raise InputError(f"{what} {p} is empty (size {image.GetSize()}).", "give a non-empty 3D volume.")
     vol = Volume.from_sitk(image)
-    scan = _nifti_scan(p) if not p.is_dir() and _suffix(p) in (".nii", ".nii.gz") else None
+    scan = _nifti_scan(p) if not p.is_dir() and volume_suffix(p) in (".nii", ".nii.gz") else None
     if scan is not None and scan[1] < scan[0]:
         raise InputError(
             f"{what} file {p} is truncated: it holds less voxel data than its header describes "
@@ -300,7 +301,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, dtype=None) -> Path:
     ``path`` is left untouched. ``dtype`` casts the array first (e.g. ``np.int16`` for HU).
     """
     p = Path(path)
-    suf = _suffix(p)
+    suf = volume_suffix(p)
     if suf not in WRITE_SUFFIXES:
         raise InputError(
             f"cannot write {p}: unsupported suffix '{suf or '(none)'}'.",

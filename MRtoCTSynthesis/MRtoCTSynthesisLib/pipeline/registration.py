@@ -268,7 +268,8 @@ def resample_moving(moving: Volume, fixed_geometry: Geometry, transform: sitk.Tr
     return Volume(sitk.GetArrayFromImage(out), fixed_geometry)
 
 
-def _transform_suffix(p: Path) -> str:
+def transform_suffix(p: Path) -> str:
+    """The suffix of a transform file path, checked against :data:`TRANSFORM_SUFFIXES`."""
     suf = p.suffix.lower()
     if suf not in TRANSFORM_SUFFIXES:
         raise InputError(f"cannot use {p} as a transform file: unsupported suffix '{suf or '(none)'}'.",
@@ -284,7 +285,7 @@ def save_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
     transform, the same convention as this module.
     """
     p = Path(path)
-    suf = _transform_suffix(p)
+    suf = transform_suffix(p)
     if not p.parent.exists():
         raise InputError(f"output folder {p.parent} does not exist.", "create it first or choose another path.")
     with atomic_write(p, suffix=suf) as tmp:
@@ -295,7 +296,7 @@ def save_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
 def load_transform(path: str | os.PathLike) -> sitk.Transform:
     """Read a transform written by :func:`save_transform` (or by Slicer/ITK)."""
     p = Path(path)
-    _transform_suffix(p)
+    transform_suffix(p)
     if not p.is_file():
         raise InputError(f"transform file {p} does not exist.", "check the path.")
     try:

@@ -1,14 +1,18 @@
-"""Slice-wise volume synthesis: MRI volume -> sCT volume in HU + Monte-Carlo std volume in HU.
+"""The one synthesis call: MRI volume -> sCT volume in HU + Monte-Carlo std volume in HU.
 
-The path of one call (the CLI's ``synthesize``, the Slicer module and the demo all come through here):
+:func:`synthesize` is what every front end calls: the CLI's ``synthesize`` (which the Slicer module runs),
+the demo, the batch evaluation and the benchmarks. With ``measurements`` (a :class:`.measurements.
+MeasurementSpec` or prebuilt :class:`~..models.methods.ddmm_synth.Measurements`) it runs DDMM-Synth: the
+conditional DDPM prior with every ``x0`` pinned to each slice's sparse-view CT measurements by N-SMI
+(DDMM-Synth Eqs. 5 and 7-13). The path of one call:
 
 1. normalise the MRI per volume (:class:`~.intensity.MRNormalization`);
 2. reorient to canonical axial order and put each slice on the model grid (:mod:`.slicing`);
 3. enumerate (slice, sample) items, slice-major, and cut them into batches of ``batch_size`` images, so
    slices x Monte-Carlo samples fill the device together;
 4. for each batch, the method's ``sample`` runs the chosen sampler on the device (bf16 autocast on CUDA
-   when the model allows it); an optional ``x0_hook_for(slice_indices)`` lets DDMM-Synth pin each
-   slice's x0 to its own measurements;
+   when the model allows it); with measurements, each batch gets the N-SMI hook of its rows' own
+   slices (``Measurements.hook_for``), so every Monte-Carlo sample is pinned to its slice's sinogram;
 5. stream the samples into per-slice running moments (:class:`~.uncertainty.RunningMoments`), never
    holding all K samples of the volume;
 6. map mean and std back to the input grid and to HU: the outputs have exactly the MRI's geometry.
@@ -30,20 +34,25 @@ halves the batch and retries (with a message), which changes the noise order and
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable, Optional, Union
 
 import numpy as np
 import torch
 
+from ..devices import PRECISIONS, autocast, resolve_device
 from ..errors import CancelledError, InputError
 from ..io.intensity import MRNormalization, model_std_to_hu, model_to_hu
 from ..io.slicing import from_canonical, from_model_grid, to_canonical, to_model_grid
-from .uncertainty import RunningMoments
 from ..io.volume import Volume
+from ..models.methods.ddmm_synth import NSMI_MODES, DDMMSynth, Measurements, resolve_nsmi
+from .measurements import MeasurementSpec
+from .uncertainty import RunningMoments
 
 ProgressFn = Callable[[float, str], None]
 
@@ -66,6 +75,7 @@ class SynthesisOptions:
     channels_last: bool = False  # NHWC weights and inputs (GPU convolutions under autocast)
     compile: bool = False        # torch.compile each network's forward (lazy: compiled on the first batch)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
+    nsmi: str = "auto"           # with measurements: auto | noiseless (DDMM-Synth Eq. 5) | noisy (Eqs. 7-13)
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -74,8 +84,10 @@ class SynthesisOptions:
             raise InputError(f"steps must be >= 1, got {self.steps}.", "use e.g. --steps 20 for dpmpp or 1000 for ddpm.")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {self.batch_size}.", "omit --batch-size to choose automatically.")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise InputError(f"unknown precision {self.precision!r}.", "use auto, fp32, bf16 or fp16.")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"unknown precision {self.precision!r}.", f"use {', '.join(PRECISIONS)}.")
+        if self.nsmi not in NSMI_MODES:
+            raise InputError(f"unknown N-SMI mode {self.nsmi!r}.", f"use one of {', '.join(NSMI_MODES)}.")
         if self.compile_mode not in COMPILE_MODES:
             raise InputError(f"unknown compile mode {self.compile_mode!r}.", f"use one of {', '.join(COMPILE_MODES)}.")
 
@@ -84,20 +96,8 @@ class SynthesisOptions:
 class SynthesisResult:
     sct: Volume        # mean of the K samples, HU, on the MRI's grid
     std: Volume        # pixel-wise std of the K samples, HU (zeros for K = 1)
-    info: dict
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; an explicit ``cuda`` without a GPU is an InputError."""
-    if name in (None, "", "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError("--device cuda was asked for, but torch sees no CUDA GPU.",
-                         "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise InputError(f"unknown device {name!r}.", "use auto, cpu, cuda or cuda:N.") from None
+    info: dict         # what ran: method, sampler, steps, samples, seed, device, NFE, timings, N-SMI details
+    measurements: Optional[Measurements] = None  # the embedded measurements (DDMM-Synth runs only)
 
 
 def default_batch_size(device: torch.device, image_size: int) -> int:
@@ -106,16 +106,6 @@ def default_batch_size(device: torch.device, image_size: int) -> int:
     if device.type == "cuda":
         return max(8, min(256, int(64 * (256 * 256) / pixels)))
     return max(4, min(64, int(16 * (64 * 64) / pixels)))
-
-
-def _autocast(device: torch.device, precision: str):
-    if device.type != "cuda" or precision == "fp32":
-        return torch.autocast(device_type=device.type, enabled=False)
-    if precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if precision in ("bf16", "auto") and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cuda", dtype=torch.float16)
 
 
 def check_compile_available(device: torch.device) -> None:
@@ -175,16 +165,71 @@ def _is_compile_failure(exc: BaseException) -> bool:
     return mod.startswith(("torch._dynamo", "torch._inductor")) or "BackendCompilerFailed" in type(exc).__name__
 
 
-def synthesize_volume(mri: Volume, model, options: SynthesisOptions | None = None,
-                      progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None,
-                      x0_hook_for: Callable[[np.ndarray], Callable | None] | None = None) -> SynthesisResult:
-    """Synthesise a CT for ``mri`` with ``model`` (a loaded method, see :func:`.methods.load_model`).
+def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
+               measurements: Union[MeasurementSpec, Measurements, None] = None,
+               progress: ProgressFn | None = None, cancel: Callable[[], bool] | None = None) -> SynthesisResult:
+    """Synthesise a CT for ``mri`` with ``model`` (a loaded method, see :func:`..models.methods.load_model`).
+
+    ``measurements`` (DDMM-Synth): a :class:`.measurements.MeasurementSpec` (reference CT or sinogram file;
+    built here on the model's grid and device) or prebuilt ``Measurements``. The model must then be a
+    conditional DDPM (or ``ddmm_synth``) checkpoint; ``options.nsmi`` picks the block (``auto`` = noisy when
+    the measurements have noise and the sampler can run it, see :func:`..models.methods.ddmm_synth.
+    resolve_nsmi`); with the noisy block and ``ddim`` without an ``eta`` option, ``eta = 1``. Notes about
+    the choice are issued as warnings and kept in ``info["measurements"]["notes"]``.
 
     ``progress(fraction, message)`` is called after each batch; ``cancel()`` returning True stops the
     run with :class:`CancelledError` (nothing is returned, so nothing is written).
     """
-    options = options or SynthesisOptions()
+    options = dataclasses.replace(options or SynthesisOptions())
+    options.sampler_options = dict(options.sampler_options)
     options.validate()
+    if measurements is None:
+        if model.method == "ddmm_synth":
+            raise InputError("a ddmm_synth checkpoint needs CT measurements to sample with.",
+                             "pass --ct REFERENCE_CT (on the MRI's grid) or --sinogram FILE.")
+        return _sample_volume(mri, model, options, progress, cancel, None)
+
+    model = DDMMSynth.from_model(model)
+    device = resolve_device(options.device)
+    meas = measurements.build(mri, model.image_size, seed=options.seed, device=device) \
+        if isinstance(measurements, MeasurementSpec) else measurements
+    op = meas.operator
+    if op.image_shape != (model.image_size, model.image_size):
+        raise InputError(f"the measurements are on a {op.height}x{op.width} grid but the model works on "
+                         f"{model.image_size}x{model.image_size}.",
+                         "simulate or write the sinograms for the model's grid (see `mrtoct info`).")
+    n_slices = to_canonical(np.zeros(mri.array.shape, dtype=np.uint8), mri.geometry)[1].n_slices
+    if meas.n_slices != n_slices:
+        raise InputError(f"there are {meas.n_slices} sinograms but the MRI has {n_slices} axial slices.",
+                         "give one sinogram per axial slice of this MRI.")
+    name = options.sampler or model.default_sampler
+    mode_wanted = options.nsmi if options.nsmi != "auto" else ("noisy" if meas.noise_sigma > 0 else "noiseless")
+    if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
+        options.sampler_options["eta"] = 1.0
+    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
+    mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    result = _sample_volume(mri, model, options, progress, cancel, meas.hook_for(mode))
+    result.info["method"] = "ddmm_synth_noise" if mode == "noisy" else "ddmm_synth"
+    result.info["sampler_options"] = dict(options.sampler_options)
+    result.info["measurements"] = {
+        "source": meas.source, "nsmi": mode, "nsmi_requested": options.nsmi,
+        "n_projections": meas.n_projections, "n_detectors": op.n_det,
+        "angles": "uniform over [0, 180) degrees", "grid": [op.height, op.width],
+        "noise_sigma": meas.noise_sigma, "noise_sigma_units": "model units x pixel length, per detector bin",
+        "sigma_n_image": meas.sigma_n_image, "pinv": op.method, "pinv_regularization": op.regularization,
+        "checkpoint_method": getattr(model, "source_method", model.method), "notes": notes,
+        **meas.details,
+    }
+    result.measurements = meas
+    return result
+
+
+def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: ProgressFn | None,
+                   cancel: Callable[[], bool] | None,
+                   x0_hook_for: Callable[[np.ndarray], Callable | None] | None) -> SynthesisResult:
+    """The slice-wise engine behind :func:`synthesize` (steps 1-6 of the module docstring)."""
     device = resolve_device(options.device)
     prepare_model(model, device, options)
     sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
@@ -212,7 +257,7 @@ def synthesize_volume(mri: Volume, model, options: SynthesisOptions | None = Non
             cond = cond.contiguous(memory_format=torch.channels_last)
         hook = x0_hook_for(idx) if x0_hook_for is not None else None
         try:
-            with torch.no_grad(), _autocast(device, options.precision):
+            with torch.no_grad(), autocast(device, options.precision):
                 out = model.sample(cond, sampler, generator=gen, x0_hook=hook, cancel=cancel)
         except torch.cuda.OutOfMemoryError:
             if batch == 1:

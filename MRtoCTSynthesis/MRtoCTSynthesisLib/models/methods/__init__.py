@@ -15,7 +15,7 @@ method          file                                              paper
 ``cyclegan``    :mod:`.cyclegan` (unpaired, ResNet + PatchGAN)    SynDiff Sec. IV-B.2 (cGAN)
 ==============  ================================================  ==============================
 
-The last five train through :func:`..adversarial.train_adversarial` (each method has a ``train_step``);
+Every method has a ``train_step`` (one optimisation step of all its networks), run by :func:`...training.loop.train_loop`;
 ``syndiff`` and ``cyclegan`` train on unpaired slices (:class:`..data.UnpairedSliceDataset`), except
 ``syndiff`` with ``options={"paired": True}``, the supervised variant of SynDiff Sec. V-C.
 
@@ -29,7 +29,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from ..checkpoint import build_network, load_checkpoint, load_network, save_checkpoint
+from ..checkpoint import load_checkpoint, load_network, save_checkpoint
+from ..networks import build_network
 from ...errors import InputError
 from ..networks import unet_preset
 from ...io.intensity import CT_MAPPING, mr_mapping_description

@@ -15,6 +15,9 @@ one ``gen_ct`` call, NFE = 1, std 0.
 
 from __future__ import annotations
 
+import torch
+
+from ..losses import ImagePool, batch_on_device, gan_loss, set_requires_grad
 from ..networks.gan import PatchDiscriminator, ResnetGenerator, gan_preset
 from .unet_cnn import DirectSynthesis
 
@@ -46,6 +49,31 @@ class CycleGAN(DirectSynthesis):
         return self.networks["gen_ct"](cond)
 
     def train_step(self, state, data, generator):
-        from ...training.adversarial import cyclegan_step
-
-        return cyclegan_step(self, state, data, generator)
+        """LSGAN + ``lambda_cycle`` * cycle L1 + ``lambda_identity * lambda_cycle`` * identity L1 for both generators
+        (one Adam), then both discriminators on pooled fakes (halved loss)."""
+        cfg = self.method_config
+        g_ct, g_mr = self.networks["gen_ct"], self.networks["gen_mr"]
+        d_ct, d_mr = self.networks["disc_ct"], self.networks["disc_mr"]
+        mr, ct = batch_on_device(data, state, generator)
+        lam, lam_id, mode = cfg["lambda_cycle"], cfg["lambda_identity"], cfg["gan_mode"]
+        fake_ct, fake_mr = g_ct(mr), g_mr(ct)
+        rec_mr, rec_ct = g_mr(fake_ct), g_ct(fake_mr)
+        set_requires_grad([d_ct, d_mr], False)
+        adv = gan_loss(d_ct(fake_ct), True, mode) + gan_loss(d_mr(fake_mr), True, mode)
+        cyc = (rec_mr - mr).abs().mean() + (rec_ct - ct).abs().mean()
+        loss_g = adv + lam * cyc
+        idt = torch.zeros((), device=mr.device)
+        if lam_id > 0:
+            idt = (g_ct(ct) - ct).abs().mean() + (g_mr(mr) - mr).abs().mean()
+            loss_g = loss_g + lam * lam_id * idt
+        state.update("generators", loss_g)
+        set_requires_grad([d_ct, d_mr], True)
+        pools = state.pools
+        if not pools:
+            pools.update(ct=ImagePool(cfg["pool_size"]), mr=ImagePool(cfg["pool_size"]))
+        old_ct, old_mr = pools["ct"].query(fake_ct, generator), pools["mr"].query(fake_mr, generator)
+        loss_d = 0.5 * (gan_loss(d_ct(ct), True, mode) + gan_loss(d_ct(old_ct), False, mode)) \
+            + 0.5 * (gan_loss(d_mr(mr), True, mode) + gan_loss(d_mr(old_mr), False, mode))
+        state.update("discriminators", loss_d)
+        return {"loss": loss_g.item(), "g_adv": adv.item(), "cycle": cyc.item(), "identity": idt.item(),
+                "d": loss_d.item()}

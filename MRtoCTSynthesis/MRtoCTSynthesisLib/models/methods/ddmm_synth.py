@@ -67,17 +67,15 @@ Samplers: ``ddpm`` and ``ddim`` (``eta > 0``; DDMM-Synth uses 100 DDIM steps, an
 ``gamma_t = 0`` (no measurement information at all), so ``--nsmi noisy`` is refused with them and
 ``--nsmi auto`` falls back to the noiseless block with a warning.
 
-Batches: :func:`..inference.synthesize_volume` asks :meth:`Measurements.hook_for` for each batch's
+Batches: :func:`...pipeline.synthesis.synthesize` asks :meth:`Measurements.hook_for` for each batch's
 hook with the canonical slice index of every batch row (Monte-Carlo samples of a slice repeat its
 index), so each row is projected onto its own slice's measurements.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import numbers
-import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
@@ -86,7 +84,7 @@ import torch
 
 from ..diffusion.process import work_dtype
 from ...errors import InputError
-from ...operators.radon import RadonOperator, detector_count, get_operator, simulate_measurements
+from ...operators.radon import RadonOperator
 from ..samplers.base import StepNoise
 from .conditional_diffusion import ConditionalDiffusion
 from .ddpm import ConditionalDDPM
@@ -97,11 +95,8 @@ __all__ = [
     "NullSpaceProjection",
     "NoisyNullSpaceProjection",
     "nsmi_noise_schedule",
-    "measurements_from_ct",
-    "measurements_from_sinogram",
     "resolve_nsmi",
     "sampler_supports_noisy_nsmi",
-    "synthesize_with_measurements",
     "NSMI_MODES",
     "DEFAULT_PROJECTIONS",
     "MAX_PROJECTIONS",
@@ -226,7 +221,7 @@ class Measurements:
         return self.noise_sigma * self.operator.pinv_noise_gain() if self.noise_sigma > 0 else 0.0
 
     def hook_for(self, mode: str) -> Callable[[np.ndarray], NullSpaceProjection]:
-        """``x0_hook_for`` for :func:`..inference.synthesize_volume`: slice indices -> a hook for that batch."""
+        """the per-batch hook factory of :func:`...pipeline.synthesis.synthesize`: slice indices -> a hook for that batch."""
         if mode not in ("noiseless", "noisy"):
             raise ValueError(f"mode must be 'noiseless' or 'noisy', got {mode!r}")
         sigma = self.sigma_n_image if mode == "noisy" else 0.0
@@ -257,74 +252,6 @@ def check_projections(value) -> int:
         raise InputError(f"--projections must be a whole number between 1 and {MAX_PROJECTIONS}, got {value!r}.",
                          f"use e.g. --projections {DEFAULT_PROJECTIONS} (DDMM-Synth uses 10, 20 or 23 views over 180 degrees).")
     return int(value)
-
-
-def _canonical_model_slices(array: np.ndarray, geometry, image_size: int) -> torch.Tensor:
-    from ...io.slicing import to_canonical, to_model_grid
-
-    canon, layout = to_canonical(array, geometry)
-    return to_model_grid(canon, layout, image_size, context=0, pad_value=-1.0)
-
-
-def measurements_from_ct(mri, ct, image_size: int, n_projections: int = DEFAULT_PROJECTIONS,
-                         noise_sigma: float = 0.0, seed: int = 0, device="cpu") -> Measurements:
-    """Simulate sparse-view measurements of ``ct`` (a :class:`..volume.Volume` in HU on ``mri``'s grid).
-
-    Each axial slice is mapped to the model range (:func:`..intensity.hu_to_model`), put on the model grid
-    exactly like the MRI (:func:`..slicing.to_canonical` / :func:`..slicing.to_model_grid`, padding -1),
-    projected with ``N_p`` views and given Gaussian noise of per-bin std ``noise_sigma`` from a CPU
-    generator seeded with ``seed + MEASUREMENT_SEED_OFFSET`` (the same noise on every device).
-    """
-    from ...io.intensity import check_ct_in_hu, hu_to_model
-    from ...io.volume import require_same_geometry
-
-    n_projections = check_projections(n_projections)
-    noise_sigma = check_noise_sigma(noise_sigma)
-    require_same_geometry(mri, ct, "MRI", "reference CT")
-    check_ct_in_hu(ct.array, "reference CT")
-    slices = _canonical_model_slices(hu_to_model(np.asarray(ct.array, dtype=np.float32)), ct.geometry, image_size)
-    op = get_operator(image_size, n_projections, device=device, dtype=torch.float32)
-    y = simulate_measurements(slices.to(op.device), op, 0.0)
-    if noise_sigma > 0:
-        gen = torch.Generator(device="cpu").manual_seed(int(seed) + MEASUREMENT_SEED_OFFSET)
-        y = y + noise_sigma * torch.randn(y.shape, generator=gen, dtype=torch.float32).to(y.device)
-    return Measurements(y, op, noise_sigma, "ct", {"seed": int(seed) + MEASUREMENT_SEED_OFFSET})
-
-
-def measurements_from_sinogram(sinogram, mri, image_size: int, noise_sigma: float = 0.0,
-                               n_projections: Optional[int] = None, device="cpu") -> Measurements:
-    """Measurements from a user's sinogram volume (``--sinogram``).
-
-    Layout: a 3D image whose numpy array (SimpleITK order) is ``(n_slices, N_p, n_det)`` -- in a NIfTI or
-    NRRD file, x = detector bin, y = view, z = slice; spacing/origin are ignored. Slice ``k`` is the
-    ``k``-th axial slice of the MRI in canonical order (inferior to superior, as
-    :func:`..slicing.to_canonical` orders it) on the model grid (the checkpoint's ``image_size``, see
-    ``mrtoct info``); views are ``180 a / N_p`` degrees and ``n_det = ceil(sqrt(2) image_size)`` bins,
-    with the conventions of :mod:`..operators.radon` (those of scikit-image's ``radon(circle=False)``,
-    transposed to view-major); values are line integrals of the CT in model units (``[-1, 1]``) times
-    pixel lengths. ``--out-sinogram`` writes exactly this layout. ``noise_sigma`` describes the noise
-    already in the file (nothing is added).
-    """
-    from ...io.slicing import to_canonical
-
-    arr = np.asarray(getattr(sinogram, "array", sinogram), dtype=np.float32)
-    noise_sigma = check_noise_sigma(noise_sigma)
-    n_det = detector_count(image_size, image_size)
-    n_slices = to_canonical(np.zeros(mri.array.shape, dtype=np.uint8), mri.geometry)[1].n_slices
-    if arr.ndim != 3 or arr.shape[0] != n_slices or arr.shape[2] != n_det:
-        raise InputError(
-            f"the sinogram file has shape {arr.shape} (slices, views, bins) but this MRI and model need "
-            f"({n_slices}, N_p, {n_det}).",
-            f"write one sinogram per axial slice ({n_slices}, inferior to superior) of the {image_size}x{image_size} "
-            f"model grid with {n_det} detector bins; `mrtoct synthesize --ct CT --out-sinogram FILE` shows the layout.")
-    if not np.isfinite(arr).all():
-        raise InputError("the sinogram file has NaN/Inf values.", "fill or remove them before synthesis.")
-    if n_projections is not None and check_projections(n_projections) != arr.shape[1]:
-        raise InputError(f"--projections {n_projections} does not match the sinogram file's {arr.shape[1]} views.",
-                         "leave --projections out with --sinogram (it is read from the file).")
-    op = get_operator(image_size, check_projections(int(arr.shape[1])), device=device, dtype=torch.float32)
-    y = torch.from_numpy(np.ascontiguousarray(arr))[:, None].to(op.device)
-    return Measurements(y, op, noise_sigma, "sinogram")
 
 
 # ========================================================================================== method
@@ -388,51 +315,3 @@ def resolve_nsmi(nsmi: str, noise_sigma: float, sampler) -> tuple[str, list[str]
     if nsmi == "noisy" and noise_sigma == 0:
         notes.append("--nsmi noisy with --noise-sigma 0 is the noiseless block (gamma_t = 1).")
     return nsmi, notes
-
-
-def synthesize_with_measurements(mri, model, measurements: Measurements, nsmi: str = "auto", options=None,
-                                 progress=None, cancel=None):
-    """:func:`..inference.synthesize_volume` with N-SMI on ``measurements``.
-
-    ``model`` is a loaded conditional diffusion model (wrapped with :meth:`DDMMSynth.from_model`). For the
-    noisy block with ``ddim`` and no ``eta`` option, ``eta = 1`` is used. The result's ``info["method"]``
-    is ``"ddmm_synth"`` or ``"ddmm_synth_noise"`` and ``info["measurements"]`` describes the embedding.
-    """
-    from ...pipeline.synthesis import SynthesisOptions, synthesize_volume
-    from ...io.slicing import to_canonical
-
-    model = DDMMSynth.from_model(model)
-    options = dataclasses.replace(options or SynthesisOptions())
-    options.sampler_options = dict(options.sampler_options)
-    options.validate()
-    op = measurements.operator
-    if op.image_shape != (model.image_size, model.image_size):
-        raise InputError(f"the measurements are on a {op.height}x{op.width} grid but the model works on "
-                         f"{model.image_size}x{model.image_size}.",
-                         "simulate or write the sinograms for the model's grid (see `mrtoct info`).")
-    n_slices = to_canonical(np.zeros(mri.array.shape, dtype=np.uint8), mri.geometry)[1].n_slices
-    if measurements.n_slices != n_slices:
-        raise InputError(f"there are {measurements.n_slices} sinograms but the MRI has {n_slices} axial slices.",
-                         "give one sinogram per axial slice of this MRI.")
-    name = options.sampler or model.default_sampler
-    mode_wanted = nsmi if nsmi != "auto" else ("noisy" if measurements.noise_sigma > 0 else "noiseless")
-    if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
-        options.sampler_options["eta"] = 1.0
-    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
-    mode, notes = resolve_nsmi(nsmi, measurements.noise_sigma, sampler)
-    for note in notes:
-        warnings.warn(note, stacklevel=2)
-    result = synthesize_volume(mri, model, options, progress=progress, cancel=cancel,
-                               x0_hook_for=measurements.hook_for(mode))
-    result.info["method"] = "ddmm_synth_noise" if mode == "noisy" else "ddmm_synth"
-    result.info["sampler_options"] = dict(options.sampler_options)
-    result.info["measurements"] = {
-        "source": measurements.source, "nsmi": mode, "nsmi_requested": nsmi,
-        "n_projections": measurements.n_projections, "n_detectors": op.n_det,
-        "angles": "uniform over [0, 180) degrees", "grid": [op.height, op.width],
-        "noise_sigma": measurements.noise_sigma, "noise_sigma_units": "model units x pixel length, per detector bin",
-        "sigma_n_image": measurements.sigma_n_image, "pinv": op.method, "pinv_regularization": op.regularization,
-        "checkpoint_method": getattr(model, "source_method", model.method), "notes": notes,
-        **measurements.details,
-    }
-    return result

@@ -12,6 +12,9 @@ only). Inference is deterministic: one generator call, NFE = 1, std 0.
 
 from __future__ import annotations
 
+import torch
+
+from ..losses import batch_on_device, gan_loss, set_requires_grad
 from ..networks.gan import PatchDiscriminator, gan_preset
 from .unet_cnn import DirectSynthesis, unet_generator
 
@@ -29,6 +32,19 @@ class Pix2Pix(DirectSynthesis):
                 "discriminator": PatchDiscriminator(d_cfg)}
 
     def train_step(self, state, data, generator):
-        from ...training.adversarial import pix2pix_step
-
-        return pix2pix_step(self, state, data, generator)
+        """D on (MR, CT) pairs with the ``gan_mode`` loss (halved), then G with adversarial + ``l1_weight`` * L1."""
+        cfg = self.method_config
+        d = self.networks["discriminator"]
+        mr, ct = batch_on_device(data, state, generator)
+        fake = self.predict(mr).float()
+        set_requires_grad([d], True)
+        loss_d = 0.5 * (gan_loss(d(torch.cat([mr, ct], 1)), True, cfg["gan_mode"])
+                        + gan_loss(d(torch.cat([mr, fake.detach()], 1)), False, cfg["gan_mode"]))
+        state.update("discriminator", loss_d)
+        set_requires_grad([d], False)
+        adv = gan_loss(d(torch.cat([mr, fake], 1)), True, cfg["gan_mode"])
+        l1 = (fake - ct).abs().mean()
+        loss_g = adv + cfg["l1_weight"] * l1
+        state.update("generator", loss_g)
+        set_requires_grad([d], True)
+        return {"loss": loss_g.item(), "g_adv": adv.item(), "l1": l1.item(), "d": loss_d.item()}

@@ -68,6 +68,7 @@ from dataclasses import dataclass
 import torch
 
 from ...errors import CancelledError, InputError
+from ..losses import batch_on_device, ns_discriminator_loss, ns_generator_loss, r1_penalty, set_requires_grad
 from ..networks.gan import DiffusiveGenerator, ResnetGenerator, TimeConditionedDiscriminator, gan_preset
 from .base import SampleOutput
 from .unet_cnn import TrainableMethod
@@ -305,13 +306,10 @@ def syndiff_train_step(model: SynDiff, state, data, gen: torch.Generator) -> dic
     Order: forward passes of all generators; one Adam step of the discriminators on Eq. 24 (with the R1
     penalty of Eq. 12 on the diffusive discriminators' real inputs); one Adam step of the generators on Eq. 23.
     """
-    from ...training.adversarial import (_batch, ns_discriminator_loss, ns_generator_loss, r1_penalty,
-                               set_requires_grad)
-
     cfg = model.method_config
     nets, sched = model.networks, model.schedule
     lam_cyc, lam_adv, eta = float(cfg["lambda_cycle"]), float(cfg["lambda_adv"]), float(cfg["r1_weight"])
-    mr, ct = _batch(data, state, gen)
+    mr, ct = batch_on_device(data, state, gen)
     dev, b = mr.device, mr.shape[0]
 
     def randn(*shape):
@@ -375,13 +373,11 @@ def syndiff_paired_train_step(model: SynDiff, state, data, gen: torch.Generator)
     ``diff_gen_ct`` on ``lambda_adv`` Eq. 11 ``+ lambda_cycle ||CT - x0||_1`` with the real MR as its
     conditioning input (the pixel-wise loss in place of Eq. 22).
     """
-    from ...training.adversarial import _batch, ns_discriminator_loss, ns_generator_loss, r1_penalty, set_requires_grad
-
     cfg = model.method_config
     sched = model.schedule
     lam_pix, lam_adv, eta = float(cfg["lambda_cycle"]), float(cfg["lambda_adv"]), float(cfg["r1_weight"])
     gen_ct, disc = model.networks["diff_gen_ct"], model.networks["diff_disc_ct"]
-    mr, ct = _batch(data, state, gen)
+    mr, ct = batch_on_device(data, state, gen)
     dev, b = ct.device, ct.shape[0]
 
     def randn(*shape):

@@ -1,5 +1,5 @@
 """UNet-CNN baseline (Lyu & Wang Sec. IV: "For CNN, UNet was trained to minimize MSE"), and the shared
-machinery of every method trained through :mod:`..adversarial`.
+machinery of every method that trains with its own ``train_step`` (losses in :mod:`..losses`).
 
 The CNN is the engine's :class:`~..networks.ConditionalUNet` without time embedding (Lyu & Wang use "UNet
 of CNN and WGAN-GP without time-embedding"), fed the MR slice (and its 2.5D neighbours) and trained
@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 
 from ...errors import CancelledError, InputError
 from ...io.intensity import CT_MAPPING, mr_mapping_description
-from ..networks import ConditionalUNet, unet_preset
+from ..losses import batch_on_device
+from ..networks import ConditionalUNet, network_spec, unet_preset
 from .base import SampleOutput, SynthesisModel
 
 
@@ -40,8 +42,6 @@ class DirectSampler:
 def method_metadata(method: str, networks: Mapping[str, torch.nn.Module], process: dict | None, image_size: int,
                     context: int, method_config: dict) -> dict:
     """The checkpoint metadata document of a freshly built method (see :mod:`..checkpoint`)."""
-    from ..checkpoint import network_spec
-
     return {
         "method": method,
         "network": {name: network_spec(net) for name, net in networks.items()},
@@ -78,7 +78,7 @@ def unet_generator(preset: str, in_channels: int, image_size: int, overrides: Ma
 
 
 class TrainableMethod(SynthesisModel):
-    """A method trained by :func:`..adversarial.train_adversarial` (one ``train_step`` per optimisation step)."""
+    """A method with its own networks and ``train_step`` (one optimisation step), run by :func:`...training.loop.train_loop`."""
 
     #: networks needed at inference (their EMA copies are kept during training)
     inference_networks: tuple[str, ...] = ("generator",)
@@ -146,7 +146,7 @@ class TrainableMethod(SynthesisModel):
     def to(self, device) -> "TrainableMethod":
         """Inference networks to ``device``; every network to eval mode. The training-only networks (the
         discriminators, the reverse-direction generators) stay where they are, so a GPU holds only what
-        sampling needs; :func:`..adversarial.train_adversarial` moves all of them itself."""
+        sampling needs; :func:`...training.loop.train_loop` moves all of them itself."""
         for name, net in self.networks.items():
             if name in self.inference_networks:
                 net.to(device)
@@ -204,6 +204,8 @@ class UNetCNN(DirectSynthesis):
         return {"generator": unet_generator(preset, 1 + 2 * context, image_size, overrides.get("generator"))}
 
     def train_step(self, state, data, generator):
-        from ...training.adversarial import unet_cnn_step
-
-        return unet_cnn_step(self, state, data, generator)
+        """One Adam step on ``||G(MR) - CT||^2`` (mean squared error, Lyu & Wang Sec. IV)."""
+        mr, ct = batch_on_device(data, state, generator)
+        loss = F.mse_loss(self.predict(mr).float(), ct)
+        state.update("generator", loss)
+        return {"loss": loss.item(), "mse": loss.item()}

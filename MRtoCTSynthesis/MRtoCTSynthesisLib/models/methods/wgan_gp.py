@@ -17,6 +17,10 @@ Checkpoint networks: ``generator`` (inference, with EMA copy) and ``critic`` (tr
 
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
+
+from ..losses import batch_on_device, gradient_penalty, set_requires_grad
 from ..networks.gan import PatchDiscriminator, gan_preset
 from .unet_cnn import DirectSynthesis, unet_generator
 
@@ -35,6 +39,33 @@ class WGANGP(DirectSynthesis):
                 "critic": PatchDiscriminator(c_cfg)}
 
     def train_step(self, state, data, generator):
-        from ...training.adversarial import wgan_gp_step
+        """WGAN-GP (Gulrajani et al. Alg. 1 with a conditional critic) + MSE fidelity (Lyu & Wang).
 
-        return wgan_gp_step(self, state, data, generator)
+        ``n_critic`` critic updates, each on a fresh batch: ``C(MR, G(MR)) - C(MR, CT) + 10 GP``; then one
+        generator update on a fresh batch: ``-C(MR, G(MR)) + mse_weight * MSE(G(MR), CT)``.
+        """
+        cfg = self.method_config
+        critic = self.networks["critic"]
+
+        def score(mr, ct):
+            return critic(torch.cat([mr, ct], 1)).float().mean(dim=(1, 2, 3))
+
+        set_requires_grad([critic], True)
+        for _ in range(int(cfg["n_critic"])):
+            mr, ct = batch_on_device(data, state, generator)
+            with torch.no_grad():
+                fake = self.predict(mr).float()
+            w_dist = score(mr, ct).mean() - score(mr, fake).mean()
+            gp = gradient_penalty(lambda x, mr=mr: score(mr, x), ct, fake, cfg["gp_weight"], generator=generator)
+            loss_c = -w_dist + gp
+            state.update("critic", loss_c)
+        set_requires_grad([critic], False)
+        mr, ct = batch_on_device(data, state, generator)
+        fake = self.predict(mr).float()
+        adv = -score(mr, fake).mean()
+        mse = F.mse_loss(fake, ct)
+        loss_g = adv + cfg["mse_weight"] * mse
+        state.update("generator", loss_g)
+        set_requires_grad([critic], True)
+        return {"loss": loss_g.item(), "g_adv": adv.item(), "mse": mse.item(), "critic": loss_c.item(),
+                "gp": gp.item(), "w_distance": w_dist.item()}

@@ -1,8 +1,23 @@
-"""Neural networks of the engine (currently the conditional UNet shared by all methods)."""
+"""Neural networks of the engine, and the registry that builds them from a config.
+
+:mod:`.unet`: the conditional UNet of the diffusion methods and the CNN/GAN generators; :mod:`.gan`: PatchGAN
+discriminators, the ResNet generator and SynDiff's networks. :data:`NETWORK_TYPES` maps the type name stored in
+a checkpoint (``{"type": "unet", "config": {...}}``) to its config and module classes; :func:`build_network`
+builds an untrained module from such a spec.
+"""
 
 from __future__ import annotations
 
+from typing import Any, Mapping
+
+from torch import nn
+
+from ...errors import InputError
+from .gan import GAN_NETWORK_TYPES
 from .unet import ConditionalUNet, UNetConfig, count_parameters, sinusoidal_embedding
+
+#: network type name -> (config class with from_dict/to_dict, module class taking the config)
+NETWORK_TYPES: dict[str, tuple[type, type]] = {"unet": (UNetConfig, ConditionalUNet), **GAN_NETWORK_TYPES}
 
 __all__ = [
     "ConditionalUNet",
@@ -11,6 +26,12 @@ __all__ = [
     "sinusoidal_embedding",
     "unet_preset",
     "UNET_PRESETS",
+    "NETWORK_TYPES",
+    "register_network_type",
+    "build_network",
+    "network_spec",
+    "normalise_spec",
+    "unwrap_module",
 ]
 
 #: Recommended sizes. "tiny": trains on a laptop CPU (0.30 M parameters with 2 input channels; a forward
@@ -27,10 +48,66 @@ UNET_PRESETS: dict[str, dict] = {
 
 def unet_preset(name: str, in_channels: int, out_channels: int = 1, **overrides) -> UNetConfig:
     """A :class:`UNetConfig` from :data:`UNET_PRESETS` (``"tiny"`` or ``"full"``), with overrides."""
-    from ...errors import InputError
-
     if name not in UNET_PRESETS:
         raise InputError(f"unknown UNet preset {name!r}", f"use one of: {', '.join(UNET_PRESETS)}")
     kwargs = dict(UNET_PRESETS[name])
     kwargs.update(overrides)
     return UNetConfig(in_channels=in_channels, out_channels=out_channels, **kwargs)
+
+
+def register_network_type(name: str, config_cls: type, module_cls: type) -> None:
+    """Make ``{"type": name, "config": {...}}`` buildable: ``module_cls(config_cls.from_dict(config))``."""
+    NETWORK_TYPES[name] = (config_cls, module_cls)
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """Strip torch.compile / DataParallel wrappers so the saved keys have no wrapper prefix."""
+    while True:
+        if hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
+            module = module._orig_mod
+        elif isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            module = module.module
+        else:
+            return module
+
+
+def network_spec(module: nn.Module) -> dict[str, Any] | None:
+    """``{"type": ..., "config": {...}}`` for a module of a registered type that has a ``config``, else None."""
+    module = unwrap_module(module)
+    for tname, (_cfg_cls, mod_cls) in NETWORK_TYPES.items():
+        if type(module) is mod_cls and hasattr(module, "config") and hasattr(module.config, "to_dict"):
+            return {"type": tname, "config": module.config.to_dict()}
+    return None
+
+
+def normalise_spec(name: str, spec: Any) -> dict[str, Any]:
+    """``spec`` checked to be ``{"type": <str>, "config": {...}}`` (a config object is turned into its dict)."""
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("type"), str) or "config" not in spec:
+        raise InputError(
+            f"the metadata's network entry {name!r} must be {{'type': <str>, 'config': {{...}}}}, got {spec!r}",
+            "describe each network by its type (e.g. 'unet') and its config dict",
+        )
+    out = dict(spec)
+    cfg = out["config"]
+    if hasattr(cfg, "to_dict"):
+        cfg = cfg.to_dict()
+    if not isinstance(cfg, Mapping):
+        raise InputError(
+            f"the config of network {name!r} must be a dict, got {type(cfg).__name__}",
+            "store the network config as a dict (UNetConfig.to_dict())",
+        )
+    out["config"] = dict(cfg)
+    return out
+
+
+def build_network(net_spec: Mapping[str, Any]) -> nn.Module:
+    """Build an (untrained) module from ``{"type": <registered type>, "config": {...}}``."""
+    spec = normalise_spec("network", net_spec)
+    tname = spec["type"]
+    if tname not in NETWORK_TYPES:
+        raise InputError(
+            f"unknown network type {tname!r}",
+            f"known types: {', '.join(sorted(NETWORK_TYPES))}; update MRtoCTSynthesis if the checkpoint is newer",
+        )
+    cfg_cls, mod_cls = NETWORK_TYPES[tname]
+    return mod_cls(cfg_cls.from_dict(spec["config"]))

@@ -1,7 +1,7 @@
 """Networks of the adversarial methods: discriminators, the ResNet generator and SynDiff's diffusive generator.
 
-Four network types, each a ``(Config, Module)`` pair registered with :mod:`..checkpoint` (see
-:func:`register_gan_networks`), so checkpoints describe them by ``{"type": ..., "config": {...}}`` and
+Four network types, each a ``(Config, Module)`` pair in :data:`GAN_NETWORK_TYPES` (part of the registry
+:data:`..networks.NETWORK_TYPES`), so checkpoints describe them by ``{"type": ..., "config": {...}}`` and
 :func:`..checkpoint.load_network` rebuilds them without pickle:
 
 ``patchgan`` -- :class:`PatchDiscriminator`
@@ -43,14 +43,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InputError
-from .unet import _Attention, _as_int_tuple, sinusoidal_embedding
+from .unet import SelfAttention, as_int_tuple, sinusoidal_embedding
 
 __all__ = [
     "PatchGANConfig", "PatchDiscriminator",
     "ResnetGeneratorConfig", "ResnetGenerator",
     "TimeDiscriminatorConfig", "TimeConditionedDiscriminator",
     "DiffusiveGeneratorConfig", "DiffusiveGenerator",
-    "GAN_PRESETS", "gan_preset", "register_gan_networks",
+    "GAN_PRESETS", "gan_preset", "GAN_NETWORK_TYPES",
 ]
 
 
@@ -63,7 +63,7 @@ class _Config:
 
     def _check(self) -> None:
         for name in self._int_tuples:
-            setattr(self, name, _as_int_tuple(getattr(self, name), name))
+            setattr(self, name, as_int_tuple(getattr(self, name), name))
         for name in self._positive:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -416,7 +416,7 @@ class DiffusiveGenerator(nn.Module):
         for i, out_ch in enumerate(chans):
             for _ in range(cfg.num_res_blocks):
                 self.down.append(_StyledResBlock(ch, out_ch, emb_dim, z, groups, cfg.dropout))
-                self.down_attn.append(_Attention(out_ch, cfg.attention_heads, groups)
+                self.down_attn.append(SelfAttention(out_ch, cfg.attention_heads, groups)
                                       if i in cfg.attention_levels else nn.Identity())
                 ch = out_ch
                 skip_ch.append(ch)
@@ -424,7 +424,7 @@ class DiffusiveGenerator(nn.Module):
                 self.downsample.append(nn.Conv2d(ch, ch, 3, stride=2, padding=1))
                 skip_ch.append(ch)
         self.mid1 = _StyledResBlock(ch, ch, emb_dim, z, groups, cfg.dropout)
-        self.mid_attn = _Attention(ch, cfg.attention_heads, groups)
+        self.mid_attn = SelfAttention(ch, cfg.attention_heads, groups)
         self.mid2 = _StyledResBlock(ch, ch, emb_dim, z, groups, cfg.dropout)
         self.up = nn.ModuleList()
         self.up_attn = nn.ModuleList()
@@ -432,7 +432,7 @@ class DiffusiveGenerator(nn.Module):
         for i in reversed(range(n)):
             for _ in range(cfg.num_res_blocks + 1):
                 self.up.append(_StyledResBlock(ch + skip_ch.pop(), chans[i], emb_dim, z, groups, cfg.dropout))
-                self.up_attn.append(_Attention(chans[i], cfg.attention_heads, groups)
+                self.up_attn.append(SelfAttention(chans[i], cfg.attention_heads, groups)
                                     if i in cfg.attention_levels else nn.Identity())
                 ch = chans[i]
             if i > 0:
@@ -510,12 +510,5 @@ def gan_preset(kind: str, preset: str, **fields):
     return _CONFIGS[kind](**kw)
 
 
-def register_gan_networks() -> None:
-    """Make the four types loadable from checkpoints (idempotent)."""
-    from ..checkpoint import register_network_type
-
-    for name, cfg_cls in _CONFIGS.items():
-        register_network_type(name, cfg_cls, _MODULES[name])
-
-
-register_gan_networks()
+#: the four types as checkpoint network types (see :data:`..networks.NETWORK_TYPES`)
+GAN_NETWORK_TYPES = {name: (cfg_cls, _MODULES[name]) for name, cfg_cls in _CONFIGS.items()}

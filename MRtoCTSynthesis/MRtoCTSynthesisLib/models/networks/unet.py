@@ -40,7 +40,7 @@ from ...errors import InputError
 __all__ = ["UNetConfig", "ConditionalUNet", "count_parameters", "sinusoidal_embedding"]
 
 
-def _as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
+def as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
     if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
         raise InputError(
             f"UNet config field {name!r} must be a list of integers, got {value!r}",
@@ -81,8 +81,8 @@ class UNetConfig:
     image_size: int = 64
 
     def __post_init__(self) -> None:
-        self.channel_mults = _as_int_tuple(self.channel_mults, "channel_mults")
-        self.attention_levels = _as_int_tuple(self.attention_levels, "attention_levels")
+        self.channel_mults = as_int_tuple(self.channel_mults, "channel_mults")
+        self.attention_levels = as_int_tuple(self.attention_levels, "attention_levels")
         for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks",
                      "attention_heads", "norm_groups", "image_size"):
             v = getattr(self, name)
@@ -214,7 +214,7 @@ class _ResBlock(nn.Module):
         return self.skip(x) + h
 
 
-class _Attention(nn.Module):
+class SelfAttention(nn.Module):
     """Multi-head self-attention over all pixels of a feature map, with a residual connection."""
 
     def __init__(self, ch: int, heads: int, groups: int):
@@ -280,7 +280,7 @@ class ConditionalUNet(nn.Module):
             for _ in range(cfg.num_res_blocks):
                 level.res.append(_ResBlock(ch, out_ch, emb_dim, groups, cfg.dropout))
                 if i in cfg.attention_levels:
-                    level.attn.append(_Attention(out_ch, cfg.attention_heads, groups))
+                    level.attn.append(SelfAttention(out_ch, cfg.attention_heads, groups))
                 ch = out_ch
                 skip_chans.append(ch)
             self.down.append(level)
@@ -289,7 +289,7 @@ class ConditionalUNet(nn.Module):
                 skip_chans.append(ch)
 
         self.mid_res1 = _ResBlock(ch, ch, emb_dim, groups, cfg.dropout)
-        self.mid_attn = _Attention(ch, cfg.attention_heads, groups)
+        self.mid_attn = SelfAttention(ch, cfg.attention_heads, groups)
         self.mid_res2 = _ResBlock(ch, ch, emb_dim, groups, cfg.dropout)
 
         self.up = nn.ModuleList()  # ordered from the lowest resolution to the highest
@@ -300,7 +300,7 @@ class ConditionalUNet(nn.Module):
             for _ in range(cfg.num_res_blocks + 1):
                 level.res.append(_ResBlock(ch + skip_chans.pop(), out_ch, emb_dim, groups, cfg.dropout))
                 if i in cfg.attention_levels:
-                    level.attn.append(_Attention(out_ch, cfg.attention_heads, groups))
+                    level.attn.append(SelfAttention(out_ch, cfg.attention_heads, groups))
                 ch = out_ch
             self.up.append(level)
             if i > 0:

@@ -56,24 +56,12 @@ from typing import Any, Mapping, Union
 import torch
 from torch import nn
 
-from .. import __version__
-from ..errors import InputError
-from .networks.unet import ConditionalUNet, UNetConfig
+from ... import __version__
+from ...errors import InputError
+from ..networks import NETWORK_TYPES, network_spec, normalise_spec, unwrap_module
 
-__all__ = [
-    "FORMAT",
-    "FORMAT_VERSION",
-    "NETWORK_TYPES",
-    "Checkpoint",
-    "save_checkpoint",
-    "load_checkpoint",
-    "read_metadata",
-    "build_network",
-    "network_spec",
-    "register_network_type",
-    "load_network",
-    "describe_checkpoint",
-]
+__all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "EMA_PREFIX", "STATE_PREFIX", "Checkpoint", "save_checkpoint",
+           "load_checkpoint", "read_metadata", "read_header", "document_from_header", "checkpoint_where", "check_path"]
 
 FORMAT = "mrtoct-checkpoint"
 FORMAT_VERSION = 1
@@ -81,19 +69,11 @@ METADATA_KEY = "mrtoct"
 EMA_PREFIX = "ema"
 TORCH_SUFFIXES = (".pt", ".pth")
 
-#: network type name -> (config class with from_dict/to_dict, module class taking the config)
-NETWORK_TYPES: dict[str, tuple[type, type]] = {"unet": (UNetConfig, ConditionalUNet)}
-
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
 _CORRUPT_FIX = "the checkpoint is truncated or corrupted; re-download or re-copy it"
 
 StateDict = Mapping[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
-
-
-def register_network_type(name: str, config_cls: type, module_cls: type) -> None:
-    """Make ``{"type": name, "config": {...}}`` buildable: ``module_cls(config_cls.from_dict(config))``."""
-    NETWORK_TYPES[name] = (config_cls, module_cls)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -136,12 +116,12 @@ class Checkpoint:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def _where(path: PathLike | None) -> str:
+def checkpoint_where(path: PathLike | None) -> str:
     return f"checkpoint {str(path)!r}" if path is not None else "checkpoint"
 
 
 def _corrupt(path: PathLike | None, detail: str) -> InputError:
-    return InputError(f"{_where(path)} cannot be read: {detail}", _CORRUPT_FIX)
+    return InputError(f"{checkpoint_where(path)} cannot be read: {detail}", _CORRUPT_FIX)
 
 
 def _json_default(obj: Any) -> Any:
@@ -160,17 +140,6 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON-serialisable")
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    """Strip torch.compile / DataParallel wrappers so the saved keys have no wrapper prefix."""
-    while True:
-        if hasattr(module, "_orig_mod") and isinstance(module._orig_mod, nn.Module):
-            module = module._orig_mod
-        elif isinstance(module, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            module = module.module
-        else:
-            return module
-
-
 #: tensor-name prefix of the training state (optimiser moments ...) in resumable checkpoints
 STATE_PREFIX = "train_state"
 
@@ -181,34 +150,6 @@ def _check_network_name(name: Any) -> None:
             f"invalid network name {name!r} for a checkpoint",
             "use a non-empty name without dots that is not 'ema' (e.g. 'denoiser', 'generator')",
         )
-
-
-def network_spec(module: nn.Module) -> dict[str, Any] | None:
-    """``{"type": ..., "config": {...}}`` for a module of a registered type that has a ``config``, else None."""
-    module = _unwrap(module)
-    for tname, (_cfg_cls, mod_cls) in NETWORK_TYPES.items():
-        if type(module) is mod_cls and hasattr(module, "config") and hasattr(module.config, "to_dict"):
-            return {"type": tname, "config": module.config.to_dict()}
-    return None
-
-
-def _normalise_spec(name: str, spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("type"), str) or "config" not in spec:
-        raise InputError(
-            f"the metadata's network entry {name!r} must be {{'type': <str>, 'config': {{...}}}}, got {spec!r}",
-            "describe each network by its type (e.g. 'unet') and its config dict",
-        )
-    out = dict(spec)
-    cfg = out["config"]
-    if hasattr(cfg, "to_dict"):
-        cfg = cfg.to_dict()
-    if not isinstance(cfg, Mapping):
-        raise InputError(
-            f"the config of network {name!r} must be a dict, got {type(cfg).__name__}",
-            "store the network config as a dict (UNetConfig.to_dict())",
-        )
-    out["config"] = dict(cfg)
-    return out
 
 
 def _tensor_bytes(t: torch.Tensor) -> memoryview:
@@ -254,7 +195,7 @@ def _flatten_networks(
             spec = network_spec(net)
             if spec is not None:
                 specs[name] = spec
-            sd = _unwrap(net).state_dict()
+            sd = unwrap_module(net).state_dict()
         elif isinstance(net, Mapping):
             sd = net
         else:
@@ -286,11 +227,11 @@ def _read_exact(path: Path, n: int | None = None) -> bytes:
         with open(path, "rb") as f:
             return f.read() if n is None else f.read(n)
     except OSError as e:
-        raise InputError(f"{_where(path)} cannot be opened: {e.strerror or e}",
+        raise InputError(f"{checkpoint_where(path)} cannot be opened: {e.strerror or e}",
                          "check the path and the file permissions") from e
 
 
-def _check_path(path: PathLike) -> Path:
+def check_path(path: PathLike) -> Path:
     p = Path(path)
     if not p.exists():
         raise InputError(f"checkpoint file not found: {str(p)!r}",
@@ -308,7 +249,7 @@ def _parse_header(prefix: bytes, file_size: int, path: PathLike | None) -> dict[
     looks_torch = prefix[:4] == b"PK\x03\x04" or (prefix[:1] == b"\x80" and b"\x02" <= prefix[1:2] <= b"\x05")
     if looks_torch and prefix[8:9] != b"{":  # a safetensors header always starts with '{' at byte 8
         raise InputError(
-            f"{_where(path)} is a PyTorch pickle/zip file, not a safetensors file",
+            f"{checkpoint_where(path)} is a PyTorch pickle/zip file, not a safetensors file",
             "if it is a trusted legacy checkpoint, give it a .pt extension; otherwise re-export it "
             "with save_checkpoint (never load untrusted pickles)",
         )
@@ -342,11 +283,11 @@ def _parse_header(prefix: bytes, file_size: int, path: PathLike | None) -> dict[
     return header
 
 
-def _document_from_header(header: Mapping[str, Any], path: PathLike | None) -> dict[str, Any]:
+def document_from_header(header: Mapping[str, Any], path: PathLike | None) -> dict[str, Any]:
     meta = header.get("__metadata__")
     if not isinstance(meta, dict) or METADATA_KEY not in meta:
         raise InputError(
-            f"{_where(path)} is a safetensors file but not an MRtoCTSynthesis checkpoint "
+            f"{checkpoint_where(path)} is a safetensors file but not an MRtoCTSynthesis checkpoint "
             f"(no {METADATA_KEY!r} entry in its metadata)",
             "use a checkpoint written by MRtoCTSynthesis (mrtoct train / save_checkpoint)",
         )
@@ -361,7 +302,7 @@ def _parse_document(text: Any, path: PathLike | None) -> dict[str, Any]:
             doc = json.loads(text)
         except (TypeError, ValueError) as e:
             raise InputError(
-                f"the metadata of {_where(path)} is not valid JSON ({e})",
+                f"the metadata of {checkpoint_where(path)} is not valid JSON ({e})",
                 _CORRUPT_FIX + " (or re-export it if it was edited by hand)",
             ) from e
     _validate_document(doc, path)
@@ -370,34 +311,34 @@ def _parse_document(text: Any, path: PathLike | None) -> dict[str, Any]:
 
 def _validate_document(doc: Any, path: PathLike | None) -> None:
     if not isinstance(doc, dict):
-        raise InputError(f"the metadata of {_where(path)} is not a JSON object", _CORRUPT_FIX)
+        raise InputError(f"the metadata of {checkpoint_where(path)} is not a JSON object", _CORRUPT_FIX)
     fmt = doc.get("format")
     if fmt != FORMAT:
         raise InputError(
-            f"{_where(path)} has format {fmt!r}, expected {FORMAT!r}",
+            f"{checkpoint_where(path)} has format {fmt!r}, expected {FORMAT!r}",
             "use a checkpoint written by MRtoCTSynthesis (mrtoct train / save_checkpoint)",
         )
     ver = doc.get("format_version")
     if isinstance(ver, bool) or not isinstance(ver, int):
-        raise InputError(f"{_where(path)} has no valid format_version (got {ver!r})", _CORRUPT_FIX)
+        raise InputError(f"{checkpoint_where(path)} has no valid format_version (got {ver!r})", _CORRUPT_FIX)
     if ver > FORMAT_VERSION:
         raise InputError(
-            f"{_where(path)} uses checkpoint format version {ver}, newer than this engine's {FORMAT_VERSION}",
+            f"{checkpoint_where(path)} uses checkpoint format version {ver}, newer than this engine's {FORMAT_VERSION}",
             "update MRtoCTSynthesis to a release that reads it",
         )
     if ver != FORMAT_VERSION:
         raise InputError(
-            f"{_where(path)} uses checkpoint format version {ver}, which this engine does not read "
+            f"{checkpoint_where(path)} uses checkpoint format version {ver}, which this engine does not read "
             f"(it reads version {FORMAT_VERSION})",
             "re-export the checkpoint with this version of MRtoCTSynthesis",
         )
     if not isinstance(doc.get("method"), str) or not doc["method"]:
-        raise InputError(f"{_where(path)} does not name its method", "re-export the checkpoint")
+        raise InputError(f"{checkpoint_where(path)} does not name its method", "re-export the checkpoint")
     nets = doc.get("network")
     if not isinstance(nets, dict):
-        raise InputError(f"{_where(path)} does not describe its networks", "re-export the checkpoint")
+        raise InputError(f"{checkpoint_where(path)} does not describe its networks", "re-export the checkpoint")
     for name, spec in nets.items():
-        _normalise_spec(name, spec)
+        normalise_spec(name, spec)
 
 
 # ---------------------------------------------------------------------------------------------- save
@@ -498,7 +439,7 @@ def save_checkpoint(
     net_specs: dict[str, dict[str, Any]] = {}
     for name in networks:
         if name in given_specs:
-            spec = _normalise_spec(name, given_specs[name])
+            spec = normalise_spec(name, given_specs[name])
             auto = specs.get(name)
             if auto is not None and spec["type"] == auto["type"]:
                 cfg_cls = NETWORK_TYPES[spec["type"]][0]
@@ -517,7 +458,7 @@ def save_checkpoint(
                 "or pass the module itself",
             )
     for name, spec in given_specs.items():  # descriptions of networks saved elsewhere are kept as given
-        net_specs.setdefault(name, _normalise_spec(name, spec))
+        net_specs.setdefault(name, normalise_spec(name, spec))
 
     method = metadata.get("method")
     if not isinstance(method, str) or not method:
@@ -558,13 +499,13 @@ def save_checkpoint(
 # ---------------------------------------------------------------------------------------------- load
 def read_metadata(path: PathLike) -> dict[str, Any]:
     """The metadata document of a checkpoint, reading only the header (fast; tensors not verified)."""
-    p = _check_path(path)
+    p = check_path(path)
     if p.suffix.lower() in TORCH_SUFFIXES:
         return load_checkpoint(p).metadata
-    return _document_from_header(_read_header(p), p)
+    return document_from_header(read_header(p), p)
 
 
-def _read_header(p: Path) -> dict[str, Any]:
+def read_header(p: Path) -> dict[str, Any]:
     size = p.stat().st_size
     first = _read_exact(p, 8)
     n = int.from_bytes(first[:8], "little") if len(first) == 8 else 0
@@ -577,13 +518,13 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", *,
 
     ``verify`` checks the stored SHA-256 of the tensors when the file has one.
     """
-    p = _check_path(path)
+    p = check_path(path)
     if p.suffix.lower() in TORCH_SUFFIXES:
         doc, flat = _load_torch_file(p)
     else:
         data = _read_exact(p)
         header = _parse_header(data, len(data), p)
-        doc = _document_from_header(header, p)
+        doc = document_from_header(header, p)
         from safetensors.torch import load as _st_load
 
         try:
@@ -609,17 +550,17 @@ def _torch_load_refusal(path: Path, exc: Exception) -> InputError:
              "or re-export the model with save_checkpoint from code you trust")
     glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if glob:
-        return InputError(f"{_where(path)} was refused: it holds a pickled Python object ({glob.group(1)}) besides "
+        return InputError(f"{checkpoint_where(path)} was refused: it holds a pickled Python object ({glob.group(1)}) besides "
                           "tensors; loading it could run code, so torch.load(weights_only=True) did not unpickle it", never)
     if re.search(r"zip archive|central directory|PytorchStreamReader|unexpected EOF|Ran out of input", text, re.I):
         return _corrupt(path, "its PyTorch zip archive is incomplete or damaged")
     detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     if detail:
-        return InputError(f"{_where(path)} was refused: it is not a plain-tensor PyTorch file "
+        return InputError(f"{checkpoint_where(path)} was refused: it is not a plain-tensor PyTorch file "
                           f"(torch.load(weights_only=True): {detail.group(1).strip().rstrip('.')}): either it holds Python "
                           "objects that could run code when unpickled, or it is truncated or corrupted", never)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return InputError(f"{_where(path)} was refused: it is not a readable PyTorch file, or it is truncated or "
+    return InputError(f"{checkpoint_where(path)} was refused: it is not a readable PyTorch file, or it is truncated or "
                       f"corrupted (torch.load(weights_only=True): {first})", never)
 
 
@@ -634,13 +575,13 @@ def _load_torch_file(p: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         raise _torch_load_refusal(p, e) from e
     if not isinstance(obj, Mapping) or "state_dict" not in obj or "metadata" not in obj:
         raise InputError(
-            f"{_where(p)} is a PyTorch file without the expected {{'state_dict', 'metadata'}} layout",
+            f"{checkpoint_where(p)} is a PyTorch file without the expected {{'state_dict', 'metadata'}} layout",
             "re-export the model as .safetensors with save_checkpoint",
         )
     doc = _parse_document(obj["metadata"], p)
     sd = obj["state_dict"]
     if not isinstance(sd, Mapping):
-        raise InputError(f"{_where(p)}: 'state_dict' is not a dict", "re-export the model with save_checkpoint")
+        raise InputError(f"{checkpoint_where(p)}: 'state_dict' is not a dict", "re-export the model with save_checkpoint")
     flat: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if isinstance(value, torch.Tensor):
@@ -648,138 +589,8 @@ def _load_torch_file(p: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         elif isinstance(value, Mapping):  # nested {network: {key: tensor}}
             for k, t in value.items():
                 if not isinstance(t, torch.Tensor):
-                    raise InputError(f"{_where(p)}: entry {key}.{k} is not a tensor", "re-export the model")
+                    raise InputError(f"{checkpoint_where(p)}: entry {key}.{k} is not a tensor", "re-export the model")
                 flat[f"{key}.{k}"] = t
         else:
-            raise InputError(f"{_where(p)}: entry {key!r} is not a tensor", "re-export the model")
+            raise InputError(f"{checkpoint_where(p)}: entry {key!r} is not a tensor", "re-export the model")
     return doc, flat
-
-
-# ---------------------------------------------------------------------------------------------- networks
-def build_network(net_spec: Mapping[str, Any]) -> nn.Module:
-    """Build an (untrained) module from ``{"type": <registered type>, "config": {...}}``."""
-    spec = _normalise_spec("network", net_spec)
-    tname = spec["type"]
-    if tname not in NETWORK_TYPES:
-        raise InputError(
-            f"unknown network type {tname!r}",
-            f"known types: {', '.join(sorted(NETWORK_TYPES))}; update MRtoCTSynthesis if the checkpoint is newer",
-        )
-    cfg_cls, mod_cls = NETWORK_TYPES[tname]
-    return mod_cls(cfg_cls.from_dict(spec["config"]))
-
-
-def _mismatch_report(expected: Mapping[str, torch.Tensor], stored: Mapping[str, torch.Tensor]) -> str | None:
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
-    shapes = [
-        f"{k} {tuple(stored[k].shape)} vs {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(stored))
-        if tuple(stored[k].shape) != tuple(expected[k].shape)
-    ]
-    if not (missing or unexpected or shapes):
-        return None
-
-    def fmt(items: list[str]) -> str:
-        if not items:
-            return "none"
-        head = ", ".join(items[:4])
-        return head + (f" and {len(items) - 4} more" if len(items) > 4 else "")
-
-    return f"missing: {fmt(missing)}; unexpected: {fmt(unexpected)}; shape mismatch (stored vs config): {fmt(shapes)}"
-
-
-def load_network(
-    checkpoint: Checkpoint | PathLike, name: str, prefer_ema: bool = True
-) -> nn.Module:
-    """Build network ``name`` from the checkpoint's stored config and load its weights strictly.
-
-    Uses the EMA weights when present and ``prefer_ema``. The module is returned in ``eval()`` mode on
-    the device the tensors were loaded to (``map_location``) and in float32 parameters; call
-    ``.train()`` to resume training.
-    """
-    ckpt = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    specs = ckpt.metadata.get("network", {})
-    if name not in specs:
-        raise InputError(
-            f"{_where(ckpt.path)} has no network named {name!r} (it has: {', '.join(specs) or 'none'})",
-            "use a checkpoint of the right method",
-        )
-    try:
-        net = build_network(specs[name])
-    except InputError as e:
-        raise InputError(f"{_where(ckpt.path)}, network {name!r}: {e.problem}", e.fix) from e
-    sd = ckpt.state_dict(name, prefer_ema=prefer_ema)
-    report = _mismatch_report(net.state_dict(), sd)
-    if report:
-        raise InputError(
-            f"{_where(ckpt.path)}: checkpoint weights do not match its network config for {name!r} ({report})",
-            "the file's weights and config disagree (edited or mixed-up file); use an unmodified checkpoint",
-        )
-    net.load_state_dict(sd, strict=True)
-    devices = {t.device for t in sd.values()}
-    if len(devices) == 1:
-        net.to(devices.pop())
-    return net.eval()
-
-
-# ---------------------------------------------------------------------------------------------- describe
-def _fmt_count(n: int) -> str:
-    return f"{n / 1e6:.2f} M" if n >= 1e5 else f"{n / 1e3:.1f} k" if n >= 1e3 else str(n)
-
-
-def _short(value: Any, limit: int = 300) -> str:
-    text = json.dumps(value, default=str, sort_keys=True)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def describe_checkpoint(path: PathLike) -> str:
-    """Human-readable summary of a checkpoint (for ``mrtoct info``), from its header only."""
-    p = _check_path(path)
-    size = p.stat().st_size
-    if p.suffix.lower() in TORCH_SUFFIXES:
-        ck = load_checkpoint(p)
-        doc = ck.metadata
-        shapes = {g: {k: (str(t.dtype).replace("torch.", ""), list(t.shape)) for k, t in sd.items()}
-                  for g, sd in ck.tensors.items()}
-    else:
-        header = _read_header(p)
-        doc = _document_from_header(header, p)
-        shapes = {}
-        for key, entry in header.items():
-            if key == "__metadata__":
-                continue
-            parts = key.split(".")
-            n = 2 if parts[0] == EMA_PREFIX else 1
-            shapes.setdefault(".".join(parts[:n]), {})[".".join(parts[n:])] = (entry["dtype"], entry["shape"])
-
-    lines = [
-        f"Checkpoint: {p}",
-        f"  size: {size / 2**20:.1f} MiB, format {doc['format']} v{doc['format_version']}, "
-        f"engine {doc.get('engine_version', '?')}, created {doc.get('created', '?')}",
-        f"  method: {doc['method']}",
-        "  networks:",
-    ]
-    for name, spec in doc["network"].items():
-        groups = [g for g in (name, f"{EMA_PREFIX}.{name}") if g in shapes]
-        counts = {g: sum(math.prod(s) for _, s in shapes[g].values()) for g in groups}
-        dtypes = sorted({d for g in groups for d, _ in shapes[g].values()})
-        n = counts.get(name, counts.get(f"{EMA_PREFIX}.{name}", 0))
-        ema = "yes (used for inference)" if f"{EMA_PREFIX}.{name}" in shapes else "no"
-        stored = "" if groups else " (no weights stored)"
-        lines.append(f"    {name}: type {spec.get('type')}, {_fmt_count(n)} parameters, "
-                     f"dtype {'/'.join(dtypes) or '-'}, EMA {ema}{stored}")
-        lines.append(f"      config: {_short(spec.get('config'))}")
-    for key in ("process", "intensity", "conditioning"):
-        lines.append(f"  {key}: {_short(doc.get(key))}")
-    training = doc.get("training") or {}
-    if isinstance(training, Mapping) and training:
-        lines.append("  training:")
-        for k, v in training.items():
-            lines.append(f"    {k}: {_short(v, 200)}")
-    extra = [k for k in doc if k not in {"format", "format_version", "method", "network", "process", "intensity",
-                                         "conditioning", "training", "created", "engine_version", "sha256"}]
-    for k in extra:
-        lines.append(f"  {k}: {_short(doc[k], 200)}")
-    lines.append(f"  checksum: {'sha256 ' + doc['sha256'][:16] + '...' if doc.get('sha256') else 'none'}")
-    return "\n".join(lines)

@@ -1,0 +1,7 @@
+"""``python -m MRtoCTSynthesisLib`` = the ``mrtoct`` command line."""
+
+import sys
+
+from .apps.cli import main
+
+sys.exit(main())

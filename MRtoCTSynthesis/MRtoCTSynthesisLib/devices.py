@@ -1,0 +1,60 @@
+"""Torch devices and mixed precision: one place for what ``--device`` and ``--precision`` mean.
+
+Used alike by synthesis, training and evaluation, so ``auto``, ``cuda`` and ``cuda:N`` resolve the same way
+everywhere: ``auto`` is CUDA when torch sees a GPU, else the CPU; a bare ``cuda`` (or ``auto``) in a
+multi-process run is the process's own GPU (``local_rank``); anything torch cannot parse, or a GPU torch
+cannot see, is an :class:`~.errors.InputError` naming the valid values.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+
+DEVICE_HELP = "auto (CUDA if available), cpu, cuda, cuda:N or mps"
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> torch.device:
+    """The ``torch.device`` for a ``--device`` value (see the module docstring)."""
+    text = "auto" if name in (None, "") else str(name).strip().lower()
+    if text == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda" if local_rank is None else f"cuda:{int(local_rank)}")
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise InputError(f"unknown device {name!r}.", f"use {DEVICE_HELP}.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name} was asked for, but torch sees no CUDA GPU.",
+                             "use --device cpu (or auto), or install a CUDA build of torch on a machine with a GPU.")
+        if dev.index is None and local_rank is not None:
+            dev = torch.device(f"cuda:{int(local_rank)}")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: torch sees only {torch.cuda.device_count()} CUDA GPU(s).",
+                             f"use cuda:0 ... cuda:{torch.cuda.device_count() - 1}, or auto.")
+    elif dev.type == "mps":
+        backend = getattr(torch.backends, "mps", None)
+        if backend is None or not backend.is_available():
+            raise InputError(f"--device {name} was asked for, but this torch has no usable MPS (Apple GPU) backend.",
+                             "use --device cpu (or auto).")
+    elif dev.type != "cpu":
+        raise InputError(f"device type {dev.type!r} is not supported.", f"use {DEVICE_HELP}.")
+    return dev
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context for ``precision`` on ``device``: bf16 (or fp16 where bf16 is missing) on CUDA for
+    ``auto``/``bf16``, fp16 for ``fp16``; full precision on every other device and for ``fp32``."""
+    if precision not in PRECISIONS:
+        raise InputError(f"unknown precision {precision!r}.", f"use one of {', '.join(PRECISIONS)}.")
+    if device.type != "cuda" or precision == "fp32":
+        return torch.autocast(device_type=device.type, enabled=False)
+    if precision == "fp16":
+        return torch.autocast("cuda", dtype=torch.float16)
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cuda", dtype=torch.float16)

@@ -102,7 +102,7 @@ def require_output_folder(path: Path, what: str) -> None:
 
 def check_volume_output(path, what: str) -> Path:
     """An output volume path: a writable format (by suffix) in an existing folder; checked before any compute."""
-    from ..io.volume import WRITE_SUFFIXES, volume_suffix
+    from ..io.volume import WRITE_SUFFIXES, volume_suffix  # SimpleITK loads only when a command runs, not for --help
 
     p = Path(path)
     if volume_suffix(p) not in WRITE_SUFFIXES:
@@ -113,7 +113,7 @@ def check_volume_output(path, what: str) -> Path:
 
 def write_json_output(path, obj) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically (its folder must exist)."""
-    from ..io.atomic import write_json
+    from ..io.atomic import write_json  # here for the same reason as above
 
     require_output_folder(Path(path), str(path))
     return write_json(Path(path), obj)

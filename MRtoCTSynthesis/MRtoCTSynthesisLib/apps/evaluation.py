@@ -47,8 +47,28 @@ from pathlib import Path
 from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
+import torch
+from scipy import stats
+from scipy.ndimage import uniform_filter
+from scipy.stats import rankdata
 
+from ..data.cases import find_cases, load_case, read_split
+from ..devices import autocast, resolve_device
 from ..errors import InputError
+from ..io.atomic import atomic_write, write_json
+from ..io.slicing import canonical_layout, to_canonical
+from ..models.methods import ConditionalDDPM, load_model
+from ..models.methods.ddmm_synth import (
+    DEFAULT_PROJECTIONS,
+    DDMMSynth,
+    check_noise_sigma,
+    check_projections,
+)
+from ..pipeline.measurements import MeasurementSpec
+from ..pipeline.metrics import evaluate
+from ..pipeline.synthesis import SynthesisOptions, synthesize
+from .args import progress_printer
+from .figures import save_method_grid_figure, save_sparsification_figure
 
 __all__ = [
     "TABLE_METRICS", "DEFAULT_FRACTIONS", "STD_DDOF",
@@ -95,8 +115,6 @@ def paired_wilcoxon(a: Mapping[str, float], b: Mapping[str, float]) -> tuple[Opt
     ``method="auto"`` (scipy's exact null distribution for small samples without ties or zeros, else its
     normal approximation).
     """
-    from scipy import stats
-
     cases = [c for c in a if c in b and np.isfinite(a[c]) and np.isfinite(b[c])]
     if len(cases) < 2:
         return None, f"fewer than 2 paired cases ({len(cases)})"
@@ -262,8 +280,6 @@ def pearson(x, y) -> float:
 
 def spearman(x, y) -> float:
     """Spearman rank correlation: Pearson correlation of the ranks (ties get their average rank)."""
-    from scipy.stats import rankdata
-
     return pearson(rankdata(np.asarray(x).ravel()), rankdata(np.asarray(y).ravel()))
 
 
@@ -358,8 +374,6 @@ def highest_error_roi(error_maps: Sequence[np.ndarray], mask: np.ndarray | None 
                       pixel_spacing=(1.0, 1.0), fraction: float = 0.3) -> tuple[int, int, int, int]:
     """``(r0, r1, c0, c1)``: a box about ``fraction`` of the slice's shorter physical side (square in mm),
     placed where the mean of the |error| maps (inside ``mask``), averaged over the box, is largest."""
-    from scipy.ndimage import uniform_filter
-
     err = np.mean([np.abs(np.asarray(m, dtype=np.float64)) for m in error_maps], axis=0)
     if mask is not None and np.any(mask):
         err = np.where(np.asarray(mask) > 0, err, 0.0)
@@ -426,8 +440,6 @@ class MethodSpec:
 
 def select_cases(data, split=None, limit: Optional[int] = None) -> list[Path]:
     """The test case folders: all cases of ``data``, or the ``"test"`` list of ``split``; the first ``limit``."""
-    from ..data.cases import find_cases, read_split
-
     if split is not None:
         if not Path(data).is_dir():
             raise InputError(f"data folder {data} does not exist.",
@@ -447,8 +459,6 @@ def select_cases(data, split=None, limit: Optional[int] = None) -> list[Path]:
 
 
 def _is_ddpm(model) -> bool:
-    from ..models.methods import ConditionalDDPM
-
     return isinstance(model, ConditionalDDPM)
 
 
@@ -465,8 +475,6 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
     of ``mrtoct synthesize --ct``) x each sigma in ``noise_sigmas`` (none: 0), checked as ``mrtoct synthesize``
     checks ``--projections``/``--noise-sigma``.
     """
-    from ..models.methods.ddmm_synth import DEFAULT_PROJECTIONS, DDMMSynth, check_noise_sigma, check_projections
-
     notes = notes if notes is not None else []
     samplers = list(dict.fromkeys(samplers or [None]))
     sigmas = list(dict.fromkeys(float(s) for s in noise_sigmas)) or [0.0]
@@ -534,10 +542,6 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
 def _run_one(settings: EvaluationSettings, spec: MethodSpec, model, case):
     """Synthesise one case with one method, as ``mrtoct synthesize`` would (DDMM-Synth rows: measurements simulated
     from the case's own CT with ``spec.projections`` views and ``spec.noise_sigma`` per-bin noise)."""
-    from ..pipeline.measurements import MeasurementSpec
-    from ..pipeline.synthesis import SynthesisOptions, synthesize
-    from .args import progress_printer
-
     options = SynthesisOptions(sampler=spec.sampler, steps=spec.steps, samples=spec.samples, seed=settings.seed,
                                device=settings.device, batch_size=settings.batch_size, precision=settings.precision)
     measurements = MeasurementSpec(ct=case.ct, projections=spec.projections, noise_sigma=spec.noise_sigma or 0.0) \
@@ -548,10 +552,6 @@ def _run_one(settings: EvaluationSettings, spec: MethodSpec, model, case):
 def _warm_up(model, settings: EvaluationSettings) -> None:
     """One untimed pass on a blank slice with the model's default sampler (1 step where steps can be chosen), so
     one-time costs (CUDA context, cuDNN autotuning, lazy initialisation) do not land in the first row's s/slice."""
-    import torch
-
-    from ..devices import autocast, resolve_device
-
     device = resolve_device(settings.device)
     model.to(device)
     sampler = model.make_sampler(None, None if len(model.valid_samplers) == 1 else 1)
@@ -561,8 +561,6 @@ def _warm_up(model, settings: EvaluationSettings) -> None:
 
 
 def _canonical(volume):
-    from ..io.slicing import to_canonical
-
     return None if volume is None else to_canonical(volume.array, volume.geometry)[0]
 
 
@@ -572,12 +570,6 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
     Everything is validated before the first synthesis (cases, checkpoints, samplers, DDMM-Synth settings,
     the output folder); outputs are written only after every run finished, each file atomically.
     """
-    from ..data.cases import load_case
-    from ..devices import resolve_device
-    from ..models.methods import load_model
-    from ..pipeline.metrics import evaluate
-    from ..io.slicing import canonical_layout
-
     # ------------------------------------------------------------------ validate everything first
     out = Path(settings.out)
     if out.exists() and not out.is_dir():
@@ -689,9 +681,6 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
                    name: {lab: per_case[lab][name] for lab in labels} for name in (Path(c).name for c in cases)}}
 
     # ------------------------------------------------------------------ write (all at once, atomically)
-    from ..io.atomic import atomic_write, write_json
-    from .figures import save_method_grid_figure, save_sparsification_figure
-
     out.mkdir(parents=True, exist_ok=True)
     files = {}
     for d in figure_data:

@@ -30,7 +30,7 @@ def _cuts(canon: np.ndarray, centre):
 def save_comparison_figure(path, mri, sct, std, ref=None, mask=None, metrics: dict | None = None,
                            title: str = "MRtoCTSynthesis") -> Path:
     """Write the comparison PNG atomically and return its path. Volumes share the MRI's grid."""
-    import matplotlib
+    import matplotlib  # imported here: the Agg backend is chosen only when a figure is drawn, not on import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -83,7 +83,7 @@ def save_comparison_figure(path, mri, sct, std, ref=None, mask=None, metrics: di
 
 def _save_png(fig, path, dpi) -> Path:
     """Write ``fig`` as a PNG atomically (a half-written file never replaces a good one) and close it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # matplotlib loads when a figure is drawn (see save_comparison_figure)
 
     path = Path(path)
     try:
@@ -124,7 +124,7 @@ def save_method_grid_figure(path, mr, ref, rows, *, mask=None, roi=None, pixel_s
     ``mask`` outlines the body on the error panel. The physical aspect ratio (``pixel_spacing`` = row,
     column spacing) is kept. Size: :func:`grid_figure_size`.
     """
-    import matplotlib
+    import matplotlib  # imported here: the Agg backend is chosen only when a figure is drawn, not on import
 
     matplotlib.use("Agg")
     import matplotlib.patches as patches
@@ -186,7 +186,7 @@ def save_sparsification_figure(path, calibration: dict, title: str = "Uncertaint
     the voxels kept after removing the fraction with the highest MC std (solid), removing by the true error
     (oracle, dashed) and at random (dotted). Right: the same divided by MAE at f = 0, so methods compare.
     """
-    import matplotlib
+    import matplotlib  # imported here: the Agg backend is chosen only when a figure is drawn, not on import
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

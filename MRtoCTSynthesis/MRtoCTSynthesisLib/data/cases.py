@@ -11,16 +11,23 @@ mapping, both reoriented to canonical axial order and put on the model grid exac
 
 from __future__ import annotations
 
+import hashlib
+import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
+from safetensors.torch import load_file, save_file
 
 from ..errors import InputError
+from ..io.atomic import atomic_write, write_json
 from ..io.intensity import MRNormalization, check_ct_in_hu, hu_to_model
 from ..io.slicing import to_canonical, to_model_grid
 from ..io.volume import Volume, read_volume, require_same_geometry
+from ..pipeline.registration import register as register_pair
 
 
 @dataclass
@@ -111,12 +118,8 @@ def read_split(path, root) -> dict[str, list[Path]]:
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
-            import yaml
-
             doc = yaml.safe_load(text)
         else:
-            import json
-
             doc = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse error is the user's file
         raise InputError(f"split file {path} cannot be parsed: {e}", "write JSON like {\"train\": [\"case_000\"], ...}.") from e
@@ -151,8 +154,6 @@ def read_split(path, root) -> dict[str, list[Path]]:
 
 def write_split(split: dict[str, list], path) -> Path:
     """Write a split (names or folders per subset) as JSON, atomically."""
-    from ..io.atomic import write_json
-
     doc = {k: [Path(c).name for c in split.get(k, [])] for k in SPLIT_SUBSETS}
     write_json(Path(path), doc)
     return Path(path)
@@ -172,9 +173,7 @@ def load_case(folder, register: bool = False, partial: bool = False) -> Case:
     mr = read_volume(mr_path, f"{folder.name} MRI") if mr_path else None
     ct = read_volume(ct_path, f"{folder.name} CT") if ct_path else None
     if register and mr is not None and ct is not None:
-        from ..pipeline.registration import register as _register
-
-        mr = _register(ct, mr).registered
+        mr = register_pair(ct, mr).registered
     if mr is not None and ct is not None:
         require_same_geometry(mr, ct, f"{folder.name} MRI", f"{folder.name} CT")
     if ct is not None:
@@ -216,9 +215,6 @@ PREPROCESSING_VERSION = 1
 
 
 def _cache_key(folder: Path, image_size: int, context: int, register: bool) -> str:
-    import hashlib
-    import json
-
     files = []
     for stem in ("mr", "ct", "mask"):
         p = find_volume(folder, stem)
@@ -243,8 +239,6 @@ def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
     folder = Path(folder)
     path = None
     if cache_dir is not None:
-        from safetensors.torch import load_file
-
         path = Path(cache_dir) / f"{folder.name}-{_cache_key(folder, image_size, context, register)}.safetensors"
         if path.exists():
             try:
@@ -255,17 +249,11 @@ def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
                 pass
     mr, ct = case_slices(load_case(folder, register=register, partial=partial), image_size, context)
     if path is not None:
-        from safetensors.torch import save_file
-
-        from ..io.atomic import atomic_write
-
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_write(path, suffix=".safetensors") as tmp:
                 save_file({k: v.contiguous() for k, v in (("mr", mr), ("ct", ct)) if v is not None}, str(tmp))
         except OSError as e:  # a read-only cache folder slows the next run down but must not stop this one
-            import sys
-
             print(f"note: could not write the slice cache {path} ({e}); continuing without it", file=sys.stderr)
     return mr, ct
 

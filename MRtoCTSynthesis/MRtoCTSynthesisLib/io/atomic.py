@@ -9,6 +9,7 @@ Cancel) the temporary file is removed and an existing target is left untouched.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -44,8 +45,6 @@ def atomic_write(path, suffix: str | None = None):
 
 def write_json(path, obj, **dump_kwargs) -> Path:
     """Write ``obj`` as indented JSON to ``path`` atomically (non-JSON numbers such as numpy floats via float())."""
-    import json
-
     path = Path(path)
     with atomic_write(path, suffix=".json") as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=float, **dump_kwargs))

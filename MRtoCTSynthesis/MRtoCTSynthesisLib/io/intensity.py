@@ -55,7 +55,7 @@ def model_std_to_hu(std):
 
 def _lib(a):
     try:
-        import torch
+        import torch  # here, not at the top: the numpy path of this module never loads torch
 
         if isinstance(a, torch.Tensor):
             return torch

@@ -14,7 +14,9 @@ cancel never leaves a half-written file in place of a good one.
 
 from __future__ import annotations
 
+import gzip
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -22,8 +24,8 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .atomic import atomic_write
 from ..errors import InputError
+from .atomic import atomic_write
 
 READ_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -164,9 +166,6 @@ def _nifti_scan(path: Path) -> tuple[int, int, int] | None:
     header and streams the voxel data itself (counting non-finite values of float types). Returns None when
     the header cannot be parsed (SimpleITK has already accepted the file by then, so that is not an error).
     """
-    import gzip
-    import struct
-
     try:
         opener = gzip.open if path.name.lower().endswith(".gz") else open
         with opener(path, "rb") as fh:

@@ -54,6 +54,7 @@ from collections import OrderedDict
 from typing import Optional, Sequence
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from ..errors import InputError
@@ -428,8 +429,6 @@ class RadonOperator:
         Built with scipy's sparse-sparse product (a few times faster than torch's on CPU), in row
         blocks so that the sparse intermediate stays small.
         """
-        import scipy.sparse as sp
-
         rows, cols, vals = self._coo
         kept = self._kept.cpu().numpy()
         remap = np.full(self.n_rows, -1, dtype=np.int64)

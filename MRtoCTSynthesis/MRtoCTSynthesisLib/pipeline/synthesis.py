@@ -114,7 +114,7 @@ def check_compile_available(device: torch.device) -> None:
         raise InputError(f"this torch ({torch.__version__}) has no torch.compile.", "drop --compile or install torch >= 2.1.")
     if device.type == "cuda":
         try:
-            import triton  # noqa: F401
+            import triton  # noqa: F401 - only to check that torch.compile can build CUDA kernels
         except ImportError:
             raise InputError("torch.compile on CUDA needs Triton, which is not installed.",
                              "drop --compile, or install the triton package that matches this torch.") from None

@@ -9,7 +9,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ..errors import InputError
+from ..models.methods import METHODS
 
 #: every key a training config may hold, with the engine's defaults. ``training/configs/<method>.yaml``
 #: give each method's paper values with citations; None = the method's own default (``method_config``).
@@ -71,8 +74,6 @@ def load_config(path) -> dict:
     Relative ``data.root``, ``data.split`` and ``data.cache_dir`` are taken relative to the config file's
     folder and must stay inside it (absolute paths are used as written).
     """
-    import yaml
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"config file {path} does not exist.", "see training/configs/ for one per method.")
@@ -91,8 +92,6 @@ def load_config(path) -> dict:
 
 def apply_overrides(cfg: dict, items: list[str]) -> dict:
     """``["train.steps=100", "optim.lr=2e-4"]`` (values parsed as YAML) over ``cfg``."""
-    import yaml
-
     cfg = copy.deepcopy(cfg)
     for item in items or []:
         if "=" not in item:
@@ -117,8 +116,6 @@ def get_key(cfg: dict, dotted: str):
 
 
 def validate_config(cfg: dict) -> dict:
-    from ..models.methods import METHODS
-
     if cfg["method"] not in METHODS or cfg["method"] == "ddmm_synth":
         trainable = [m for m in METHODS if m != "ddmm_synth"]
         raise InputError(f"method {cfg['method']!r} cannot be trained.",

@@ -37,9 +37,20 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..data.cases import UnpairedSliceDataset
 from ..errors import InputError
-from .state import EMA, AdversarialSettings, TrainState, lr_factor, process_group, restore_state, step_seed
+from .state import (
+    EMA,
+    AdversarialSettings,
+    TrainState,
+    lr_factor,
+    process_group,
+    restore_state,
+    step_seed,
+)
+
 
 def train_loop(model, dataset, *, steps: int, batch_size: int = 16, lr: float | None = None, betas=None,
                eps: float = 1e-8, ema_decay: float = 0.999, seed: int = 0, grad_clip: float = 0.0,
@@ -53,8 +64,6 @@ def train_loop(model, dataset, *, steps: int, batch_size: int = 16, lr: float | 
     ``resume = {"tensors": ..., "doc": ..., "ema": {name: state_dict}}`` continues a saved run. Returns
     ``{"loss": [...], "terms": {...}, "ema": {network: module}, "seconds": s, "state": TrainState}``.
     """
-    from ..data.cases import UnpairedSliceDataset
-
     if getattr(model, "unpaired", False) and not getattr(dataset, "unpaired", False):
         dataset = UnpairedSliceDataset.from_paired(dataset)
     if not getattr(model, "unpaired", False) and getattr(dataset, "unpaired", False):
@@ -82,8 +91,6 @@ def train_loop(model, dataset, *, steps: int, batch_size: int = 16, lr: float | 
             e.shadow.load_state_dict(resume["ema"][name])
         restore_state(state, resume["tensors"], resume["doc"])
     if dist:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
         if set(opts) == {"denoiser"}:  # the diffusion methods: one network, one forward-backward per step
             state.wrapped["denoiser"] = DDP(model.networks["denoiser"],
                                             device_ids=[device.index] if device.type == "cuda" else None)
@@ -215,8 +222,6 @@ def train_adversarial(model, dataset, settings: AdversarialSettings, device="cpu
     A thin wrapper of :func:`train_loop` (the loop behind ``mrtoct train``). Returns
     ``{"loss": [...], "terms": {name: [...]}, "ema": {network: module}, "seconds": s}``.
     """
-    from .loop import train_loop
-
     return train_loop(model, dataset, steps=settings.steps, batch_size=settings.batch_size, lr=settings.lr,
                       betas=settings.betas, ema_decay=settings.ema_decay, seed=settings.seed,
                       grad_clip=settings.grad_clip, device=device, progress=progress)

@@ -20,12 +20,28 @@ import time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
+import yaml
 
+from ..data.cases import (
+    SliceDataset,
+    UnpairedSliceDataset,
+    find_cases,
+    is_paired,
+    make_split,
+    read_split,
+    write_split,
+)
 from ..devices import resolve_device
 from ..errors import InputError
+from ..io.atomic import atomic_write
+from ..io.intensity import model_to_hu
+from ..models.checkpoint import STATE_PREFIX, load_checkpoint
+from ..models.methods import create_model, save_model
 from .config import RESUME_KEYS, get_key, validate_config
 from .loop import LossPlateau, train_loop
 from .state import process_group, state_tensors
+
 
 class _Logger:
     """log.jsonl (always) + TensorBoard (when installed), written by process 0 only."""
@@ -41,7 +57,7 @@ class _Logger:
                     and json.loads(ln).get("step", 0) <= start_step]
             self.path.write_text("".join(ln + "\n" for ln in keep), encoding="utf-8")
         try:
-            from torch.utils.tensorboard import SummaryWriter
+            from torch.utils.tensorboard import SummaryWriter  # optional: the 'train' extra installs tensorboard
 
             self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step + 1 if start_step else None)
         except ImportError:
@@ -79,8 +95,6 @@ class TrainingRun:
     def _split(self, resume: bool, unpaired: bool) -> dict[str, list[Path]]:
         """The run's patient split. Unpaired methods may use single-modality cases: they always train, and
         the random split draws val/test only from the cases that hold both volumes (they are scored)."""
-        from ..data.cases import find_cases, is_paired, make_split, read_split, write_split
-
         d = self.cfg["data"]
         saved = self.run_dir / "split.json"
         if resume and saved.exists():
@@ -99,8 +113,6 @@ class TrainingRun:
         return split
 
     def _data(self, folders, model):
-        from ..data.cases import SliceDataset, UnpairedSliceDataset
-
         d, m = self.cfg["data"], self.cfg["model"]
         kw = dict(image_size=m["image_size"], context=m["context"], cache_dir=self.cache_dir, register=d["register"])
         if model.unpaired:
@@ -108,8 +120,6 @@ class TrainingRun:
         if d["disjoint_cases"]:
             raise InputError(f"data.disjoint_cases applies to unpaired training, but {model.method!r} here trains on "
                              "registered pairs.", "drop --disjoint-cases (or train an unpaired method).")
-        from ..data.cases import is_paired
-
         single = [Path(f).name for f in folders if not is_paired(f)]
         if single:
             raise InputError(f"method {model.method!r} trains on registered MR/CT pairs, but training case(s) "
@@ -132,8 +142,6 @@ class TrainingRun:
                 "command": self.command or " ".join(sys.argv)}
 
     def _save(self, path: Path, model, state, ema, with_state: bool, record: dict) -> None:
-        from ..models.methods import save_model
-
         extra = None
         rec = dict(record)
         if with_state:
@@ -142,8 +150,6 @@ class TrainingRun:
         save_model(model, path, training=rec, ema={n: e.shadow for n, e in ema.items()}, extra=extra)
 
     def _load_resume(self, model) -> dict | None:
-        from ..models.checkpoint import STATE_PREFIX, load_checkpoint
-
         last = self.run_dir / "last.safetensors"
         if not last.exists():
             raise InputError(f"--resume: there is no checkpoint {last} to continue from.",
@@ -169,8 +175,6 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ validation
     def _validate(self, model, ema) -> dict:
-        from ..io.intensity import model_to_hu
-
         if self.val_data is None:
             return {}
         mr, ct = self.val_data
@@ -213,11 +217,6 @@ class TrainingRun:
 
     # ------------------------------------------------------------------ run
     def run(self, resume: bool = False, progress: bool = True) -> Path:
-        from ..io.atomic import atomic_write
-        from ..models.methods import create_model
-
-        import yaml
-
         dist = process_group()
         self.rank, self.world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
         cfg, t, o, m, d = self.cfg, self.cfg["train"], self.cfg["optim"], self.cfg["model"], self.cfg["data"]
@@ -247,8 +246,6 @@ class TrainingRun:
         self.total_steps = int(t["steps"] or math.ceil(float(t["epochs"]) * self.n_slices / per_step))
         self.val_data = None
         if self.split["val"] and t["val_every"] and t["val_cases"] and self.rank == 0:
-            from ..data.cases import SliceDataset
-
             vd = SliceDataset.from_folders(self.split["val"][: int(t["val_cases"])], m["image_size"], m["context"],
                                            cache_dir=self.cache_dir, register=d["register"])
             idx = torch.linspace(0, len(vd) - 1, min(int(t["val_slices"]), len(vd))).round().long()
@@ -337,8 +334,6 @@ class TrainingRun:
 
 def init_distributed() -> bool:
     """Join the process group when started by ``torchrun`` (WORLD_SIZE > 1); NCCL on CUDA, gloo on CPU."""
-    import torch.distributed as dist
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return False
     backend = "nccl" if torch.cuda.is_available() else "gloo"

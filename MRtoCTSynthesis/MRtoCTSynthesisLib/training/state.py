@@ -7,9 +7,11 @@ import copy
 from dataclasses import asdict, dataclass, field
 
 import torch
+import torch.distributed as dist
 
 from ..errors import InputError
 from ..models.losses import ImagePool
+
 
 @dataclass
 class AdversarialSettings:
@@ -56,8 +58,6 @@ class TrainState:
         loss.backward()
         params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
         if self.allreduce_grads and params:
-            import torch.distributed as dist
-
             world = dist.get_world_size()
             flat = torch.cat([p.grad.reshape(-1) for p in params])
             dist.all_reduce(flat)
@@ -129,8 +129,6 @@ class EMA:
 
 def process_group():
     """torch.distributed when this process is part of an initialised process group (torchrun), else None."""
-    import torch.distributed as dist
-
     return dist if dist.is_available() and dist.is_initialized() else None
 
 

@@ -33,6 +33,7 @@ def run(args) -> int:
     SynDiff Sec. V-C, or unpaired). All use ``--samples`` Monte-Carlo samples
     (DDMM-Synth half as many: the measurements leave little to vary).
     """
+    # torch and the engine load here, not at import: the parser (mrtoct --help) stays light
     import dataclasses
 
     import numpy as np

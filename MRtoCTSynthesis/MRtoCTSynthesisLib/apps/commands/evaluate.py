@@ -106,6 +106,7 @@ def run(args) -> int:
     if extra:
         raise InputError(f"{', '.join(extra)} belong(s) to the batch mode (--models/--data), not to --pred/--ref.",
                          f"drop {', '.join(extra)}, or run the batch mode with --models and --data.")
+    # the engine loads here, not at import: the parser (mrtoct --help) stays light
     from ...io.intensity import check_ct_in_hu
     from ...io.volume import read_volume
     from ...pipeline.metrics import evaluate, format_table
@@ -127,7 +128,7 @@ def run(args) -> int:
 
 def run_batch_evaluation(args) -> int:
     """The batch mode of ``mrtoct evaluate`` (and ``training/evaluate.py``): :func:`..evaluation.run_evaluation`."""
-    from ..evaluation import EvaluationSettings, run_evaluation
+    from ..evaluation import EvaluationSettings, run_evaluation  # torch loads here, not with the parser
 
     if not getattr(args, "models", None):
         raise InputError("--data was given without --models.", "add --models A.safetensors [B.safetensors ...].")

@@ -19,6 +19,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     """Keep only what synthesis needs: the inference networks, as their EMA weights, no optimiser state."""
+    # torch and the engine load here, not at import: the parser (mrtoct --help) stays light
     from ...models.checkpoint import load_checkpoint, save_checkpoint
     from ...models.methods import METHODS
 

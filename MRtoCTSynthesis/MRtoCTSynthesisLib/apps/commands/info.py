@@ -10,6 +10,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    # torch and the engine load here, not at import: the parser (mrtoct --help) stays light
     from ...models.checkpoint import describe_checkpoint
 
     print(describe_checkpoint(args.model))

@@ -25,6 +25,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    # torch and the engine load here, not at import: the parser (mrtoct --help) stays light
     from ...data.phantom import generate_dataset
 
     out = Path(args.out)

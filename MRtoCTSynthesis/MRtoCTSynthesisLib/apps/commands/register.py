@@ -24,6 +24,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    # torch and the engine load here, not at import: the parser (mrtoct --help) stays light
     from ...io.volume import read_volume, write_volume
     from ...pipeline.registration import register, save_transform, transform_suffix
 

@@ -170,6 +170,7 @@ def check_distinct_outputs(args) -> None:
 
 
 def run(args) -> int:
+    # torch and the engine load here, not at import: the parser (mrtoct --help) stays light
     import warnings
 
     from ...io.volume import Volume, make_geometry, read_volume, write_volume

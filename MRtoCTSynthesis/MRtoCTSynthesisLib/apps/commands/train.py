@@ -104,6 +104,7 @@ def train_config_from_args(args) -> dict:
 
 
 def run(args) -> int:
+    # torch and the engine load here, not at import: the parser (mrtoct --help) stays light
     from ...training.run import TrainingRun, init_distributed
 
     out = Path(args.out) if args.out else None

@@ -6,8 +6,17 @@
 """
 
 from .describe import describe_checkpoint
-from .format import (EMA_PREFIX, FORMAT, FORMAT_VERSION, METADATA_KEY, STATE_PREFIX, Checkpoint, load_checkpoint,
-                     read_metadata, save_checkpoint)
+from .format import (
+                     EMA_PREFIX,
+                     FORMAT,
+                     FORMAT_VERSION,
+                     METADATA_KEY,
+                     STATE_PREFIX,
+                     Checkpoint,
+                     load_checkpoint,
+                     read_metadata,
+                     save_checkpoint,
+)
 from .weights import load_network
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "EMA_PREFIX", "STATE_PREFIX", "Checkpoint", "save_checkpoint",

@@ -6,8 +6,15 @@ import json
 import math
 from typing import Any, Mapping
 
-from .format import (EMA_PREFIX, TORCH_SUFFIXES, PathLike, check_path, document_from_header, load_checkpoint,
-                     read_header)
+from .format import (
+    EMA_PREFIX,
+    TORCH_SUFFIXES,
+    PathLike,
+    check_path,
+    document_from_header,
+    load_checkpoint,
+    read_header,
+)
 
 __all__ = ["describe_checkpoint"]
 

@@ -48,12 +48,16 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Union
 
 import torch
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import save as safetensors_save
 from torch import nn
 
 from ... import __version__
@@ -489,9 +493,7 @@ def save_checkpoint(
                          "keep metadata values to numbers, strings, lists and dicts") from e
     _validate_document(json.loads(text), path)
 
-    from safetensors.torch import save as _st_save
-
-    data = _st_save(flat, metadata={METADATA_KEY: text})
+    data = safetensors_save(flat, metadata={METADATA_KEY: text})
     _atomic_write(path, data)
     return path
 
@@ -525,10 +527,8 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", *,
         data = _read_exact(p)
         header = _parse_header(data, len(data), p)
         doc = document_from_header(header, p)
-        from safetensors.torch import load as _st_load
-
         try:
-            flat = _st_load(data)
+            flat = safetensors_load(data)
         except Exception as e:  # SafetensorError and friends: the header lied about the payload
             raise _corrupt(p, f"safetensors could not read the tensors ({e})") from e
         del data
@@ -543,8 +543,6 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", *,
 
 def _torch_load_refusal(path: Path, exc: Exception) -> InputError:
     """A clear InputError from torch.load(weights_only=True)'s long, advice-laden error message."""
-    import re
-
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
     never = ("MRtoCTSynthesis never unpickles arbitrary objects (that could run code); use a .safetensors checkpoint, "
              "or re-export the model with save_checkpoint from code you trust")
@@ -565,8 +563,6 @@ def _torch_load_refusal(path: Path, exc: Exception) -> InputError:
 
 
 def _load_torch_file(p: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    import warnings
-
     try:
         with warnings.catch_warnings():  # torch warns about unusual pickle protocols before refusing them
             warnings.simplefilter("ignore")

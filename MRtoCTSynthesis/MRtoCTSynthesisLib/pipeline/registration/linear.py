@@ -18,8 +18,8 @@ import SimpleITK as sitk
 from ...errors import InputError
 from .pyramid import Level, level_image
 
-MIN_SAMPLES = 20_000  # per level: at least this many random fixed voxels (all of them if fewer) ...
-MAX_SAMPLES = 60_000  # ... and at most this many: the histogram's precision depends on the count, not the image size
+MIN_SAMPLES = 20_000  # per level: at least this many random fixed voxels inside the overlap (all if fewer) ...
+MAX_SAMPLES = 30_000  # ... and at most this many: the histogram's precision depends on the count, not the image size
 STILL_MM = 0.01  # a level whose transform moved no probe point by more than this did not move
 LINE_SEARCH_ITERATIONS = 5  # golden-section steps per conjugate-gradient iteration
 
@@ -34,10 +34,18 @@ class StageOptions:
     iterations: int = 100
 
 
-def level_sampling(image: sitk.Image, sampling: float) -> float:
-    """Fraction of ``image``'s voxels the metric samples: ``sampling``, kept within [MIN_SAMPLES, MAX_SAMPLES] voxels."""
-    n = max(int(np.prod(image.GetSize())), 1)
-    return float(min(1.0, max(min(sampling, MAX_SAMPLES / n), MIN_SAMPLES / n)))
+def level_sampling(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transform, sampling: float) -> float:
+    """Fraction of ``fixed``'s voxels the metric samples: ``sampling`` of the voxels that map inside
+    ``moving`` through ``transform`` (the overlap; a small-field MRI covers part of the CT), kept within
+    [MIN_SAMPLES, MAX_SAMPLES] overlap voxels, and returned as a fraction of all fixed voxels (the
+    random draw is over the whole fixed image)."""
+    n = max(int(np.prod(fixed.GetSize())), 1)
+    ones = sitk.Image(moving.GetSize(), sitk.sitkUInt8) + 1
+    ones.CopyInformation(moving)
+    inside = sitk.Resample(ones, fixed, transform, sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    n_overlap = max(int(np.count_nonzero(sitk.GetArrayViewFromImage(inside))), 1)
+    want = min(max(sampling * n_overlap, MIN_SAMPLES), MAX_SAMPLES, n_overlap)
+    return float(min(1.0, want / n_overlap))
 
 
 def make_method(opts: StageOptions, sampling: float, iterations: int, kind: str = "linear") -> sitk.ImageRegistrationMethod:
@@ -112,7 +120,8 @@ def run_stage(name: str, initial: sitk.Transform, fixed: sitk.Image, moving: sit
         f_img = level_image(fixed, lv.fixed_shrink, lv.fixed_sigma_mm)
         m_img = level_image(moving, lv.moving_shrink, lv.moving_sigma_mm)
         iterations = opts.iterations
-        method = make_method(opts, level_sampling(f_img, opts.sampling), max(iterations, 1), kind)
+        start = current if moving_initial is None else sitk.CompositeTransform([moving_initial, current])
+        method = make_method(opts, level_sampling(f_img, m_img, start, opts.sampling), max(iterations, 1), kind)
         if moving_initial is not None:
             method.SetMovingInitialTransform(moving_initial)
         method.SetInitialTransform(current, inPlace=False)

@@ -124,14 +124,19 @@ def cmd_phantom(args) -> int:
 
 # ---------------------------------------------------------------------------------------------- register
 def cmd_register(args) -> int:
+    import warnings
+
     from .commands import _check_out
-    from ..pipeline.registration import _transform_suffix, register, save_transform
+    from ..pipeline.registration import (RegistrationWarning, check_transform_suffix, register, save_transform,
+                                         transform_summary)
     from ..io.volume import read_volume, write_volume
 
-    out = _check_out(args.out, "--out")  # checked before the (long) registration, like --transform
+    out = _check_out(args.out, "--out")  # checked before the (long) registration, like --transform and --json
     if args.transform:
-        _transform_suffix(Path(args.transform))
+        check_transform_suffix(Path(args.transform))
         _require_output_folder(Path(args.transform), "--transform")
+    if args.json:
+        _require_output_folder(Path(args.json), "--json")
     fixed = read_volume(args.fixed, "fixed CT")
     moving = read_volume(args.moving, "moving MRI")
     t0 = time.perf_counter()
@@ -139,13 +144,42 @@ def cmd_register(args) -> int:
     def progress(fraction, message):
         print(f"PROGRESS {fraction:.3f} {message}", file=sys.stderr, flush=True)
 
-    result = register(fixed, moving, mode=args.mode, seed=args.seed, progress=progress)
+    with warnings.catch_warnings():  # printed below from result.warnings, once, with the quality lines
+        warnings.simplefilter("ignore", RegistrationWarning)
+        result = register(fixed, moving, mode=args.mode, seed=args.seed, progress=progress, init=args.init,
+                          iterations=args.iterations)
     write_volume(result.registered, out)
-    print(f"registered {args.moving} onto the grid of {args.fixed} ({args.mode}) in {time.perf_counter() - t0:.1f} s")
+    q = result.quality
+
+    def num(v, fmt):
+        return "n/a" if v is None else format(v, fmt)
+
+    print(f"registered {args.moving} onto the grid of {args.fixed} ({result.mode}) in {time.perf_counter() - t0:.1f} s")
     print(f"  resampled MRI: {out}")
+    print(f"  metric (Mattes MI, lower is better): as given {num(q.get('metric_as_given'), '.4f')}, "
+          f"start {num(q.get('metric_start'), '.4f')}, final {num(q.get('metric_final'), '.4f')} "
+          f"(MI gain {num(q.get('mi_gain'), '.4f')})")
+    print(f"  edges (fixed vs MRI): gradient correlation {num(q.get('gradient_correlation_before'), '.3f')} -> "
+          f"{num(q.get('gradient_correlation_after'), '.3f')}, edge alignment "
+          f"{num(q.get('edge_alignment_before'), '.3f')} -> {num(q.get('edge_alignment_after'), '.3f')} "
+          "(1 = parallel, ~0.5 = unrelated)")
+    print(f"  overlap: {num(100 * q['overlap_fraction'] if q.get('overlap_fraction') is not None else None, '.0f')} % "
+          "of the CT's voxels lie inside the MRI")
+    if "jacobian_min" in q:
+        print(f"  Jacobian determinant: {q['jacobian_min']:.3f} .. {q['jacobian_max']:.3f} "
+              f"({100 * q['folding_fraction']:.2f} % folded)")
+    print(f"  transform: {transform_summary(result.transform)}")
+    for w in result.warnings:
+        print(f"  warning: {w}")
     if args.transform:
         save_transform(result.transform, args.transform)
         print(f"  transform (fixed -> moving physical points): {args.transform}")
+    if args.json:
+        doc = {"fixed": str(args.fixed), "moving": str(args.moving), "out": str(out), "mode": result.mode,
+               "converged": result.converged, "warnings": result.warnings, "quality": q,
+               "transform": transform_summary(result.transform), "stages": result.stages}
+        _write_json_atomic(Path(args.json), doc)
+        print(f"  quality written to {args.json}")
     return 0
 
 
@@ -325,16 +359,29 @@ def build_parser() -> argparse.ArgumentParser:
                     help="voxel spacing in mm (default 3 3 3)")
     ph.set_defaults(func=cmd_phantom)
 
-    rg = sub.add_parser("register", help="register an MRI to a CT (rigid then affine, Mattes MI)",
-                        description="Register the moving MRI to the fixed CT with SimpleITK (rigid then affine, Mattes "
-                                    "mutual information, conjugate-gradient line search, 3-level pyramid) and write "
-                                    "the MRI resampled onto the CT grid.")
+    rg = sub.add_parser("register", help="register an MRI to a CT (rigid by default; Mattes MI)",
+                        description="Register the moving MRI to the fixed CT with SimpleITK (Mattes mutual information "
+                                    "with central-difference gradients, conjugate gradients, a 3-level pyramid that "
+                                    "never shrinks a thick slice axis) and write the MRI resampled onto the CT grid. "
+                                    "Prints the quality checks (metric at the start and the end, edge agreement, "
+                                    "overlap) and a warning, with the numbers, when the optimiser did not move or "
+                                    "did not improve the metric.")
     rg.add_argument("--fixed", required=True, help="fixed image: the CT")
     rg.add_argument("--moving", required=True, help="moving image: the MRI")
     rg.add_argument("--out", required=True, help="output: the MRI resampled onto the CT grid (.nii.gz/.nrrd/.mha)")
     rg.add_argument("--transform", help="also save the transform (.tfm or .h5)")
-    rg.add_argument("--mode", choices=["rigid", "rigid+affine", "affine"], default="rigid+affine")
+    rg.add_argument("--mode", choices=["rigid", "affine", "rigid+affine", "bspline", "syn"], default="rigid",
+                    help="rigid (default): one subject's MRI and CT; affine / rigid+affine: scans whose scale "
+                         "differs (another scanner's calibration, another subject), adds error on rigid anatomy; "
+                         "bspline: rigid then a B-spline deformation, for paired training data when soft tissue "
+                         "moved (reports the Jacobian range); syn: the same with ANTs SyN (needs antspyx)")
+    rg.add_argument("--init", choices=["moments", "geometry", "none"], default="moments",
+                    help="starting alignment: centres of mass of the body masks (default), image centres, or the "
+                         "positions as given (e.g. after a manual alignment in Slicer)")
+    rg.add_argument("--iterations", type=_non_negative_int("--iterations"), default=100,
+                    help="most optimiser iterations per pyramid level (default 100; 0 only reports the start)")
     rg.add_argument("--seed", type=int, default=0, help="seed of the metric's random sampling (default 0)")
+    rg.add_argument("--json", help="also write the quality numbers, warnings and per-level optimiser record (.json)")
     rg.set_defaults(func=cmd_register)
 
     ev = sub.add_parser(

@@ -63,12 +63,12 @@ from .deformable import antspyx_available, bspline_stage, syn_stage
 from .linear import STILL_MM, StageOptions, run_stage
 from .pyramid import plan_levels
 from .transforms import (TRANSFORM_SUFFIXES, check_transform_suffix, load_transform, resample_moving,
-                         save_transform, target_registration_error)
+                         save_transform, target_registration_error, transform_summary)
 
 __all__ = [
     "MODES", "INITS", "TRANSFORM_SUFFIXES", "RegistrationResult", "RegistrationWarning", "register",
     "resample_moving", "save_transform", "load_transform", "check_transform_suffix", "target_registration_error",
-    "antspyx_available",
+    "antspyx_available", "transform_summary", "DEFAULT_MODE",
 ]
 
 MODES = ("rigid", "affine", "rigid+affine", "bspline", "syn")

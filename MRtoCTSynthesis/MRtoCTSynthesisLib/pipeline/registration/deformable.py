@@ -4,11 +4,19 @@ Use: preparing *paired training data* when soft tissue moved between the MR and 
 (bladder and bowel filling, neck flexion), so that voxel-wise losses compare the same tissue. Not for
 geometric work that needs the MRI's own shape (planning on the MRI): there the rigid result is the one
 to use. The Jacobian determinant range of the result is reported (see :mod:`.quality`).
+
+Limits measured on the phantoms (multi-modal CT vs T1, a 12 mm smooth bump, 3.5 x 3.5 x 4.5 mm): the
+B-spline with the default 30 000 samples does not reduce the residual below the rigid one (1.5 mm);
+with 80 000 samples it reaches 1.0 mm, in minutes on one core. On a single contrast (MR vs MR) it
+takes 1.5 mm to 0.4 mm. Mutual information constrains local CT/MR deformations weakly; treat the
+B-spline as a refinement to inspect (Jacobian range, edge alignment), and prefer ``"syn"`` when antspyx
+is installed.
 """
 
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +28,15 @@ from .pyramid import Level
 
 BSPLINE_SPACING_MM = 40.0  # distance between B-spline control points
 MAX_MESH = 24  # control-point intervals per axis at most (bounds the parameter count)
-BSPLINE_MIN_RESOLUTION_MM = 1.5  # the B-spline levels stop at this resolution (finer adds time, not accuracy)
+BSPLINE_MIN_RESOLUTION_MM = 1.5  # the B-spline runs at the finest level at or above this resolution
+BSPLINE_MAX_ITERATIONS = 50  # L-BFGS-B iterations at most (each costs many metric evaluations)
 
 
 def bspline_levels(levels: list[Level]) -> list[Level]:
-    """The pyramid levels the B-spline stage runs on: the two finest at or above BSPLINE_MIN_RESOLUTION_MM."""
+    """The pyramid level the B-spline stage runs on: the finest at or above BSPLINE_MIN_RESOLUTION_MM
+    (control points 40 mm apart need no finer image; each finer level costs minutes on large images)."""
     usable = [lv for lv in levels if lv.target_mm >= BSPLINE_MIN_RESOLUTION_MM] or levels[:1]
-    return usable[-2:]
+    return usable[-1:]
 
 
 def bspline_stage(rigid: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, levels: list[Level],
@@ -35,7 +45,8 @@ def bspline_stage(rigid: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, 
     extent = [(n - 1) * s for n, s in zip(fixed.GetSize(), fixed.GetSpacing())]
     mesh = [int(min(MAX_MESH, max(1, round(e / BSPLINE_SPACING_MM)))) for e in extent]
     initial = sitk.BSplineTransformInitializer(fixed, mesh, 3)
-    out, info = run_stage("bspline", initial, fixed, moving, bspline_levels(levels), opts, progress, base, weight,
+    b_opts = replace(opts, iterations=min(opts.iterations, BSPLINE_MAX_ITERATIONS))
+    out, info = run_stage("bspline", initial, fixed, moving, bspline_levels(levels), b_opts, progress, base, weight,
                           moving_initial=rigid, kind="bspline")
     info["mesh"] = mesh
     info["control_point_spacing_mm"] = [round(e / m, 2) for e, m in zip(extent, mesh)]

@@ -82,3 +82,36 @@ def target_registration_error(estimated: sitk.Transform, true: sitk.Transform,
     a = np.array([estimated.TransformPoint(tuple(p)) for p in pts]).reshape(-1, 3)
     b = np.array([true.TransformPoint(tuple(p)) for p in pts]).reshape(-1, 3)
     return np.linalg.norm(a - b, axis=1)
+
+
+def transform_summary(transform: sitk.Transform) -> dict:
+    """A plain (JSON-ready) description of ``transform``, with a one-line ``text``.
+
+    Rigid: rotation angles (degrees, ITK Euler order) and translation (mm) about ``center_mm``; affine:
+    the 3x3 matrix and translation; B-spline: mesh and parameter count; displacement field: grid size;
+    composite: its parts, in the order they are listed (the last is applied first).
+    """
+    t = transform.Downcast() if hasattr(transform, "Downcast") else transform
+    if isinstance(t, sitk.CompositeTransform):
+        parts = [transform_summary(t.GetNthTransform(i)) for i in range(t.GetNumberOfTransforms())]
+        return {"type": "composite", "parts": parts, "text": " o ".join(p["text"] for p in parts)}
+    if isinstance(t, sitk.Euler3DTransform):
+        ang = [float(np.rad2deg(a)) for a in (t.GetAngleX(), t.GetAngleY(), t.GetAngleZ())]
+        tr = [float(v) for v in t.GetTranslation()]
+        return {"type": "rigid", "rotation_deg": ang, "translation_mm": tr, "center_mm": list(t.GetCenter()),
+                "text": "rigid: rotation " + "/".join(f"{a:.2f}" for a in ang) + " deg (x/y/z), translation "
+                        + "/".join(f"{v:.2f}" for v in tr) + " mm"}
+    if isinstance(t, sitk.AffineTransform):
+        m = [float(v) for v in t.GetMatrix()]
+        tr = [float(v) for v in t.GetTranslation()]
+        return {"type": "affine", "matrix": m, "translation_mm": tr, "center_mm": list(t.GetCenter()),
+                "text": "affine: det " + f"{np.linalg.det(np.reshape(m, (3, 3))):.4f}, translation "
+                        + "/".join(f"{v:.2f}" for v in tr) + " mm"}
+    if isinstance(t, sitk.BSplineTransform):
+        mesh = [int(s) - int(t.GetOrder()) for s in t.GetCoefficientImages()[0].GetSize()]
+        return {"type": "bspline", "mesh": mesh, "parameters": int(t.GetNumberOfParameters()),
+                "text": f"bspline: mesh {'x'.join(map(str, mesh))}, {t.GetNumberOfParameters()} parameters"}
+    if isinstance(t, sitk.DisplacementFieldTransform):
+        size = list(t.GetDisplacementField().GetSize())
+        return {"type": "displacement_field", "size": size, "text": f"displacement field {'x'.join(map(str, size))}"}
+    return {"type": t.GetName(), "text": t.GetName()}

@@ -199,9 +199,11 @@ def _row(case, info, r):
 
 def render(doc: dict) -> str:
     m = doc["machine"]
+    partial = "" if doc.get("complete", True) else (f" The run was stopped after {len(doc['cases'])} of "
+                                                    f"{len(CASES)} cases; the rows below are those it finished.")
     lines = [f"Machine: {machine_line(m)}; SimpleITK threads 1, ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1, "
              f"OMP_NUM_THREADS=1. Command: `{doc['command']}` ({doc['total_seconds']:.0f} s in all), commit "
-             f"{doc['commit'][:10]}. Tools: {', '.join(doc['tool_versions'])}.", ""]
+             f"{doc['commit'][:10]}. Tools: {', '.join(doc['tool_versions'])}.{partial}", ""]
     rows = []
     for c in doc["cases"]:
         case = CaseSpec(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in c["spec"].items()})
@@ -266,10 +268,20 @@ def main(argv=None):
                          "per case; 'all' for every case)")
     ap.add_argument("--json", default=str(RESULTS / "registration_cpu.json"))
     ap.add_argument("--write-readme", action="store_true", help="replace the table in benchmarks/README.md")
+    ap.add_argument("--from-json", help="only re-render the table (and README with --write-readme) from a results "
+                    "JSON of an earlier (possibly interrupted) run")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         return serve_worker(args.worker, worker)
+    if args.from_json:
+        doc = json.loads(Path(args.from_json).read_text())
+        doc["summary"] = summarise(doc)
+        md = render(doc)
+        print(md)
+        if args.write_readme:
+            _write_readme(md)
+        return 0
     _single_thread()
     t_all = time.perf_counter()
     cases = [c for c in CASES if not args.cases or c.name in args.cases]
@@ -320,15 +332,19 @@ def main(argv=None):
     md = _write(doc, args, t_all, final=True)
     print(md)
     if args.write_readme:
-        readme = REPO / "benchmarks" / "README.md"
-        text = readme.read_text()
-        block = f"{BEGIN}\n{md}\n{END}"
-        if BEGIN in text and END in text:
-            text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip() + "\n\n" + block + "\n"
-        readme.write_text(text)
+        _write_readme(md)
     return 0
+
+
+def _write_readme(md: str) -> None:
+    readme = REPO / "benchmarks" / "README.md"
+    text = readme.read_text()
+    block = f"{BEGIN}\n{md}\n{END}"
+    if BEGIN in text and END in text:
+        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    readme.write_text(text)
 
 
 if __name__ == "__main__":

@@ -168,7 +168,9 @@ def cmd_register(args) -> int:
     if "jacobian_min" in q:
         print(f"  Jacobian determinant: {q['jacobian_min']:.3f} .. {q['jacobian_max']:.3f} "
               f"({100 * q['folding_fraction']:.2f} % folded)")
-    print(f"  transform: {transform_summary(result.transform)}")
+    print(f"  transform: {transform_summary(result.transform)['text']}")
+    if q.get("metric_unchanged") and not result.warnings:
+        print("  note: the metric did not change: the starting alignment (centres of mass) was already the optimum")
     for w in result.warnings:
         print(f"  warning: {w}")
     if args.transform:

@@ -34,8 +34,8 @@ whose levels have a target resolution of 4, 2 and 1 times the finest spacing, re
 
 Honest stop: every level records the metric at its first and last iteration, how far (mm) it moved a
 3 x 3 x 3 grid of points over the CT box, and the optimiser's stop condition. A level that did not move
-(< 0.01 mm), a final metric no better than the metric at the start, a deformation that folds or a
-small overlap is reported in ``RegistrationResult.warnings`` (and as a :class:`RegistrationWarning`),
+(< 0.01 mm), a final metric worse than at the start, a deformation that folds or a small overlap is
+reported in ``RegistrationResult.warnings`` (and as a :class:`RegistrationWarning`),
 with the numbers, instead of being passed off as success. ``RegistrationResult.quality`` holds the
 ground-truth-free checks (:mod:`.quality`): metric as given / at the start / final (every overlap voxel),
 MI gain, gradient correlation and edge alignment before and after, overlap fraction.
@@ -75,6 +75,7 @@ MODES = ("rigid", "affine", "rigid+affine", "bspline", "syn")
 DEFAULT_MODE = "rigid"
 INITS = ("moments", "geometry", "none")
 MAX_ITERATIONS = 10_000
+METRIC_TOLERANCE = 2e-3  # Mattes MI differences below this are "unchanged" (the values are about -0.3 .. -1.3)
 MIN_OVERLAP = 0.2  # warn when fewer of the CT's voxels than this map inside the MRI (a small-FOV MRI covers ~0.5)
 
 ProgressFn = Callable[[float, str], None]
@@ -216,7 +217,9 @@ def register(fixed: Volume, moving: Volume, mode: str = DEFAULT_MODE, seed: int 
 
     ``result.quality`` (plain floats, None where not computable): ``metric_as_given`` (Mattes MI of the
     images as loaded), ``metric_start`` (after the centring initialisation), ``metric_final``,
-    ``mi_gain`` (``metric_start - metric_final``; > 0 is an improvement), ``gradient_correlation_before``
+    ``mi_gain`` (``metric_start - metric_final``; > 0 is an improvement), ``metric_unchanged`` (True when
+    ``|mi_gain| <= 0.002``: the start was already the optimum, or nothing moved -- then a level warning
+    says so), ``gradient_correlation_before``
     / ``_after`` and ``edge_alignment_before`` / ``_after`` (as given vs registered; see
     :mod:`.quality`), ``overlap_fraction`` (CT voxels that map inside the MRI), ``seconds``, and for the
     deformable modes ``jacobian_min``, ``jacobian_max``, ``folding_fraction``. ``result.warnings``
@@ -279,6 +282,9 @@ def _measure_quality(f_img, m_img, start, transform, bins, deformable) -> dict:
              metric_final=_quality.mattes_metric(grid, m_img, transform, bins))
     q["mi_gain"] = (q["metric_start"] - q["metric_final"]
                     if q["metric_start"] is not None and q["metric_final"] is not None else None)
+    # unchanged metric: either the start was already the optimum (every level moved and came back: fine)
+    # or the optimiser never moved (then a level warning says so)
+    q["metric_unchanged"] = q["mi_gain"] is not None and abs(q["mi_gain"]) <= METRIC_TOLERANCE
     sigma = max(1.0, 2.0 * min(grid.GetSpacing()))
     background = float(np.min(sitk.GetArrayViewFromImage(m_img)))
     f_grad = _quality.gradient(grid, sigma)
@@ -301,9 +307,9 @@ def _measure_quality(f_img, m_img, start, transform, bins, deformable) -> dict:
 def _quality_warnings(q: dict) -> list[str]:
     out = []
     ms, mf = q.get("metric_start"), q.get("metric_final")
-    if ms is not None and mf is not None and not mf < ms:
-        out.append(f"the final metric {mf:.4f} is no better than at the start {ms:.4f} (Mattes MI, lower is better): "
-                   "the optimiser did not improve the alignment.")
+    if ms is not None and mf is not None and mf > ms + METRIC_TOLERANCE:
+        out.append(f"the final metric {mf:.4f} is worse than at the start {ms:.4f} (Mattes MI, lower is better): "
+                   "the optimiser made the alignment worse; try init='geometry' or a rough manual alignment.")
     if q.get("overlap_fraction") is not None and q["overlap_fraction"] < MIN_OVERLAP:
         out.append(f"only {100 * q['overlap_fraction']:.0f} % of the CT's voxels map inside the MRI after "
                    "registration: check that both show the same body part.")

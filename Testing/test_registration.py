@@ -1,4 +1,8 @@
-"""MR -> CT registration: recovers a known rigid motion of a phantom MRI to sub-millimetre accuracy."""
+"""MR -> CT registration: recovers a known rigid motion of a phantom MRI to sub-millimetre accuracy.
+
+Thick oblique slices, the honest stop, the deformable modes and the quality numbers have their own
+files (``test_registration_thick.py``, ``test_registration_quality.py``, ``test_registration_deformable.py``).
+"""
 
 import os
 
@@ -42,8 +46,7 @@ def problem():
     true = sitk.Euler3DTransform((0.0, 0.0, 0.0), *np.deg2rad(TRUE_ANGLES_DEG), TRUE_SHIFT_MM)
     moving = _moved(mr_case.mr_t1, true)
     fractions = []
-    result = register(ct_case.ct, moving, mode="rigid+affine", seed=0,
-                      progress=lambda f, msg: fractions.append(f))
+    result = register(ct_case.ct, moving, seed=0, progress=lambda f, msg: fractions.append(f))  # default: rigid
     return dict(ct_case=ct_case, moving=moving, true=true, result=result, fractions=fractions)
 
 
@@ -52,15 +55,16 @@ def test_recovers_known_rigid_motion(problem):
     before = target_registration_error(sitk.Transform(), problem["true"], pts)
     after = target_registration_error(problem["result"].transform, problem["true"], pts)
     assert before.mean() > 5.0          # the test starts far from the answer
-    assert after.mean() < 1.0 and np.percentile(after, 95) < 2.0
+    assert after.mean() < 0.7 and np.percentile(after, 95) < 1.5
 
 
 def test_result_is_the_mri_on_the_ct_grid(problem):
     res, ct_case = problem["result"], problem["ct_case"]
     assert res.registered.geometry == ct_case.ct.geometry
     assert res.registered.array.shape == ct_case.ct.array.shape and res.registered.array.dtype == np.float32
-    assert isinstance(res.transform, sitk.CompositeTransform) and res.transform.GetNumberOfTransforms() == 2
-    assert [s["name"] for s in res.stages] == ["rigid", "affine"] and np.isfinite(res.final_metric)
+    assert res.mode == "rigid" and isinstance(res.transform, sitk.Euler3DTransform)
+    assert [s["name"] for s in res.stages] == ["rigid"] and np.isfinite(res.final_metric)
+    assert res.warnings == [] and res.converged
     # independent reference: the phantom's own T1 generated directly on the CT grid (aligned by construction)
     ref = ct_case.mr_t1.array
     body = ct_case.mask.array > 0
@@ -76,7 +80,8 @@ def test_result_is_the_mri_on_the_ct_grid(problem):
 def test_progress_reports_fractions(problem):
     f = problem["fractions"]
     assert len(f) > 10 and all(0.0 <= v <= 1.0 for v in f) and f[-1] == 1.0
-    assert min(f) < 0.2 and max(f[:-1]) > 0.5  # covers both stages
+    assert min(f) < 0.2 and max(f[:-1]) > 0.6  # covers the levels of the stage
+    assert f == sorted(f)  # never goes backwards
 
 
 def test_target_registration_error_closed_forms():
@@ -128,14 +133,62 @@ def small_pair():
     return case.ct, case.mr_t1
 
 
-def test_bad_inputs_are_refused(small_pair):
+BAD_CALLS = [
+    # (keyword arguments or a callable building (fixed, moving, kwargs), what the message must name)
+    (dict(mode="elastic"), "unknown registration mode 'elastic'"),
+    (dict(init="centre"), "unknown registration initialisation"),
+    (dict(seed=-1), "seed"),
+    (dict(seed=True), "seed"),
+    (dict(bins=4), "bins"),
+    (dict(iterations=-1), "iterations"),
+    (dict(iterations=10 ** 6), "iterations"),
+    (dict(sampling=0.0), "sampling"),
+    (dict(sampling="lots"), "sampling"),
+]
+
+
+@pytest.mark.parametrize("kwargs, message", BAD_CALLS)
+def test_bad_arguments_are_refused_with_a_fix(small_pair, kwargs, message):
     ct, mr = small_pair
-    with pytest.raises(InputError, match="mode"):
-        register(ct, mr, mode="bspline")
-    with pytest.raises(InputError, match="constant"):
-        register(ct, mr.with_array(np.full(mr.shape, 7.0, np.float32)))
-    with pytest.raises(InputError, match="seed"):
-        register(ct, mr, seed=-1)
+    with pytest.raises(InputError, match=message) as err:
+        register(ct, mr, **kwargs)
+    assert err.value.fix  # every refusal says what to do instead
+
+
+def test_bad_images_are_refused_with_a_fix(small_pair):
+    ct, mr = small_pair
+    cases = [
+        ((ct, mr.with_array(np.full(mr.shape, 7.0, np.float32))), "constant"),
+        ((ct, mr.with_array(np.where(np.arange(mr.array.size).reshape(mr.shape) == 5, np.nan, mr.array)
+                             .astype(np.float32))), "NaN"),
+        ((ct, mr.array), "must be a Volume"),
+        ((Volume(ct.array[:2], make_geometry((32, 32, 2), (12.0, 12.0, 12.0))), mr), "3D volume"),
+    ]
+    for (fixed, moving), message in cases:
+        with pytest.raises(InputError, match=message) as err:
+            register(fixed, moving)
+        assert err.value.fix
+
+
+def test_images_that_do_not_overlap_give_an_input_error(small_pair):
+    """The MRI 5 m away and positions kept as given: ITK finds no sample inside the MRI; the user is told
+    to align the images roughly first, not shown an ITK traceback."""
+    ct, mr = small_pair
+    g = mr.geometry
+    far = Volume(mr.array, make_geometry(g.size, g.spacing, tuple(o + 5000.0 for o in g.origin), g.direction))
+    with pytest.raises(InputError, match="registration failed") as err:
+        register(ct, far, init="none")
+    assert "overlap" in err.value.fix
+
+
+def test_syn_without_antspyx_says_how_to_get_it(small_pair, monkeypatch):
+    import MRtoCTSynthesisLib.pipeline.registration as reg
+
+    monkeypatch.setattr(reg, "antspyx_available", lambda: False)
+    ct, mr = small_pair
+    with pytest.raises(InputError, match="antspyx") as err:
+        register(ct, mr, mode="syn")
+    assert "bspline" in err.value.fix
 
 
 def test_progress_can_cancel(small_pair):

@@ -162,7 +162,7 @@ def write_split(split: dict[str, list], path) -> Path:
 def load_case(folder, register: bool = False, partial: bool = False) -> Case:
     """Read one case, checking that MR, CT (in HU) and mask share one grid.
 
-    ``register=True`` first registers the MR to the CT (:func:`.registration.register`, rigid then affine)
+    ``register=True`` first registers the MR to the CT (:func:`.registration.register`, its rigid default)
     and resamples it onto the CT grid, for cases whose MR is not aligned yet. ``partial=True`` accepts a
     case with only an MR or only a CT (the other is None; nothing to register).
     """

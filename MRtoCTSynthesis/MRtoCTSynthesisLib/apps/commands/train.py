@@ -59,7 +59,7 @@ def add_parser(sub) -> None:
     tr.add_argument("--disjoint-cases", action="store_true", default=None,
                     help="syndiff/cyclegan: take MR slices and CT slices from different cases (every other case)")
     tr.add_argument("--register", action="store_true", default=None,
-                    help="register each case's MR to its CT first (rigid then affine; cached with the slices)")
+                    help="register each case's MR to its CT first (rigid, Mattes MI; cached with the slices)")
     tr.add_argument("--no-cache", action="store_true",
                     help="do not cache preprocessed slices (default cache: $MRTOCT_CACHE or ~/.cache/mrtoct/slices)")
     tr.add_argument("--val-every", type=int, default=None, help="validate every N steps (default 500; 0 = never)")

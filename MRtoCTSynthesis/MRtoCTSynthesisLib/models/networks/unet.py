@@ -227,8 +227,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x))
-        # [B, 3C, H, W] -> 3 x [B, heads, HW, C/heads]
-        qkv = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).permute(1, 0, 2, 4, 3)
+        # [B, 3C, H, W] -> [3, B, heads, HW, C/heads], made contiguous: scaled_dot_product_attention takes
+        # its fused (flash) kernel only for contiguous q/k/v and otherwise falls back to the unfused math
+        # path, ~4-8x slower on a CPU (benchmarks/unet_cpu.py); same values to float rounding.
+        qkv = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).permute(1, 0, 2, 4, 3).contiguous()
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         out = out.permute(0, 1, 3, 2).reshape(b, c, h, w)
         return x + self.proj(out)

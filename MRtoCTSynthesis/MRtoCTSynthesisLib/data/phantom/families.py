@@ -112,14 +112,14 @@ FAMILIES: dict[str, Family] = {
                             "echo, 0.93 x 0.93 x 3 mm oblique (12-20 degrees) slices, 25 % bias, Rician noise",
         protocols={"t2_se": 1.0}, field_strengths=(3.0,), body_scale=(1.18, 1.28), z_scale=(1.0, 1.1),
         body_exponent=(3.0, 3.4), inplane_mm=(0.93, 0.93), slice_mm=(3.0, 3.0), oblique_deg=(12.0, 20.0),
-        oblique_fraction=1.0, fov_margin_mm=(20.0, 40.0), slab_mm=(144.0, 144.0), z_centre_mm=(-10.0, 10.0),
+        oblique_fraction=1.0, fov_margin_mm=(20.0, 40.0), slab_mm=(96.0, 96.0), z_centre_mm=(-20.0, 20.0),
         bias=(0.25, 0.25), noise=(0.02, 0.03)),
     "heldout_small_bssfp": Family(
         "heldout_small_bssfp", "held out: a small lean body (0.74-0.82x), the balanced-SSFP contrast (never "
                                "trained), 1.3 x 1.3 x 5 mm axial slices, 15 % bias, Rician noise",
         protocols={"bssfp": 1.0}, field_strengths=(1.5,), body_scale=(0.74, 0.82), z_scale=(0.85, 0.9),
-        inplane_mm=(1.3, 1.3), slice_mm=(5.0, 5.0), fov_margin_mm=(20.0, 40.0), slab_mm=(120.0, 120.0),
-        z_centre_mm=(-10.0, 10.0), bias=(0.15, 0.15), noise=(0.03, 0.04)),
+        inplane_mm=(1.3, 1.3), slice_mm=(5.0, 5.0), fov_margin_mm=(20.0, 40.0), slab_mm=(100.0, 100.0),
+        z_centre_mm=(-20.0, 20.0), bias=(0.15, 0.15), noise=(0.03, 0.04)),
 }
 
 

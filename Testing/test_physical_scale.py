@@ -171,3 +171,31 @@ def test_patch_dataset_draws_body_patches_at_the_pixel_size(tmp_path):
     assert float((t > -0.7).float().mean()) > 0.3  # mostly body
     m2, t2 = ds.fixed_batch(6, seed=0)
     assert torch.equal(m, m2) and torch.equal(t, t2)  # no augmentation: the same draw
+
+
+def test_training_run_at_a_pixel_size_records_it_and_synthesises(tiny_phantom_cases, tmp_path):
+    """`mrtoct train` with model.pixel_mm and data.augment: patches at that pixel size, TorchIO augmentation,
+    and a checkpoint whose conditioning records the pixel size, which synthesis then uses."""
+    pytest.importorskip("torchio", reason="TorchIO is in the 'train' extra")
+    from MRtoCTSynthesisLib.io.volume import read_volume
+    from MRtoCTSynthesisLib.models.checkpoint import read_metadata
+    from MRtoCTSynthesisLib.models.methods import load_model
+    from MRtoCTSynthesisLib.training.config import apply_overrides, default_config
+    from MRtoCTSynthesisLib.training.run import TrainingRun
+
+    cfg = default_config("ddpm")
+    cfg = apply_overrides(cfg, [f"data.root={tiny_phantom_cases}", "model.image_size=32", "model.pixel_mm=8.0",
+                                "model.unet={space_to_depth: 2, channel_mults: [1, 2], attention_levels: []}",
+                                "model.prediction=v", "train.steps=2", "train.batch_size=2", "train.val_every=2",
+                                "train.checkpoint_every=2", "train.device=cpu", "data.cache=false",
+                                "data.augment={bias_field: {p: 1.0}, affine: {p: 1.0}}"])
+    out = TrainingRun(cfg, tmp_path / "run").run(progress=False)
+    meta = read_metadata(out)
+    assert meta["conditioning"]["pixel_spacing_mm"] == 8.0 and meta["conditioning"]["image_size"] == 32
+    case = sorted(p for p in tiny_phantom_cases.iterdir() if p.is_dir())[0]
+    res = synthesize(read_volume(case / "mr.nii.gz"), load_model(out), SynthesisOptions(samples=1, steps=1))
+    assert res.info["model_grid"]["pixel_mm"] == 8.0
+    bad = default_config("ddpm")
+    from MRtoCTSynthesisLib.errors import InputError
+    with pytest.raises(InputError, match="pixel_mm"):
+        apply_overrides(bad, ["model.pixel_mm=-1"])

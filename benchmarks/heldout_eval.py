@@ -4,7 +4,7 @@
     OMP_NUM_THREADS=1 python benchmarks/heldout_eval.py --models OLD.safetensors NEW.safetensors \\
         --cases 2 --samples 8 --out benchmarks/results/heldout_eval.json
 
-Cases: the bundled demo case (seed 42 of the original generator, 64 x 64 x 36 at 6 x 6 x 4 mm; its tissue
+Cases: (``--clinical``) a 256 x 256 x 90 case at 1.5 mm of the original generator (seed 43), the bundled demo case (seed 42 of the original generator, 64 x 64 x 36 at 6 x 6 x 4 mm; its tissue
 labels are regenerated from the same seed, bit-identical to the bundled volumes) and ``--cases`` cases of each
 held-out family of ``MRtoCTSynthesisLib/data/phantom/families.py`` (seeds from 9000 / 9100, never used in
 training; generated once into ``--data``). Every model runs the same way: DPM-Solver++ 5 steps (the engine's
@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MRtoCTSynthesis"))
 
 from MRtoCTSynthesisLib.assets import DEMO_CASE  # noqa: E402
-from MRtoCTSynthesisLib.data.phantom import CORTICAL, generate_case  # noqa: E402
+from MRtoCTSynthesisLib.data.phantom import CORTICAL, generate_case, write_case  # noqa: E402
 from MRtoCTSynthesisLib.data.phantom.families import generate_family_dataset  # noqa: E402
 from MRtoCTSynthesisLib.io.volume import read_volume  # noqa: E402
 from MRtoCTSynthesisLib.models.methods import load_model  # noqa: E402
@@ -44,9 +44,20 @@ from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize  
 HELDOUT = {"heldout_large_t2": 9000, "heldout_small_bssfp": 9100}
 
 
-def cases(data_dir: Path, n: int):
+def clinical_case(data_dir: Path) -> Path:
+    """The clinical-size case of issue 23: 256 x 256 x 90 at 1.5 mm (the original generator, seed 43, T2)."""
+    folder = data_dir / "clinical_256x256x90_1.5mm_seed43"
+    if not (folder / "meta.json").exists():
+        write_case(generate_case(43, size=(256, 256, 90), spacing=(1.5, 1.5, 1.5)), folder)
+    return folder
+
+
+def cases(data_dir: Path, n: int, clinical: bool = False):
     demo_labels = generate_case(42, size=(64, 64, 36), spacing=(6, 6, 4)).labels
     yield "demo (seed 42, 6x6x4 mm, legacy T2)", DEMO_CASE, demo_labels
+    if clinical:
+        folder = clinical_case(data_dir)
+        yield "clinical 256x256x90 1.5 mm (seed 43, legacy T2)", folder, read_volume(folder / "labels.nii.gz")
     for fam, first in HELDOUT.items():
         for folder in generate_family_dataset(data_dir, fam, n, first):
             yield f"{fam} {folder.name.rsplit('_', 1)[-1]}", folder, read_volume(folder / "labels.nii.gz")
@@ -84,10 +95,12 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="substrings of case names to run (default: all)")
+    ap.add_argument("--clinical", action="store_true",
+                    help="also the clinical-size case (256 x 256 x 90 at 1.5 mm, issue 23), timed end to end")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "heldout_eval.json"))
     args = ap.parse_args(argv)
     rows = []
-    for name, folder, labels in cases(Path(args.data), args.cases):
+    for name, folder, labels in cases(Path(args.data), args.cases, args.clinical):
         if args.only and not any(s in name for s in args.only):
             continue
         for mp in args.models:

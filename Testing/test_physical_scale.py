@@ -199,3 +199,22 @@ def test_training_run_at_a_pixel_size_records_it_and_synthesises(tiny_phantom_ca
     from MRtoCTSynthesisLib.errors import InputError
     with pytest.raises(InputError, match="pixel_mm"):
         apply_overrides(bad, ["model.pixel_mm=-1"])
+
+
+def test_bundled_2mm_model_records_its_pixel_size_and_runs():
+    from MRtoCTSynthesisLib.assets import DEFAULT_MODEL, DEMO_CASE
+    from MRtoCTSynthesisLib.io.volume import read_volume
+    from MRtoCTSynthesisLib.models.methods import load_model
+
+    if not DEFAULT_MODEL.exists():
+        pytest.skip(f"{DEFAULT_MODEL.name} is not in this checkout")
+    model = load_model(DEFAULT_MODEL)
+    assert model.pixel_mm == 2.0 and model.metadata["prediction"] == "v"
+    assert model.network.config.space_to_depth == 2 and model.grid_multiple == 16
+    mri = read_volume(DEMO_CASE / "mr.nii.gz")
+    g = mri.geometry
+    two = Volume(np.ascontiguousarray(mri.array[17:19]), make_geometry((g.size[0], g.size[1], 2), g.spacing,
+                                                                       g.origin, g.direction))
+    res = synthesize(two, model, SynthesisOptions(samples=1, steps=1))
+    assert res.info["model_grid"]["pixel_mm"] == 2.0 and res.sct.array.shape == two.array.shape
+    assert np.isfinite(res.sct.array).all()

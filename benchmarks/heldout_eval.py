@@ -13,6 +13,7 @@ body mask (pipeline.metrics.evaluate, SynthRAD conventions), the mean sCT over c
 with the reference CT's mean there, the mean MC std in the body, and the 95 % coverage: the fraction of body
 voxels with |sCT - CT| <= 1.96 std, std with ddof 1 (the engine's std is the population std, ddof 0, so it is
 multiplied by sqrt(K / (K - 1)) here), plus the wall time and seconds per slice.
+``python benchmarks/heldout_eval.py --table A.json B.json ...`` prints the rows of result files as one table.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ sys.path.insert(0, str(ROOT / "MRtoCTSynthesis"))
 from MRtoCTSynthesisLib.assets import DEMO_CASE  # noqa: E402
 from MRtoCTSynthesisLib.data.phantom import CORTICAL, generate_case, write_case  # noqa: E402
 from MRtoCTSynthesisLib.data.phantom.families import generate_family_dataset  # noqa: E402
-from MRtoCTSynthesisLib.io.volume import read_volume  # noqa: E402
+from MRtoCTSynthesisLib.io.volume import Volume, make_geometry, read_volume  # noqa: E402
 from MRtoCTSynthesisLib.models.methods import load_model  # noqa: E402
 from MRtoCTSynthesisLib.pipeline.metrics import evaluate  # noqa: E402
 from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize  # noqa: E402
@@ -63,9 +64,21 @@ def cases(data_dir: Path, n: int, clinical: bool = False):
             yield f"{fam} {folder.name.rsplit('_', 1)[-1]}", folder, read_volume(folder / "labels.nii.gz")
 
 
-def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: int) -> dict:
-    mri, ref = read_volume(folder / "mr.nii.gz"), read_volume(folder / "ct.nii.gz")
-    mask = read_volume(folder / "mask.nii.gz")
+def central(vol, n):
+    """The ``n`` central slices (last array axis = z) of ``vol`` as a volume with its own geometry."""
+    if not n or vol.array.shape[0] <= n:
+        return vol
+    z0 = (vol.array.shape[0] - n) // 2
+    g = vol.geometry
+    origin = np.asarray(g.origin) + np.asarray(g.direction).reshape(3, 3) @ np.array([0.0, 0.0, z0 * g.spacing[2]])
+    geom = make_geometry((g.size[0], g.size[1], n), g.spacing, tuple(origin), g.direction)
+    return Volume(np.ascontiguousarray(vol.array[z0:z0 + n]), geom)
+
+
+def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: int, n_slices: int = 0) -> dict:
+    mri, ref = central(read_volume(folder / "mr.nii.gz"), n_slices), central(read_volume(folder / "ct.nii.gz"), n_slices)
+    mask = central(read_volume(folder / "mask.nii.gz"), n_slices)
+    labels = central(labels, n_slices)
     model = load_model(model_path)
     t0 = time.perf_counter()
     res = synthesize(mri, model, SynthesisOptions(samples=samples, seed=seed, device="cpu"))
@@ -86,7 +99,23 @@ def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: in
             "spacing": list(mri.geometry.spacing)}
 
 
+def table(paths) -> str:
+    """A Markdown table of the rows of several result files (one line per model and case)."""
+    rows = [r for p in paths for r in json.loads(Path(p).read_text())["rows"]]
+    fmt = lambda v, f: "" if v is None else format(v, f)  # noqa: E731
+    out = ["| case | model | MAE (HU) | ME (HU) | PSNR (dB) | SSIM | cortical bone sCT / CT (HU) | mean std (HU) | "
+           "95 % coverage | s / slice |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in sorted(rows, key=lambda r: (r["case"], r["model"])):
+        out.append(f"| {r['case']} | {r['model']} | {r['mae_hu']:.1f} | {r['me_hu']:+.1f} | {r['psnr_db']:.2f} | "
+                   f"{r['ssim']:.3f} | {fmt(r['cortical_sct_hu'], '.0f')} / {fmt(r['cortical_ref_hu'], '.0f')} | "
+                   f"{fmt(r['mean_std_ddof1_hu'], '.1f')} | {fmt(r['coverage95'], '.3f')} | {r['s_per_slice']:.2f} |")
+    return "\n".join(out)
+
+
 def main(argv=None) -> int:
+    if argv is None and len(sys.argv) > 1 and sys.argv[1] == "--table":
+        print(table(sys.argv[2:]))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", required=True)
     ap.add_argument("--data", default=str(Path(os.environ.get("MRTOCT_CACHE", Path.home() / ".cache" / "mrtoct"))
@@ -95,6 +124,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", help="substrings of case names to run (default: all)")
+    ap.add_argument("--slices", type=int, default=0,
+                    help="run only the N central slices of each case (timing on a shared machine; 0 = all)")
     ap.add_argument("--clinical", action="store_true",
                     help="also the clinical-size case (256 x 256 x 90 at 1.5 mm, issue 23), timed end to end")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "heldout_eval.json"))
@@ -104,7 +135,7 @@ def main(argv=None) -> int:
         if args.only and not any(s in name for s in args.only):
             continue
         for mp in args.models:
-            r = run(mp, name, Path(folder), labels, args.samples, args.seed)
+            r = run(mp, name, Path(folder), labels, args.samples, args.seed, args.slices)
             rows.append(r)
             print(f"{r['model']:28s} {name:40s} MAE {r['mae_hu']:6.1f} PSNR {r['psnr_db']:5.2f} SSIM {r['ssim']:.3f} "
                   f"cort {r['cortical_sct_hu'] or float('nan'):7.1f} (ref {r['cortical_ref_hu'] or float('nan'):6.1f}) "

@@ -162,6 +162,8 @@ class UNetConfig:
         d = dataclasses.asdict(self)
         d["channel_mults"] = list(self.channel_mults)
         d["attention_levels"] = list(self.attention_levels)
+        if self.space_to_depth == 1:  # the default: left out, so such configs read as before (older engines too)
+            del d["space_to_depth"]
         return d
 
     @classmethod

@@ -219,3 +219,23 @@ def test_config_round_trip_and_validation():
         small_config(in_channels=0)
     # a dict is accepted by the network itself
     assert ConditionalUNet(d).config == cfg
+
+
+def test_self_attention_matches_explicit_softmax_attention():
+    """SelfAttention (q/k/v made contiguous for SDPA's fused kernel) equals attention written out by hand:
+    per head softmax(q k^T / sqrt(d)) v over the H*W pixels, then the output projection and the residual."""
+    from MRtoCTSynthesisLib.models.networks.unet import SelfAttention
+
+    torch.manual_seed(3)
+    att = SelfAttention(32, heads=4, groups=8).eval()
+    for p in att.parameters():  # the output projection is not zero here, so the attention path counts
+        torch.nn.init.normal_(p, std=0.2)
+    x = torch.randn(2, 32, 6, 5)
+    with torch.no_grad():
+        got = att(x)
+        qkv = att.qkv(att.norm(x)).double().reshape(2, 3, 4, 8, 30)  # [B, qkv, head, d, HW]
+        q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+        w = torch.softmax(torch.einsum("bhdi,bhdj->bhij", q, k) / 8 ** 0.5, dim=-1)
+        out = torch.einsum("bhij,bhdj->bhdi", w, v).reshape(2, 32, 6, 5).float()
+        want = x + att.proj(out)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()

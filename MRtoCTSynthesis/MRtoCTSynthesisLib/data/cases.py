@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import InputError
 from ..io.atomic import atomic_write, write_json
 from ..io.intensity import MRNormalization, check_ct_in_hu, hu_to_model
-from ..io.slicing import to_canonical, to_model_grid
+from ..io.slicing import plan_physical_grid, to_canonical, to_model_grid, to_physical_grid
 from ..io.volume import Volume, read_volume, require_same_geometry
 from ..pipeline.registration import register as register_pair
 
@@ -186,10 +186,14 @@ def load_case(folder, register: bool = False, partial: bool = False) -> Case:
     return Case(folder.name, mr, ct, mask)
 
 
-def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool = True):
+def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool = True,
+                pixel_mm: float | None = None):
     """``(mr [N, 1+2c, H, W], ct [N, 1, H, W])`` model-range slices of one case (None for a missing modality).
 
-    With ``body_only`` (and a mask), slices without any body voxel are dropped.
+    With ``body_only`` (and a mask), slices without any body voxel are dropped. With ``pixel_mm``, the slices
+    are the whole canonical slice resampled to that pixel size (:func:`..io.slicing.to_physical_grid`, as
+    inference does for a model with a recorded pixel size; H and W then depend on the case's field of view)
+    instead of the square field of view resized to ``image_size``.
     """
     keep = None  # canonical slice indices with a body voxel (the mask shares the volumes' grid)
     if body_only and case.mask is not None:
@@ -198,8 +202,10 @@ def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool =
 
     def slices(arr, geometry, ctx):
         arr_c, layout = to_canonical(arr, geometry)
-        return to_model_grid(arr_c, layout, image_size, ctx,
-                             indices=np.arange(layout.n_slices) if keep is None else keep)
+        indices = np.arange(layout.n_slices) if keep is None else keep
+        if pixel_mm is not None:
+            return to_physical_grid(arr_c, layout, plan_physical_grid(layout, pixel_mm), ctx, indices=indices)
+        return to_model_grid(arr_c, layout, image_size, ctx, indices=indices)
 
     mr = ct = None
     if case.mr is not None:
@@ -214,7 +220,7 @@ def case_slices(case: Case, image_size: int, context: int = 0, body_only: bool =
 PREPROCESSING_VERSION = 1
 
 
-def _cache_key(folder: Path, image_size: int, context: int, register: bool) -> str:
+def _cache_key(folder: Path, image_size: int, context: int, register: bool, pixel_mm: float | None = None) -> str:
     files = []
     for stem in ("mr", "ct", "mask"):
         p = find_volume(folder, stem)
@@ -223,11 +229,14 @@ def _cache_key(folder: Path, image_size: int, context: int, register: bool) -> s
             files.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
     doc = {"files": files, "image_size": image_size, "context": context, "register": bool(register),
            "version": PREPROCESSING_VERSION}
+    if pixel_mm is not None:
+        doc["pixel_mm"] = float(pixel_mm)
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
 
 
 def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
-                     register: bool = False, partial: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+                     register: bool = False, partial: bool = False,
+                     pixel_mm: float | None = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """:func:`case_slices` of the case in ``folder``, through an on-disk cache when ``cache_dir`` is given.
 
     ``partial=True`` accepts a single-modality case (:func:`load_case`) and returns None for the missing one.
@@ -239,7 +248,7 @@ def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
     folder = Path(folder)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{folder.name}-{_cache_key(folder, image_size, context, register)}.safetensors"
+        path = Path(cache_dir) / f"{folder.name}-{_cache_key(folder, image_size, context, register, pixel_mm)}.safetensors"
         if path.exists():
             try:
                 t = load_file(str(path))
@@ -247,7 +256,7 @@ def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
                     return t.get("mr"), t.get("ct")
             except Exception:  # noqa: BLE001 - a damaged cache entry is rebuilt below
                 pass
-    mr, ct = case_slices(load_case(folder, register=register, partial=partial), image_size, context)
+    mr, ct = case_slices(load_case(folder, register=register, partial=partial), image_size, context, pixel_mm=pixel_mm)
     if path is not None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -283,6 +292,106 @@ class SliceDataset:
     def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         idx = torch.randint(0, len(self), (batch_size,), generator=generator)
         return self.mr[idx], self.ct[idx]
+
+
+class PatchDataset:
+    """Paired slices at a physical pixel size, served as random square patches (fully convolutional training).
+
+    Each case keeps its own canvas size (its field of view at ``pixel_mm``, :func:`case_slices`). A batch draws
+    slices uniformly over all cases' slices and, per slice, a patch of ``patch`` x ``patch`` pixels whose centre
+    lies in the body's bounding box on that slice (CT above -500 HU) with probability ``body_fraction``
+    (anywhere on the canvas otherwise); the canvas is padded with the background (-1) where the patch leaves
+    it. ``augment`` (:func:`.augment.build_augmentation`) transforms each patch pair on the fly. All draws come
+    from the generator passed to :meth:`batch` and torch's global generator, which the training loop seeds per
+    step, so a run is reproducible.
+    """
+
+    unpaired = False
+
+    def __init__(self, mrs: list[torch.Tensor], cts: list[torch.Tensor], case_names: list[str], patch: int,
+                 augment=None, body_fraction: float = 0.9):
+        if not mrs or sum(len(m) for m in mrs) == 0:
+            raise InputError("the training data has no slices.", "check the cases and their body masks.")
+        self.mrs = [m.contiguous() for m in mrs]
+        self.cts = [c.contiguous() for c in cts]
+        self.case_names, self.patch, self.augment = list(case_names), int(patch), augment
+        self.body_fraction = float(body_fraction)
+        self.index = torch.cat([torch.stack([torch.full((len(m),), i), torch.arange(len(m))], 1)
+                                for i, m in enumerate(self.mrs)])  # [N, 2]: (case, slice)
+        boxes = []
+        level = float(hu_to_model(np.float32(-500.0)))
+        for c in self.cts:
+            body = c[:, 0] > level
+            rows, cols = body.any(dim=2), body.any(dim=1)
+            for r, q in zip(rows, cols):
+                rr, cc = torch.nonzero(r).flatten(), torch.nonzero(q).flatten()
+                if len(rr) == 0:
+                    boxes.append((0, c.shape[2] - 1, 0, c.shape[3] - 1))
+                else:
+                    boxes.append((int(rr[0]), int(rr[-1]), int(cc[0]), int(cc[-1])))
+        self.boxes = torch.tensor(boxes, dtype=torch.long)
+
+    @classmethod
+    def from_folders(cls, folders, pixel_mm: float, patch: int, context: int = 0, cache_dir=None,
+                     register: bool = False, augment=None) -> "PatchDataset":
+        mrs, cts, names = [], [], []
+        for f in folders:
+            m, c = load_case_slices(f, patch, context, cache_dir=cache_dir, register=register, pixel_mm=pixel_mm)
+            mrs.append(m)
+            cts.append(c)
+            names.append(Path(f).name)
+        return cls(mrs, cts, names, patch, augment=augment)
+
+    @property
+    def mr(self):  # sizes for the training log (slices per modality)
+        return self.index
+
+    @property
+    def ct(self):
+        return self.index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _crop(self, img: torch.Tensor, y0: int, x0: int) -> torch.Tensor:
+        p = self.patch
+        h, w = img.shape[-2:]
+        ya, xa = max(0, y0), max(0, x0)
+        yb, xb = min(h, y0 + p), min(w, x0 + p)
+        out = torch.full(img.shape[:-2] + (p, p), -1.0, dtype=img.dtype)
+        if yb > ya and xb > xa:
+            out[..., ya - y0:yb - y0, xa - x0:xb - x0] = img[..., ya:yb, xa:xb]
+        return out
+
+    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        pick = torch.randint(0, len(self), (batch_size,), generator=generator)
+        u = torch.rand(batch_size, 3, generator=generator)
+        mrs, cts = [], []
+        for j, n in enumerate(pick.tolist()):
+            case, k = (int(v) for v in self.index[n])
+            mr, ct = self.mrs[case][k], self.cts[case][k]
+            h, w = mr.shape[-2:]
+            if u[j, 0] < self.body_fraction:
+                y0, y1, x0, x1 = (int(v) for v in self.boxes[n])
+            else:
+                y0, y1, x0, x1 = 0, h - 1, 0, w - 1
+            cy = y0 + int(u[j, 1] * (y1 - y0 + 1))
+            cx = x0 + int(u[j, 2] * (x1 - x0 + 1))
+            top, left = cy - self.patch // 2, cx - self.patch // 2
+            m, c = self._crop(mr, top, left), self._crop(ct, top, left)
+            if self.augment is not None:
+                m, c = self.augment(m, c)
+            mrs.append(m)
+            cts.append(c)
+        return torch.stack(mrs).float(), torch.stack(cts).float()
+
+    def fixed_batch(self, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` patches drawn with a fixed seed and without augmentation (validation)."""
+        aug, self.augment = self.augment, None
+        try:
+            return self.batch(n, torch.Generator().manual_seed(int(seed)))
+        finally:
+            self.augment = aug
 
 
 class UnpairedSliceDataset:

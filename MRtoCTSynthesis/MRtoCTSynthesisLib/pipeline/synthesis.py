@@ -7,7 +7,11 @@ conditional DDPM prior with every ``x0`` pinned to each slice's sparse-view CT m
 (DDMM-Synth Eqs. 5 and 7-13). The path of one call:
 
 1. normalise the MRI per volume (:class:`~.intensity.MRNormalization`);
-2. reorient to canonical axial order and put each slice on the model grid (:mod:`.slicing`);
+2. reorient to canonical axial order and put each slice on the model grid (:mod:`.slicing`): for a checkpoint
+   that records its training pixel size (``conditioning.pixel_spacing_mm``), a canvas of exactly that pixel
+   size over the body's bounding box plus a margin (``options.crop_to_body``; the whole field of view
+   otherwise), so the network sees anatomy at the scale it learned; for older checkpoints, the square field
+   of view resized to ``image_size``;
 3. enumerate (slice, sample) items, slice-major, and cut them into batches of ``batch_size`` images, so
    slices x Monte-Carlo samples fill the device together;
 4. for each batch, the method's ``sample`` runs the chosen sampler on the device (bf16 autocast on CUDA
@@ -48,7 +52,16 @@ import torch
 from ..devices import PRECISIONS, autocast, resolve_device
 from ..errors import CancelledError, InputError
 from ..io.intensity import MRNormalization, model_std_to_hu, model_to_hu
-from ..io.slicing import from_canonical, from_model_grid, to_canonical, to_model_grid
+from ..io.slicing import (
+    foreground_box_mm,
+    from_canonical,
+    from_model_grid,
+    from_physical_grid,
+    plan_physical_grid,
+    to_canonical,
+    to_model_grid,
+    to_physical_grid,
+)
 from ..io.volume import Volume
 from ..models.methods.ddmm_synth import NSMI_MODES, DDMMSynth, Measurements, resolve_nsmi
 from .measurements import MeasurementSpec
@@ -76,6 +89,7 @@ class SynthesisOptions:
     compile: bool = False        # torch.compile each network's forward (lazy: compiled on the first batch)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     nsmi: str = "auto"           # with measurements: auto | noiseless (DDMM-Synth Eq. 5) | noisy (Eqs. 7-13)
+    crop_to_body: bool = True    # physical-scale models: synthesise only the body's bounding box (+ margin)
 
     def validate(self) -> None:
         if self.samples < 1:
@@ -100,9 +114,10 @@ class SynthesisResult:
     measurements: Optional[Measurements] = None  # the embedded measurements (DDMM-Synth runs only)
 
 
-def default_batch_size(device: torch.device, image_size: int) -> int:
+def default_batch_size(device: torch.device, image_size: int | tuple[int, int]) -> int:
     """Images per network call: modest on CPU (cache-friendly), large on GPU (fills the device)."""
-    pixels = image_size * image_size
+    h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
+    pixels = h * w
     if device.type == "cuda":
         return max(8, min(256, int(64 * (256 * 256) / pixels)))
     return max(4, min(64, int(16 * (64 * 64) / pixels)))
@@ -191,12 +206,13 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
 
     model = DDMMSynth.from_model(model)
     device = resolve_device(options.device)
-    meas = measurements.build(mri, model.image_size, seed=options.seed, device=device) \
+    size = square_grid_size(model, mri)
+    meas = measurements.build(mri, size, seed=options.seed, device=device) \
         if isinstance(measurements, MeasurementSpec) else measurements
     op = meas.operator
-    if op.image_shape != (model.image_size, model.image_size):
+    if op.image_shape != (size, size):
         raise InputError(f"the measurements are on a {op.height}x{op.width} grid but the model works on "
-                         f"{model.image_size}x{model.image_size}.",
+                         f"{size}x{size} for this MRI.",
                          "simulate or write the sinograms for the model's grid (see `mrtoct info`).")
     n_slices = to_canonical(np.zeros(mri.array.shape, dtype=np.uint8), mri.geometry)[1].n_slices
     if meas.n_slices != n_slices:
@@ -210,7 +226,7 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
     mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    result = _sample_volume(mri, model, options, progress, cancel, meas.hook_for(mode))
+    result = _sample_volume(mri, model, options, progress, cancel, meas.hook_for(mode), square_size=size)
     result.info["method"] = "ddmm_synth_noise" if mode == "noisy" else "ddmm_synth"
     result.info["sampler_options"] = dict(options.sampler_options)
     result.info["measurements"] = {
@@ -226,10 +242,26 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
     return result
 
 
+def square_grid_size(model, mri: Volume) -> int:
+    """Side of the square model grid for ``mri``: the checkpoint's ``image_size``, or, for a model with a
+    recorded pixel size, the square field of view (the larger in-plane extent) in that pixel size, rounded to
+    a multiple of the network's down-sampling factor. DDMM-Synth's measurement operator works on this grid."""
+    if getattr(model, "pixel_mm", None) is None:
+        return int(model.image_size)
+    layout = to_canonical(np.zeros(mri.array.shape, dtype=np.uint8), mri.geometry)[1]
+    rows, cols = layout.canonical_shape[1], layout.canonical_shape[2]
+    side_mm = max(rows * layout.pixel_spacing[0], cols * layout.pixel_spacing[1])
+    f = max(1, int(model.grid_multiple))
+    return max(f, int(round(side_mm / model.pixel_mm / f)) * f)
+
+
 def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: ProgressFn | None,
                    cancel: Callable[[], bool] | None,
-                   x0_hook_for: Callable[[np.ndarray], Callable | None] | None) -> SynthesisResult:
-    """The slice-wise engine behind :func:`synthesize` (steps 1-6 of the module docstring)."""
+                   x0_hook_for: Callable[[np.ndarray], Callable | None] | None,
+                   square_size: int | None = None) -> SynthesisResult:
+    """The slice-wise engine behind :func:`synthesize` (steps 1-6 of the module docstring).
+
+    ``square_size`` forces the square model grid of that side (DDMM-Synth: the measurements' grid)."""
     device = resolve_device(options.device)
     prepare_model(model, device, options)
     sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
@@ -237,11 +269,35 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
     norm = MRNormalization.fit(mri.array, what="MRI")
     canon, layout = to_canonical(norm.apply(np.asarray(mri.array, dtype=np.float32)), mri.geometry)
     n_slices, k = layout.n_slices, options.samples
-    size = model.image_size
-    batch = options.batch_size or default_batch_size(device, size)
+    pixel_mm = getattr(model, "pixel_mm", None)
+    if pixel_mm is not None and square_size is None:
+        box = foreground_box_mm(canon, layout.pixel_spacing) if options.crop_to_body else None
+        grid = plan_physical_grid(layout, pixel_mm, model.grid_multiple, box)
+        shape = grid.shape
+        grid_info = {"kind": "physical", "pixel_mm": pixel_mm, "shape": list(shape), "crop_box_mm": box,
+                     "origin_mm": list(grid.origin_mm)}
+
+        def conditions(indices):
+            return to_physical_grid(canon, layout, grid, model.context, indices=indices)
+
+        def back(x, background):
+            return from_physical_grid(x, layout, grid, background=background)
+    else:
+        size = int(square_size or model.image_size)
+        shape = (size, size)
+        side_mm = max(layout.canonical_shape[1] * layout.pixel_spacing[0],
+                      layout.canonical_shape[2] * layout.pixel_spacing[1])
+        grid_info = {"kind": "square_fov", "shape": [size, size], "pixel_mm": side_mm / size}
+
+        def conditions(indices):
+            return to_model_grid(canon, layout, size, model.context, indices=indices)
+
+        def back(x, background):
+            return from_model_grid(x, layout)
+    batch = options.batch_size or default_batch_size(device, shape)
 
     items = np.repeat(np.arange(n_slices), k)  # slice-major: a slice's samples are finished together
-    moments = RunningMoments((n_slices, 1, size, size), device=device)
+    moments = RunningMoments((n_slices, 1) + tuple(shape), device=device)
     gen = torch.Generator(device=device).manual_seed(int(options.seed))
     total_nfe, n_batches, t0, start = 0, 0, time.perf_counter(), 0
     while start < len(items):
@@ -250,7 +306,7 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
         idx = items[start:start + batch]
         # each slice of the batch is resampled once and moved once, then repeated for its K samples
         uniq, inverse = np.unique(idx, return_inverse=True)
-        cond = to_model_grid(canon, layout, size, model.context, indices=uniq).to(device)
+        cond = conditions(uniq).to(device)
         if len(uniq) != len(idx):
             cond = cond.index_select(0, torch.as_tensor(inverse.reshape(-1), device=device))
         if options.channels_last:
@@ -285,8 +341,8 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
                                          f"{elapsed:.1f} s elapsed, ~{eta:.0f} s left")
 
     del canon  # the input-grid copy of the MRI is not needed any more (large volumes: one volume less at the peak)
-    mean = from_canonical(from_model_grid(moments.mean().float(), layout), layout)
-    std = from_canonical(from_model_grid(moments.std().float(), layout), layout)
+    mean = from_canonical(back(moments.mean().float(), -1.0), layout)
+    std = from_canonical(back(moments.std().float(), 0.0), layout)
     seconds = time.perf_counter() - t0
     info = {
         "method": model.method, "sampler": sampler.name, "steps": sampler.steps, "samples": k, "seed": options.seed,
@@ -294,7 +350,7 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
         "channels_last": options.channels_last, "compile": options.compile_mode if options.compile else False,
         "nfe_per_sample": total_nfe / max(1, n_batches),
         "slices": n_slices, "seconds": seconds, "seconds_per_slice": seconds / n_slices,
-        "mr_normalization": norm.to_dict(),
+        "mr_normalization": norm.to_dict(), "model_grid": grid_info,
     }
     return SynthesisResult(
         sct=mri.with_array(model_to_hu(mean).astype(np.float32)),

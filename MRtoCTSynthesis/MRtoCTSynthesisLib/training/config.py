@@ -18,9 +18,10 @@ from ..models.methods import METHODS
 #: give each method's paper values with citations; None = the method's own default (``method_config``).
 DEFAULT_CONFIG: dict[str, dict[str, Any] | str] = {
     "method": "ddpm",
-    "model": {"image_size": 64, "context": 0, "unet": "tiny", "prediction": "eps", "process": None, "options": {}},
+    "model": {"image_size": 64, "context": 0, "unet": "tiny", "prediction": "eps", "process": None, "options": {},
+              "pixel_mm": None},
     "data": {"root": None, "split": None, "val_fraction": 0.1, "test_fraction": 0.2, "split_seed": 0,
-             "register": False, "cache": True, "cache_dir": None, "disjoint_cases": False},
+             "register": False, "cache": True, "cache_dir": None, "disjoint_cases": False, "augment": None},
     "optim": {"lr": None, "betas": None, "eps": 1e-8, "grad_clip": 1.0, "warmup_steps": 0, "decay": "none",
               "decay_start": 0.5},
     "train": {"epochs": 100, "steps": None, "batch_size": 2, "ema_decay": 0.999, "amp": "auto", "seed": 0,
@@ -139,6 +140,11 @@ def validate_config(cfg: dict) -> dict:
             raise InputError(f"config {name} must be a {'non-negative' if allow_zero else 'positive'} "
                              f"{'integer' if integer else 'number'}, got {value!r}.", f"set {name} to e.g. 1.")
 
+    if cfg["model"]["pixel_mm"] is not None:
+        positive("model.pixel_mm", cfg["model"]["pixel_mm"], integer=False)
+    if d["augment"] is not None and not isinstance(d["augment"], dict):
+        raise InputError(f"config data.augment must be a mapping of transforms, got {d['augment']!r}.",
+                         "see MRtoCTSynthesisLib/data/augment.py, e.g. {bias_field: {p: 0.3}}.")
     positive("train.batch_size", t["batch_size"])
     positive("train.steps", t["steps"], allow_none=True)
     positive("train.epochs", t["epochs"], integer=False)

@@ -23,7 +23,9 @@ import torch
 import torch.distributed as dist
 import yaml
 
+from ..data.augment import build_augmentation
 from ..data.cases import (
+    PatchDataset,
     SliceDataset,
     UnpairedSliceDataset,
     find_cases,
@@ -125,6 +127,13 @@ class TrainingRun:
             raise InputError(f"method {model.method!r} trains on registered MR/CT pairs, but training case(s) "
                              f"{', '.join(single)} hold only one of the two.",
                              "remove them from the split, or train an unpaired method (syndiff, cyclegan).")
+        if m["pixel_mm"] is not None:  # patches of image_size pixels at the model's physical pixel size
+            return PatchDataset.from_folders(folders, float(m["pixel_mm"]), m["image_size"], m["context"],
+                                             cache_dir=self.cache_dir, register=d["register"],
+                                             augment=build_augmentation(d["augment"]))
+        if d["augment"]:
+            raise InputError("data.augment works with patch training at a physical pixel size (model.pixel_mm).",
+                             "set model.pixel_mm (e.g. 2.0), or drop data.augment.")
         return SliceDataset.from_folders(folders, **kw)
 
     # ------------------------------------------------------------------ checkpoints
@@ -234,7 +243,7 @@ class TrainingRun:
         if cfg["method"] in ("ddpm", "score_sde"):
             options.setdefault("prediction", m["prediction"])
         model = create_model(cfg["method"], m["image_size"], m["context"], unet=m["unet"], process=m["process"],
-                             options=options or None)
+                             options=options or None, pixel_mm=m["pixel_mm"])
         self.split = self._split(resume, bool(model.unpaired))
         if not self.split["train"]:
             raise InputError("the split has no training cases.", "add cases to 'train' or lower val/test fractions.")
@@ -246,10 +255,16 @@ class TrainingRun:
         self.total_steps = int(t["steps"] or math.ceil(float(t["epochs"]) * self.n_slices / per_step))
         self.val_data = None
         if self.split["val"] and t["val_every"] and t["val_cases"] and self.rank == 0:
-            vd = SliceDataset.from_folders(self.split["val"][: int(t["val_cases"])], m["image_size"], m["context"],
-                                           cache_dir=self.cache_dir, register=d["register"])
-            idx = torch.linspace(0, len(vd) - 1, min(int(t["val_slices"]), len(vd))).round().long()
-            self.val_data = (vd.mr[idx], vd.ct[idx])
+            if m["pixel_mm"] is not None:  # fixed patches (seeded, no augmentation) of the validation cases
+                vp = PatchDataset.from_folders(self.split["val"][: int(t["val_cases"])], float(m["pixel_mm"]),
+                                               m["image_size"], m["context"], cache_dir=self.cache_dir,
+                                               register=d["register"])
+                self.val_data = vp.fixed_batch(int(t["val_slices"]), seed=int(t["seed"]))
+            else:
+                vd = SliceDataset.from_folders(self.split["val"][: int(t["val_cases"])], m["image_size"], m["context"],
+                                               cache_dir=self.cache_dir, register=d["register"])
+                idx = torch.linspace(0, len(vd) - 1, min(int(t["val_slices"]), len(vd))).round().long()
+                self.val_data = (vd.mr[idx], vd.ct[idx])
         resume_state = self._load_resume(model) if resume else None
         start = int(resume_state["doc"]["step"]) if resume_state else 0
         es = t["early_stop"]

@@ -30,14 +30,14 @@ from .tissues import (
     check_weighting,
 )
 
-_PSF_SIGMA_VOX = 0.5        # partial-volume blur of the noise-free images, in voxels
-_CT_NOISE_SMOOTH_VOX = 0.6  # correlation of the CT noise, in voxels
-_HU_MIN, _HU_MAX = -1024.0, 3071.0
+PSF_SIGMA_VOX = 0.5        # partial-volume blur of the noise-free images, in voxels
+CT_NOISE_SMOOTH_VOX = 0.6  # correlation of the CT noise, in voxels
+HU_MIN, HU_MAX = -1024.0, 3071.0
 
-_ANATOMIES = {"pelvis": PelvisAnatomy, "head": HeadAnatomy}
+ANATOMIES = {"pelvis": PelvisAnatomy, "head": HeadAnatomy}
 
 
-def _check_seed(seed) -> int:
+def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or int(seed) < 0:
         raise InputError(f"phantom seed must be a non-negative integer, got {seed!r}.", "pass e.g. seed=0.")
     return int(seed)
@@ -78,7 +78,7 @@ def phantom_geometry(size: Sequence[int] = DEFAULT_SIZE, spacing: Sequence[float
     return make_geometry(size_t, spacing_t, origin_t, tuple(d.ravel()))
 
 
-def _physical_grid(geom: Geometry):
+def physical_grid(geom: Geometry):
     """Physical LPS coordinates (mm) of every voxel centre, three float32 arrays of shape (nz, ny, nx)."""
     m = geom.index_to_physical()
     nx, ny, nz = geom.size
@@ -92,7 +92,7 @@ def _physical_grid(geom: Geometry):
     return out
 
 
-def _bias_field(rng: np.random.Generator, px, py, pz, amplitude: float):
+def bias_field(rng: np.random.Generator, px, py, pz, amplitude: float):
     """A smooth multiplicative field exp(sum of long-wavelength cosines + linear ramp), about +-amplitude."""
     w = Waves(rng, 4, 250.0, 600.0)
     g = rng.normal(size=3)
@@ -101,11 +101,56 @@ def _bias_field(rng: np.random.Generator, px, py, pz, amplitude: float):
     return np.exp(f32(amplitude * 0.6) * w(px, py, pz) + f32(amplitude * 0.5) * ramp)
 
 
-def _lookup(labels, table: dict) -> np.ndarray:
+def lookup(labels, table: dict) -> np.ndarray:
     lut = np.zeros(max(LABEL_NAMES) + 1, np.float32)
     for k, v in table.items():
         lut[k] = v
     return lut[labels]
+
+
+def paint_anatomy(anat, px, py, pz, shape) -> dict:
+    """Labels of ``anat`` at the physical points (px, py, pz) of a grid of ``shape`` (no random draws):
+    ``inside`` (body mask), ``flat`` (its flat indices), ``lab_sub``/``bone_tex``/``soft_tex`` (per body
+    voxel) and the full ``labels`` volume."""
+    q = anat.to_anatomical(px, py, pz)
+    inside = anat.body(q)
+    flat = np.flatnonzero(inside.ravel())
+    sub = Points(q.x.ravel()[flat], q.y.ravel()[flat], q.z.ravel()[flat])
+    lab_sub, bone_tex, soft_tex = anat.paint(sub)
+    labels = np.zeros(shape, np.uint8)
+    labels.ravel()[flat] = lab_sub
+    return dict(inside=inside, flat=flat, lab_sub=lab_sub, bone_tex=bone_tex, soft_tex=soft_tex, labels=labels)
+
+
+def noise_free_ct(anat, painted: dict, shape) -> np.ndarray:
+    """The CT in HU before blur and noise: a value per tissue, a trabecular density texture and a faint
+    soft-tissue texture."""
+    lab_sub, bone_tex, soft_tex = painted["lab_sub"], painted["bone_tex"], painted["soft_tex"]
+    ct_sub = lookup(lab_sub, anat.ct_hu)
+    trab = lab_sub == TRABECULAR
+    ct_sub[trab] += f32(60.0) * bone_tex[trab]
+    soft = (lab_sub != TRABECULAR) & (lab_sub != CORTICAL) & (lab_sub != GAS)
+    ct_sub[soft] += f32(4.0) * soft_tex[soft]
+    ct = np.full(shape, anat.ct_hu[AIR], np.float32)
+    ct.ravel()[painted["flat"]] = ct_sub
+    return ct
+
+
+def blur_and_noise_ct(ct: np.ndarray, ct_sigma: float, rng_noise: np.random.Generator) -> np.ndarray:
+    """Partial-volume blur (half a voxel), then slightly correlated Gaussian noise of std ``ct_sigma``, clipped."""
+    ct = ndimage.gaussian_filter(ct, [PSF_SIGMA_VOX] * 3, mode="nearest")
+    noise = ndimage.gaussian_filter(rng_noise.standard_normal(ct.shape, dtype=np.float32),
+                                    [CT_NOISE_SMOOTH_VOX] * 3, mode="wrap")
+    noise *= f32(ct_sigma / max(float(noise.std()), 1e-12))
+    return np.clip(ct + noise, HU_MIN, HU_MAX).astype(np.float32)
+
+
+def rician(signal: np.ndarray, sigma: float, rng_noise: np.random.Generator) -> np.ndarray:
+    """Magnitude of the signal plus complex Gaussian noise of std ``sigma`` per channel (Rician)."""
+    sg = f32(sigma)
+    re = signal + sg * rng_noise.standard_normal(signal.shape, dtype=np.float32)
+    im = sg * rng_noise.standard_normal(signal.shape, dtype=np.float32)
+    return np.sqrt(re * re + im * im).astype(np.float32)
 
 
 def generate_case(seed: int, region: str = "pelvis", size: Sequence[int] = DEFAULT_SIZE,
@@ -120,15 +165,15 @@ def generate_case(seed: int, region: str = "pelvis", size: Sequence[int] = DEFAU
     docstring for the image model. Returns a :class:`PhantomCase` whose CT is float32 HU clipped to
     [-1024, 3071], MR volumes float32 >= 0, mask and labels uint8.
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     region = str(region).lower()
-    if region not in _ANATOMIES:
+    if region not in ANATOMIES:
         raise InputError(f"unknown phantom region '{region}'.", f"use one of: {', '.join(REGIONS)}.")
     geom = phantom_geometry(size, spacing, origin, direction)
     region_code = REGIONS.index(region)
     rng_anat = np.random.default_rng(np.random.SeedSequence([seed, 1000 + region_code]))
     rng_noise = np.random.default_rng(np.random.SeedSequence([seed, 2000 + region_code]))
-    anat = _ANATOMIES[region](rng_anat)
+    anat = ANATOMIES[region](rng_anat)
     # imaging parameters: drawn from the anatomy generator too, so they do not depend on the grid
     ct_sigma = float(rng_anat.uniform(10.0, 20.0))
     mr_scale = float(rng_anat.uniform(0.85, 1.15))
@@ -136,30 +181,18 @@ def generate_case(seed: int, region: str = "pelvis", size: Sequence[int] = DEFAU
                 "t2": float(rng_anat.uniform(0.012, 0.025) * 800 * mr_scale)}
     bias_amp = float(rng_anat.uniform(0.12, 0.25))
 
-    px, py, pz = _physical_grid(geom)
-    bias = {"t1": _bias_field(rng_anat, px, py, pz, bias_amp), "t2": _bias_field(rng_anat, px, py, pz, bias_amp)}
-    q = anat.to_anatomical(px, py, pz)
-    inside = anat.body(q)
-    flat = np.flatnonzero(inside.ravel())
-    sub = Points(q.x.ravel()[flat], q.y.ravel()[flat], q.z.ravel()[flat])
-    lab_sub, bone_tex, soft_tex = anat.paint(sub)
-
+    px, py, pz = physical_grid(geom)
+    bias = {"t1": bias_field(rng_anat, px, py, pz, bias_amp), "t2": bias_field(rng_anat, px, py, pz, bias_amp)}
     shape = geom.shape
-    labels = np.zeros(shape, np.uint8)
-    labels.ravel()[flat] = lab_sub
-
-    # noise-free CT with a trabecular density texture and a faint soft-tissue texture
-    ct_sub = _lookup(lab_sub, anat.ct_hu)
+    painted = paint_anatomy(anat, px, py, pz, shape)
+    inside, flat, lab_sub, bone_tex, soft_tex, labels = (painted[k] for k in (
+        "inside", "flat", "lab_sub", "bone_tex", "soft_tex", "labels"))
     trab = lab_sub == TRABECULAR
-    ct_sub[trab] += f32(60.0) * bone_tex[trab]
-    soft = (lab_sub != TRABECULAR) & (lab_sub != CORTICAL) & (lab_sub != GAS)
-    ct_sub[soft] += f32(4.0) * soft_tex[soft]
-    ct = np.full(shape, anat.ct_hu[AIR], np.float32)
-    ct.ravel()[flat] = ct_sub
+    ct = noise_free_ct(anat, painted, shape)
 
     mr = {}
     for w, table in (("t1", anat.mr_t1), ("t2", anat.mr_t2)):
-        s = _lookup(lab_sub, table) * f32(mr_scale)
+        s = lookup(lab_sub, table) * f32(mr_scale)
         s *= 1 + f32(0.03) * soft_tex
         if w == "t1":  # denser trabecular bone has less (fatty) marrow signal
             s[trab] -= f32(40.0 * mr_scale) * bone_tex[trab]
@@ -167,12 +200,8 @@ def generate_case(seed: int, region: str = "pelvis", size: Sequence[int] = DEFAU
         full.ravel()[flat] = np.maximum(s, 0)
         mr[w] = full
 
-    sig = [_PSF_SIGMA_VOX] * 3
-    ct = ndimage.gaussian_filter(ct, sig, mode="nearest")
-    noise = ndimage.gaussian_filter(rng_noise.standard_normal(shape, dtype=np.float32),
-                                    [_CT_NOISE_SMOOTH_VOX] * 3, mode="wrap")
-    noise *= f32(ct_sigma / max(float(noise.std()), 1e-12))
-    ct = np.clip(ct + noise, _HU_MIN, _HU_MAX).astype(np.float32)
+    sig = [PSF_SIGMA_VOX] * 3
+    ct = blur_and_noise_ct(ct, ct_sigma, rng_noise)
 
     mr_out = {}
     for w in MR_WEIGHTINGS:
@@ -238,7 +267,7 @@ def generate_dataset(out_dir: str | os.PathLike, n_cases: int, first_seed: int =
     if isinstance(n_cases, bool) or not isinstance(n_cases, (int, np.integer)) or n_cases < 1:
         raise InputError(f"number of phantom cases must be a positive integer, got {n_cases!r}.",
                          "pass e.g. n_cases=4.")
-    first_seed = _check_seed(first_seed)
+    first_seed = check_seed(first_seed)
     check_weighting(mr_weighting)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -178,6 +178,9 @@ class Anatomy:
                 u += f32(amp[j]) * np.sin(qx * f32(k[j, 0]) + qy * f32(k[j, 1]) + qz * f32(k[j, 2])
                                            + f32(ph[j]))
             out.append(q + u)
+        scale = getattr(self, "scale", None)  # optional per-axis body scale (data.phantom.families)
+        if scale is not None:
+            out = [q / f32(s) for q, s in zip(out, scale)]
         return Points(*out)
 
     # subclasses: body(p) -> bool, paint(p) -> (labels, bone_texture), tables

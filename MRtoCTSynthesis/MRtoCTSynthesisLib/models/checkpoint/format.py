@@ -16,12 +16,20 @@ document::
       },
       "process": {...} | null,                # noise schedule / SDE config (null for CNN/GAN methods)
       "intensity": {...},                     # how CT HU and MR intensities map to network values
-      "conditioning": {"mr_channels": 1, "context_slices": 0, "image_size": 64},
+      "conditioning": {"mr_channels": 1, "context_slices": 0, "image_size": 64,
+                       "pixel_spacing_mm": 2.0},  # optional, see below
       "training": {...},                      # free: data description, steps, seed, git commit ...
       "created": "2025-01-01T12:00:00+00:00", # ISO 8601, UTC
       "engine_version": "0.1.0",
       "sha256": "..."                         # optional, see below
     }
+
+``conditioning.pixel_spacing_mm`` (optional, a float in mm; written by ``create_model(pixel_mm=...)``, i.e.
+``model.pixel_mm`` of a training config) is the in-plane pixel size the model was trained at. When present,
+inference resamples every slice in plane to exactly that pixel size (a canvas over the body's bounding box,
+:mod:`...io.slicing`'s physical grid) and back, and ``image_size`` is only the training patch size; when absent
+(older checkpoints), each slice's square field of view is resized to ``image_size`` as before. Networks of
+type ``unet`` may carry ``space_to_depth`` (1, 2 or 4; absent = 1) in their config.
 
 Tensor names are ``<network>.<state_dict key>`` (for example ``denoiser.conv_in.weight``). Exponential
 moving-average weights of a network are stored as ``ema.<network>.<key>``; **when EMA weights are

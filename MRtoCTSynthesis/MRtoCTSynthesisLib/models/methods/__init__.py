@@ -58,7 +58,8 @@ def _method_class(method: str) -> type[SynthesisModel]:
 
 
 def create_model(method: str, image_size: int, context: int = 0, unet: dict | str = "tiny",
-                 process: dict | None = None, options: dict | None = None) -> SynthesisModel:
+                 process: dict | None = None, options: dict | None = None,
+                 pixel_mm: float | None = None) -> SynthesisModel:
     """An untrained model of ``method`` for ``image_size`` x ``image_size`` slices with 2.5D ``context``.
 
     ``unet`` is a preset name of :data:`..networks.UNET_PRESETS` (``"tiny"`` trains on a CPU, ``"full"``
@@ -66,9 +67,15 @@ def create_model(method: str, image_size: int, context: int = 0, unet: dict | st
     methods with their own networks (:class:`.unet_cnn.TrainableMethod`: syndiff and the CNN/GAN baselines)
     the preset sizes all of them, a dict may hold ``{"preset": ..., <network name>: {fields}}``, and
     ``options`` sets their hyper-parameters (``default_method_config``, e.g. ``{"mse_weight": 100}``).
+    ``pixel_mm`` (conditional diffusion methods) records the in-plane pixel size the model trains at as the
+    checkpoint's ``conditioning.pixel_spacing_mm``; inference then resamples every slice to it (``image_size``
+    is the training patch size). None keeps the square-field-of-view resize to ``image_size``.
     """
     cls = _method_class(method)
     if issubclass(cls, TrainableMethod):
+        if pixel_mm is not None:
+            raise InputError(f"method {method!r} does not support a physical pixel size (model.pixel_mm).",
+                             "leave model.pixel_mm unset (null) for this method, or train ddpm / score_sde.")
         return cls.build(image_size, context, unet=unet, process=process, options=options)
     options = dict(options or {})
     prediction = options.pop("prediction", "eps")
@@ -90,6 +97,8 @@ def create_model(method: str, image_size: int, context: int = 0, unet: dict | st
         "conditioning": {"mr_channels": 1 + 2 * context, "context_slices": context, "image_size": image_size},
         "training": {},
     }
+    if pixel_mm is not None:
+        metadata["conditioning"]["pixel_spacing_mm"] = float(pixel_mm)
     network = build_network(metadata["network"]["denoiser"])
     return cls({"denoiser": network}, metadata)
 

@@ -41,12 +41,27 @@ class SynthesisModel:
         if self.image_size < 1 or self.context < 0:
             raise InputError(f"the checkpoint's model grid is {self.image_size} pixels with {self.context} context "
                              "slices.", "use an unmodified checkpoint written by `mrtoct train`.")
+        self.grid_multiple = 1  # H and W of a network input must be multiples of this
         for name, net in networks.items():  # the model grid must suit every network's down-sampling
             f = getattr(getattr(net, "config", None), "downsample_factor", None)
             if isinstance(f, int) and f > 1 and self.image_size % f:
                 raise InputError(f"the checkpoint's model grid image_size {self.image_size} does not fit its network "
                                  f"{name!r}, which needs a multiple of {f} (edited or mixed-up checkpoint).",
                                  "use an unmodified checkpoint written by `mrtoct train`.")
+            if isinstance(f, int) and f > 1:
+                self.grid_multiple = max(self.grid_multiple, f)
+        # the training in-plane pixel size (mm): inference resamples every slice to it (io.slicing's physical
+        # grid); None for checkpoints without the record, which keep the square-FOV-to-image_size resize
+        pixel = cond.get("pixel_spacing_mm")
+        if pixel is not None:
+            try:
+                pixel = float(pixel)
+            except (TypeError, ValueError):
+                pixel = float("nan")
+            if not (0.05 <= pixel <= 50.0):
+                raise InputError(f"the checkpoint's conditioning pixel_spacing_mm {cond.get('pixel_spacing_mm')!r} is not "
+                                 "a pixel size between 0.05 and 50 mm.", "use an unmodified checkpoint written by `mrtoct train`.")
+        self.pixel_mm: float | None = pixel
 
     @property
     def in_channels(self) -> int:

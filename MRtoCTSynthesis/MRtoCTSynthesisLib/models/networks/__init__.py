@@ -38,7 +38,13 @@ __all__ = [
 #: pass of 16 slices of 64x64 takes ~0.2 s on 2 CPU cores; self-attention only at 16x16 and in the
 #: middle, since attention at 32x32 costs more than all the convolutions together on a CPU);
 #: "full": GPU model for 256x256 slices (42.9 M parameters; attention at 32x32 and in the middle).
+#: "cpu": the bundled default model's network for 2 mm pixels on a CPU (1.63 M parameters): the input's 2x2 pixel
+#: blocks folded into channels (space_to_depth 2), then 32-64 channels on four levels, attention only on the
+#: lowest (1/16 of the input: 6x6 tokens on a 96-pixel training patch, 12x12 on a 384 mm field of view at
+#: 2 mm, always <= 32x32 up to 1 m) and in the middle; chosen by the measurements of benchmarks/unet_cpu.py.
 UNET_PRESETS: dict[str, dict] = {
+    "cpu": dict(space_to_depth=2, base_channels=32, channel_mults=(1, 2, 2, 2), num_res_blocks=1,
+                attention_levels=(3,), attention_heads=4, norm_groups=8, image_size=96),
     "tiny": dict(base_channels=16, channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=(2,),
                  attention_heads=4, norm_groups=8, image_size=64),
     "full": dict(base_channels=96, channel_mults=(1, 2, 2, 4), num_res_blocks=2, attention_levels=(3,),
@@ -47,7 +53,7 @@ UNET_PRESETS: dict[str, dict] = {
 
 
 def unet_preset(name: str, in_channels: int, out_channels: int = 1, **overrides) -> UNetConfig:
-    """A :class:`UNetConfig` from :data:`UNET_PRESETS` (``"tiny"`` or ``"full"``), with overrides."""
+    """A :class:`UNetConfig` from :data:`UNET_PRESETS` (``"tiny"``, ``"cpu"`` or ``"full"``), with overrides."""
     if name not in UNET_PRESETS:
         raise InputError(f"unknown UNet preset {name!r}", f"use one of: {', '.join(UNET_PRESETS)}")
     kwargs = dict(UNET_PRESETS[name])

@@ -20,6 +20,13 @@ concatenates the encoder activations (skip connections) and upsamples with neare
 interpolation + 3x3 conv, and a zero-initialised output convolution, so an untrained network outputs
 zeros (the standard choice for diffusion denoisers).
 
+``space_to_depth = s > 1`` (the CPU preset) folds each s x s block of input pixels into channels before the
+input convolution (``pixel_unshuffle``) and unfolds the output convolution's ``s * s`` channels back into
+pixels (``pixel_shuffle``, a sub-pixel convolution): the network reads and writes images at full resolution
+but its first level runs at 1/s of it with s^2 times the channels. On a CPU a 3x3 convolution with 16-24
+channels on a large image runs 4-5x below the throughput of one with 32 or more channels on a smaller one
+(memory-bound; benchmarks/unet_cpu.py), so this is much cheaper per pixel than a full-resolution first level.
+
 The forward pass has no Python loop over samples; it works under ``torch.autocast`` (bf16/fp16:
 normalisation and the sinusoidal embedding run in float32) and with ``channels_last`` tensors.
 """
@@ -79,12 +86,13 @@ class UNetConfig:
     time_embedding: bool = True
     norm_groups: int = 8
     image_size: int = 64
+    space_to_depth: int = 1
 
     def __post_init__(self) -> None:
         self.channel_mults = as_int_tuple(self.channel_mults, "channel_mults")
         self.attention_levels = as_int_tuple(self.attention_levels, "attention_levels")
         for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks",
-                     "attention_heads", "norm_groups", "image_size"):
+                     "attention_heads", "norm_groups", "image_size", "space_to_depth"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(
@@ -103,6 +111,9 @@ class UNetConfig:
                 "set dropout to a probability such as 0.0 or 0.1",
             )
         self.dropout = float(self.dropout)
+        if self.space_to_depth not in (1, 2, 4):
+            raise InputError(f"UNet space_to_depth must be 1, 2 or 4, got {self.space_to_depth!r}",
+                             "use 1 (first level at full resolution) or 2 (the CPU preset)")
         if not self.channel_mults or any(m < 1 for m in self.channel_mults):
             raise InputError(
                 f"UNet channel_mults must be a non-empty list of positive integers, got {list(self.channel_mults)}",
@@ -137,20 +148,22 @@ class UNetConfig:
         if self.image_size % self.downsample_factor:
             raise InputError(
                 f"UNet image_size {self.image_size} is not divisible by {self.downsample_factor} "
-                f"(2 ** (number of levels - 1))",
+                f"(space_to_depth * 2 ** (number of levels - 1))",
                 f"use an image_size that is a multiple of {self.downsample_factor}",
             )
 
     @property
     def downsample_factor(self) -> int:
-        """H and W of the inputs must be multiples of this: ``2 ** (len(channel_mults) - 1)``."""
-        return 2 ** (len(self.channel_mults) - 1)
+        """H and W of the inputs must be multiples of this: ``space_to_depth * 2 ** (len(channel_mults) - 1)``."""
+        return self.space_to_depth * 2 ** (len(self.channel_mults) - 1)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["channel_mults"] = list(self.channel_mults)
         d["attention_levels"] = list(self.attention_levels)
+        if self.space_to_depth == 1:  # the default: left out, so such configs read as before (older engines too)
+            del d["space_to_depth"]
         return d
 
     @classmethod
@@ -227,8 +240,10 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
         qkv = self.qkv(self.norm(x))
-        # [B, 3C, H, W] -> 3 x [B, heads, HW, C/heads]
-        qkv = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).permute(1, 0, 2, 4, 3)
+        # [B, 3C, H, W] -> [3, B, heads, HW, C/heads], made contiguous: scaled_dot_product_attention takes
+        # its fused (flash) kernel only for contiguous q/k/v and otherwise falls back to the unfused math
+        # path, ~4-8x slower on a CPU (benchmarks/unet_cpu.py); same values to float rounding.
+        qkv = qkv.reshape(b, 3, self.heads, c // self.heads, h * w).permute(1, 0, 2, 4, 3).contiguous()
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])
         out = out.permute(0, 1, 3, 2).reshape(b, c, h, w)
         return x + self.proj(out)
@@ -267,7 +282,8 @@ class ConditionalUNet(nn.Module):
         else:
             self.time_mlp = None
 
-        self.conv_in = nn.Conv2d(cfg.in_channels, base, 3, padding=1)
+        s2 = cfg.space_to_depth ** 2
+        self.conv_in = nn.Conv2d(cfg.in_channels * s2, base, 3, padding=1)
 
         chans = [base * m for m in cfg.channel_mults]
         n_levels = len(chans)
@@ -308,7 +324,7 @@ class ConditionalUNet(nn.Module):
         assert not skip_chans
 
         self.norm_out = nn.GroupNorm(groups, ch)
-        self.conv_out = nn.Conv2d(ch, cfg.out_channels, 3, padding=1)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels * s2, 3, padding=1)
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
 
@@ -371,7 +387,8 @@ class ConditionalUNet(nn.Module):
         inp = self._check_inputs(x, cond)
         emb = self._embed(noise_cond, inp.shape[0], inp.device) if self.time_mlp is not None else None
 
-        h = self.conv_in(inp)
+        s2d = self.config.space_to_depth
+        h = self.conv_in(F.pixel_unshuffle(inp, s2d) if s2d > 1 else inp)
         skips = [h]
         for i, level in enumerate(self.down):
             for j, block in enumerate(level.res):
@@ -395,7 +412,8 @@ class ConditionalUNet(nn.Module):
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
 
-        return self.conv_out(F.silu(self.norm_out(h)))
+        out = self.conv_out(F.silu(self.norm_out(h)))
+        return F.pixel_shuffle(out, s2d) if s2d > 1 else out
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from MRtoCTSynthesisLib.data.phantom import CORTICAL, FAT, FLUID, MUSCLE, TRABECULAR
-from MRtoCTSynthesisLib.data.phantom.families import FAMILIES, Family, generate_family_case
+from MRtoCTSynthesisLib.data.phantom.families import FAMILIES, generate_family_case
 from MRtoCTSynthesisLib.data.phantom.mr_physics import (
     FAT_COMPARTMENT,
     GYROMAGNETIC_MHZ_PER_T,

@@ -268,6 +268,7 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
 
     norm = MRNormalization.fit(mri.array, what="MRI")
     canon, layout = to_canonical(norm.apply(np.asarray(mri.array, dtype=np.float32)), mri.geometry)
+    held = {"canon": canon}  # the only reference the batch loop uses, dropped after it
     n_slices, k = layout.n_slices, options.samples
     pixel_mm = getattr(model, "pixel_mm", None)
     if pixel_mm is not None and square_size is None:
@@ -278,7 +279,7 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
                      "origin_mm": list(grid.origin_mm)}
 
         def conditions(indices):
-            return to_physical_grid(canon, layout, grid, model.context, indices=indices)
+            return to_physical_grid(held["canon"], layout, grid, model.context, indices=indices)
 
         def back(x, background):
             return from_physical_grid(x, layout, grid, background=background)
@@ -290,10 +291,11 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
         grid_info = {"kind": "square_fov", "shape": [size, size], "pixel_mm": side_mm / size}
 
         def conditions(indices):
-            return to_model_grid(canon, layout, size, model.context, indices=indices)
+            return to_model_grid(held["canon"], layout, size, model.context, indices=indices)
 
         def back(x, background):
             return from_model_grid(x, layout)
+    del canon  # from here on only `held` refers to it
     batch = options.batch_size or default_batch_size(device, shape)
 
     items = np.repeat(np.arange(n_slices), k)  # slice-major: a slice's samples are finished together
@@ -340,7 +342,7 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
             progress(start / len(items), f"slices {done_slices}/{n_slices}, samples {start}/{len(items)}, "
                                          f"{elapsed:.1f} s elapsed, ~{eta:.0f} s left")
 
-    del canon  # the input-grid copy of the MRI is not needed any more (large volumes: one volume less at the peak)
+    held.clear()  # the input-grid copy of the MRI is not needed any more (large volumes: one volume less at the peak)
     mean = from_canonical(back(moments.mean().float(), -1.0), layout)
     std = from_canonical(back(moments.std().float(), 0.0), layout)
     seconds = time.perf_counter() - t0

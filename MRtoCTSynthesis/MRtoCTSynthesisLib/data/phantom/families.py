@@ -61,7 +61,7 @@ from .generate import (
     rician,
 )
 from .mr_physics import PROTOCOL_KINDS, TISSUES, draw_protocol, jitter, signal_table
-from .shapes import f32, rotation_matrix
+from .shapes import f32
 from .tissues import AIR, CORTICAL, GAS, LABEL_NAMES, REGIONS, TRABECULAR
 
 CONTRASTS = PROTOCOL_KINDS + ("legacy_t1", "legacy_t2", "random")

@@ -273,6 +273,15 @@ def test_absurd_counts_are_refused_before_any_work(inputs, tmp_path, capsys, ext
     no_temporaries(tmp_path)
 
 
+def test_batch_evaluation_bounds_counts_before_any_work(inputs, tmp_path, capsys, tiny_phantom_cases):
+    for extra, needle in ((["--samples", "1000000000"], r"--samples 1000000000 is more than the 10000"),
+                          (["--steps", "1000000000"], r"--steps 1000000000 is more than the 10000")):
+        rc, err, dt = run_cli(["evaluate", "--models", inputs["ddpm"], "--data", tiny_phantom_cases,
+                               "--out", tmp_path / "ev", *extra], capsys)
+        assert_clear_error(rc, err, dt, needle)
+    assert not (tmp_path / "ev").exists()
+
+
 def test_sampler_step_bounds_in_the_library():
     """ddpm/ddim take at most T steps of a VP chain; every sampler at most MAX_STEPS; the grid is never built."""
     from MRtoCTSynthesisLib.errors import InputError

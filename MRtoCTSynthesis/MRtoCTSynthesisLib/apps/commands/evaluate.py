@@ -148,6 +148,10 @@ def run_batch_evaluation(args) -> int:
                          f"drop {', '.join(extra)}: the batch mode reads each case's mask.nii.gz and writes "
                          "results.json to --out.")
     check_output_dir(Path(args.out or "mrtoct_evaluation"), "--out", {"--models": list(args.models), "--data": args.data})
+    from ...pipeline.synthesis import SynthesisOptions  # the bounds of --steps/--samples/--batch-size, before any work
+
+    SynthesisOptions(steps=args.steps, samples=args.samples if args.samples is not None else 1,
+                     batch_size=args.batch_size).validate()
     settings = EvaluationSettings(
         models=[Path(m) for m in args.models], data=Path(args.data), out=Path(args.out or "mrtoct_evaluation"),
         split=Path(args.split) if args.split else None,

@@ -108,7 +108,7 @@ def test_atomic_write_keeps_good_file_on_failure(tmp_path, oblique_image, monkey
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", boom)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InputError, match="could not write .*disk full.* previous file is unchanged"):
         write_volume(vol.with_array(vol.array * 2), target)
     assert target.read_bytes() == before
     assert sorted(os.listdir(tmp_path)) == ["sct.nii.gz"]  # no temp file left behind

@@ -62,8 +62,10 @@ from ..io.slicing import (
     to_model_grid,
     to_physical_grid,
 )
+from ..io.memory import available_memory_bytes, format_bytes
 from ..io.volume import Volume
 from ..models.methods.ddmm_synth import NSMI_MODES, DDMMSynth, Measurements, resolve_nsmi
+from ..models.samplers.base import MAX_STEPS
 from .measurements import MeasurementSpec
 from .uncertainty import RunningMoments
 
@@ -71,11 +73,22 @@ ProgressFn = Callable[[float, str], None]
 
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+#: the most Monte-Carlo samples per slice: the std estimate's relative error is about 1/sqrt(2K), 0.7 % at 10 000
+#: (Lyu & Wang and DDMM-Synth use 10-20); memory does not grow with K (moments are streamed), run time does
+MAX_SAMPLES = 10_000
+#: the most images per network call (the automatic choice is 4-64 on a CPU, 8-256 on a GPU)
+MAX_BATCH = 4096
 
 
 @dataclass
 class SynthesisOptions:
-    """What to run: sampler/steps (None = the model's defaults), K Monte-Carlo samples, seed, device."""
+    """What to run: sampler/steps (None = the model's defaults), K Monte-Carlo samples, seed, device.
+
+    Bounds (:meth:`validate`, before anything is loaded or allocated): ``samples`` 1 to :data:`MAX_SAMPLES`,
+    ``steps`` 1 to :data:`~..models.samplers.base.MAX_STEPS` (and at most the model's T for ddpm/ddim on a
+    DDPM model, checked when the sampler is built), ``batch_size`` 1 to :data:`MAX_BATCH`; the batch's estimated
+    activation memory must also fit in free memory on a CPU (:func:`check_batch_memory`).
+    """
 
     sampler: Optional[str] = None
     steps: Optional[int] = None
@@ -92,12 +105,27 @@ class SynthesisOptions:
     crop_to_body: bool = True    # physical-scale models: synthesise only the body's bounding box (+ margin)
 
     def validate(self) -> None:
+        for name in ("samples", "steps", "batch_size", "seed"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
+                raise InputError(f"{name} must be a whole number, got {v!r}.", f"give {name} as an integer.")
         if self.samples < 1:
             raise InputError(f"samples must be >= 1, got {self.samples}.", "use --samples 1 (no uncertainty) or more, e.g. 10.")
+        if self.samples > MAX_SAMPLES:
+            raise InputError(f"--samples {self.samples} is more than the {MAX_SAMPLES} Monte-Carlo samples per slice "
+                             "the engine allows (each sample is a full sampling run of every slice).",
+                             f"use --samples between 1 and {MAX_SAMPLES}; 10-20 give a usable uncertainty map.")
         if self.steps is not None and self.steps < 1:
             raise InputError(f"steps must be >= 1, got {self.steps}.", "use e.g. --steps 20 for dpmpp or 1000 for ddpm.")
+        if self.steps is not None and self.steps > MAX_STEPS:
+            raise InputError(f"--steps {self.steps} is more than the {MAX_STEPS} sampling steps the engine allows.",
+                             f"use --steps between 1 and {MAX_STEPS} (at most the model's T for ddpm/ddim), or leave "
+                             "--steps out for the sampler's default.")
         if self.batch_size is not None and self.batch_size < 1:
             raise InputError(f"batch size must be >= 1, got {self.batch_size}.", "omit --batch-size to choose automatically.")
+        if self.batch_size is not None and self.batch_size > MAX_BATCH:
+            raise InputError(f"--batch-size {self.batch_size} is more than the {MAX_BATCH} images per network call the "
+                             "engine allows.", "use a smaller --batch-size, or leave it out to choose automatically.")
         if self.precision not in PRECISIONS:
             raise InputError(f"unknown precision {self.precision!r}.", f"use {', '.join(PRECISIONS)}.")
         if self.nsmi not in NSMI_MODES:
@@ -121,6 +149,57 @@ def default_batch_size(device: torch.device, image_size: int | tuple[int, int]) 
     if device.type == "cuda":
         return max(8, min(256, int(64 * (256 * 256) / pixels)))
     return max(4, min(64, int(16 * (64 * 64) / pixels)))
+
+
+def activation_bytes_per_image(model, shape: tuple[int, int] | None = None) -> int:
+    """A rough upper estimate of the memory one image of ``shape`` (default: the model's square grid) needs in one
+    network call (float32 activations: the encoder's skip maps, working tensors at full resolution and the
+    attention matrices), from the networks' configs. Used only to refuse a batch that cannot fit
+    (:func:`check_batch_memory`)."""
+    size = float(np.sqrt(shape[0] * shape[1])) if shape is not None else int(model.image_size)
+    total = 0.0
+    for net in model.networks.values():
+        cfg = getattr(net, "config", None)
+        base = int(getattr(cfg, "base_channels", 64) or 64)
+        mults = tuple(getattr(cfg, "channel_mults", (1, 2, 4)) or (1,))
+        blocks = int(getattr(cfg, "num_res_blocks", 2) or 1)
+        heads = int(getattr(cfg, "attention_heads", 0) or 0)
+        floats = 4.0 * size * size * base * mults[0]  # working tensors at full resolution
+        for level, m in enumerate(mults):
+            floats += 2.0 * (blocks + 1) * (size / 2 ** level) ** 2 * base * m
+        for level in getattr(cfg, "attention_levels", ()) or ():
+            tokens = (size / 2 ** int(level)) ** 2
+            floats += 2.0 * tokens * tokens * max(1, heads)
+        total += floats
+    return int(4 * total)
+
+
+def check_batch_memory(model, batch: int, n_items: int, device: torch.device, explicit: bool,
+                       shape: tuple[int, int] | None = None) -> int:
+    """The batch to use for ``n_items`` images: refuse an explicit ``--batch-size`` whose estimated activations do
+    not fit in free CPU memory; shrink an automatic one to fit. (On CUDA an out-of-memory error halves the batch
+    instead.)"""
+    if device.type != "cpu":
+        return batch
+    free = available_memory_bytes()
+    per_image = activation_bytes_per_image(model, shape)
+    used = min(batch, n_items)  # a batch never holds more images than there are
+    if free is None or per_image <= 0 or used * per_image <= free // 2:
+        return batch
+    fits = max(1, int(free // 2 // per_image))
+    if not explicit:
+        return min(batch, fits)
+    raise InputError(f"--batch-size {batch} would need about {format_bytes(used * per_image)} of memory for the "
+                     f"network's activations (estimate), but only {format_bytes(free)} is available.",
+                     f"use --batch-size {fits} or less, or leave --batch-size out to choose automatically.")
+
+
+def _is_cpu_out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
+                                              or "DefaultCPUAllocator" in text)
 
 
 def check_compile_available(device: torch.device) -> None:
@@ -297,15 +376,16 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
             return from_model_grid(x, layout)
     del canon  # from here on only `held` refers to it
     batch = options.batch_size or default_batch_size(device, shape)
+    n_items = n_slices * k  # (slice, sample) items, slice-major: a slice's samples are finished together
+    batch = check_batch_memory(model, batch, n_items, device, explicit=options.batch_size is not None, shape=shape)
 
-    items = np.repeat(np.arange(n_slices), k)  # slice-major: a slice's samples are finished together
     moments = RunningMoments((n_slices, 1) + tuple(shape), device=device)
     gen = torch.Generator(device=device).manual_seed(int(options.seed))
     total_nfe, n_batches, t0, start = 0, 0, time.perf_counter(), 0
-    while start < len(items):
+    while start < n_items:
         if cancel is not None and cancel():
             raise CancelledError("synthesis cancelled")
-        idx = items[start:start + batch]
+        idx = np.arange(start, min(start + batch, n_items)) // k  # the slices of items start .. start + batch - 1
         # each slice of the batch is resampled once and moved once, then repeated for its K samples
         uniq, inverse = np.unique(idx, return_inverse=True)
         cond = conditions(uniq).to(device)
@@ -324,12 +404,16 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
             torch.cuda.empty_cache()
             batch = max(1, batch // 2)
             if progress:
-                progress(start / len(items), f"CUDA out of memory: retrying with batch size {batch}")
+                progress(start / n_items, f"CUDA out of memory: retrying with batch size {batch}")
             continue
         except Exception as exc:
             if options.compile and _is_compile_failure(exc):
                 raise InputError(f"torch.compile failed on {device.type}: {type(exc).__name__}: {str(exc)[:300]}",
                                  "run without --compile (the default).") from exc
+            if _is_cpu_out_of_memory(exc):
+                raise InputError(f"the computer ran out of memory with {len(idx)} images per network call.",
+                                 f"use a smaller --batch-size (e.g. {max(1, len(idx) // 4)}), close other programs, "
+                                 "or use a smaller model.") from None
             raise
         moments.update(torch.as_tensor(idx, device=device), out.x0.float())
         total_nfe += out.nfe
@@ -337,9 +421,9 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
         start += len(idx)
         if progress:
             elapsed = time.perf_counter() - t0
-            eta = elapsed / start * (len(items) - start)
+            eta = elapsed / start * (n_items - start)
             done_slices = start // k
-            progress(start / len(items), f"slices {done_slices}/{n_slices}, samples {start}/{len(items)}, "
+            progress(start / n_items, f"slices {done_slices}/{n_slices}, samples {start}/{n_items}, "
                                          f"{elapsed:.1f} s elapsed, ~{eta:.0f} s left")
 
     held.clear()  # the input-grid copy of the MRI is not needed any more (large volumes: one volume less at the peak)

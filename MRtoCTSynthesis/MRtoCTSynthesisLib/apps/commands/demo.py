@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ...assets import DEMO_CASE, DEMO_MODEL, DEMO_SYNDIFF
 from ...errors import InputError
-from ..args import progress_printer, sigterm_as_interrupt, write_json_output
+from ..args import check_output_dir, progress_printer, sigterm_as_interrupt, write_json_output
 from .synthesize import add_synthesis_arguments, options_from_args
 
 
@@ -56,7 +56,7 @@ def run(args) -> int:
         raise InputError(f"the bundled demo case {DEMO_CASE} is missing.", "reinstall the package (`bash scripts/setup.sh`).")
     if args.projections:
         check_projections(args.projections)
-    out = Path(args.out)
+    out = check_output_dir(Path(args.out), "--out")  # writable, checked before any work
     out.mkdir(parents=True, exist_ok=True)
     mri = read_volume(DEMO_CASE / "mr.nii.gz", "demo MRI")
     ref = read_volume(DEMO_CASE / "ct.nii.gz", "demo CT")

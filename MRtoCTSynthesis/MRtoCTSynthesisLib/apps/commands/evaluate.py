@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import InputError
-from ..args import non_negative_float, non_negative_int, positive_int, seed, sigterm_as_interrupt, write_json_output
+from ..args import (check_output_dir, check_output_file, non_negative_float, non_negative_int, positive_int, seed,
+                    sigterm_as_interrupt, write_json_output)
 from .synthesize import SAMPLER_CHOICES
 
 _SINGLE_ONLY = (("mask", "--mask"), ("json", "--json"), ("per_slice", "--per-slice"))
@@ -37,6 +38,9 @@ def add_parser(sub) -> None:
     one.add_argument("--mask", help="body mask on the same grid (non-zero = inside)")
     one.add_argument("--json", help="also write all metrics (with per-slice values) to this JSON file")
     one.add_argument("--per-slice", action="store_true", help="also print the per-slice table")
+    one.add_argument("--series-uid", action="append", metavar="UID",
+                     help="for a DICOM folder holding several series: read the series with this SeriesInstanceUID "
+                          "(repeat the flag for several folders)")
     add_batch_evaluation_arguments(ev.add_argument_group("mode 2: trained models on test cases"))
     ev.set_defaults(func=run)
 
@@ -111,10 +115,13 @@ def run(args) -> int:
     from ...io.volume import read_volume
     from ...pipeline.metrics import evaluate, format_table
 
-    pred = read_volume(args.pred, "synthetic CT")
-    ref = read_volume(args.ref, "reference CT")
+    if args.json:  # checked before any work: writable, and not one of the inputs
+        check_output_file(Path(args.json), "--json", {"--pred": args.pred, "--ref": args.ref, "--mask": args.mask})
+    uid = getattr(args, "series_uid", None)
+    pred = read_volume(args.pred, "synthetic CT", series_uid=uid)
+    ref = read_volume(args.ref, "reference CT", series_uid=uid)
     check_ct_in_hu(ref.array, "reference CT")
-    mask = read_volume(args.mask, "mask") if args.mask else None
+    mask = read_volume(args.mask, "mask", series_uid=uid) if args.mask else None
     res = evaluate(pred, ref, None if mask is None else mask)
     row = {"case": Path(args.pred).name, **{k: v for k, v in res.items() if k not in ("per_slice",)}}
     print(format_table([row]))
@@ -140,6 +147,11 @@ def run_batch_evaluation(args) -> int:
         raise InputError(f"{', '.join(extra)} belong(s) to the --pred/--ref mode.",
                          f"drop {', '.join(extra)}: the batch mode reads each case's mask.nii.gz and writes "
                          "results.json to --out.")
+    check_output_dir(Path(args.out or "mrtoct_evaluation"), "--out", {"--models": list(args.models), "--data": args.data})
+    from ...pipeline.synthesis import SynthesisOptions  # the bounds of --steps/--samples/--batch-size, before any work
+
+    SynthesisOptions(steps=args.steps, samples=args.samples if args.samples is not None else 1,
+                     batch_size=args.batch_size).validate()
     settings = EvaluationSettings(
         models=[Path(m) for m in args.models], data=Path(args.data), out=Path(args.out or "mrtoct_evaluation"),
         split=Path(args.split) if args.split else None,

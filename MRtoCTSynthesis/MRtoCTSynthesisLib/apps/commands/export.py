@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import InputError
+from ..args import check_output_file
 
 
 def add_parser(sub) -> None:
@@ -26,6 +27,7 @@ def run(args) -> int:
     out = Path(args.out)
     if out.suffix != ".safetensors":
         raise InputError(f"--out {out} must end in .safetensors.", "e.g. --out model_small.safetensors")
+    check_output_file(out, "--out", {"--model": args.model})  # writable, and never the checkpoint being exported
     ck = load_checkpoint(args.model)
     cls = METHODS.get(ck.method)
     keep = list(getattr(cls, "inference_networks", None) or ck.network_names)

@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from ...errors import InputError
-from ..args import positive_int
+from ..args import check_output_dir, positive_int
 
 
 def add_parser(sub) -> None:
@@ -37,6 +37,7 @@ def run(args) -> int:
     except OSError as exc:
         raise InputError(f"cannot create the folder --out {out} ({exc.strerror or exc}).",
                          "choose a folder path you can write to.") from None
+    check_output_dir(out, "--out")  # writable (read-only disks too), UTF-8 name, before any work
     t0 = time.perf_counter()
     folders = generate_dataset(out, args.cases, first_seed=args.seed, region=args.region,
                                size=tuple(args.size), spacing=tuple(args.spacing))

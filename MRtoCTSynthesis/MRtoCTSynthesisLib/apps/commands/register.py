@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from ..args import check_volume_output, non_negative_int, require_output_folder, write_json_output
+from ..args import check_distinct_outputs, check_output_file, check_volume_output, non_negative_int, write_json_output
 
 
 def add_parser(sub) -> None:
@@ -34,6 +34,9 @@ def add_parser(sub) -> None:
                     help="most optimiser iterations per pyramid level (default 100; 0 only reports the start)")
     rg.add_argument("--seed", type=int, default=0, help="seed of the metric's random sampling (default 0)")
     rg.add_argument("--json", help="also write the quality numbers, warnings and per-level optimiser record (.json)")
+    rg.add_argument("--series-uid", action="append", metavar="UID",
+                    help="for a DICOM folder holding several series: read the series with this SeriesInstanceUID "
+                         "(repeat the flag for --fixed and --moving)")
     rg.set_defaults(func=run)
 
 
@@ -49,14 +52,16 @@ def run(args) -> int:
     from ...pipeline.registration import (RegistrationWarning, check_transform_suffix, register, save_transform,
                                           transform_summary)
 
-    out = check_volume_output(args.out, "--out")  # checked before the (long) registration, like --transform, --json
+    inputs = {"--fixed": args.fixed, "--moving": args.moving}
+    out = check_volume_output(args.out, "--out", inputs)  # checked before the (long) registration, like the others
     if args.transform:
         check_transform_suffix(Path(args.transform))
-        require_output_folder(Path(args.transform), "--transform")
+        check_output_file(Path(args.transform), "--transform", inputs)
     if args.json:
-        require_output_folder(Path(args.json), "--json")
-    fixed = read_volume(args.fixed, "fixed CT")
-    moving = read_volume(args.moving, "moving MRI")
+        check_output_file(Path(args.json), "--json", inputs)
+    check_distinct_outputs({"--out": args.out, "--transform": args.transform, "--json": args.json})
+    fixed = read_volume(args.fixed, "fixed CT", series_uid=args.series_uid)
+    moving = read_volume(args.moving, "moving MRI", series_uid=args.series_uid)
     t0 = time.perf_counter()
 
     def progress(fraction, message):

@@ -9,12 +9,11 @@ exact geometry) atomically, only after the whole volume is done.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from ...errors import InputError
-from ..args import (check_volume_output, positive_int, progress_printer, require_output_folder, seed,
+from ..args import (check_output_file, check_volume_output, positive_int, progress_printer, same_file, seed,
                     sigterm_as_interrupt, write_json_output)
 
 SAMPLER_CHOICES = ["ddpm", "ddim", "em", "pc", "ode", "dpmpp"]
@@ -30,9 +29,11 @@ def add_synthesis_arguments(p: argparse.ArgumentParser) -> None:
                         "ddim, em = Euler-Maruyama, pc = predictor-corrector, ode = probability-flow RK45")
     p.add_argument("--steps", type=positive_int("--steps"), default=None,
                    help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 5; "
-                        "ode: maximum steps of the adaptive solver)")
+                        "ode: maximum steps of the adaptive solver); at most 10000, and at most the model's T "
+                        "(e.g. 1000) for ddpm and ddim")
     p.add_argument("--samples", type=positive_int("--samples"), default=1,
-                   help="Monte-Carlo samples per slice; the sCT is their mean and --out-std their std (default 1)")
+                   help="Monte-Carlo samples per slice, 1 to 10000; the sCT is their mean and --out-std their std "
+                        "(default 1)")
     p.add_argument("--seed", type=seed(), default=0,
                    help="random seed, 0 to 2**62 (default 0); same seed + inputs + device = same sCT")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda or cuda:N")
@@ -92,6 +93,9 @@ def add_parser(sub) -> None:
     sy.add_argument("--out-ct", required=True, help="output synthetic CT (HU), e.g. sct.nii.gz")
     sy.add_argument("--out-std", help="output per-voxel Monte-Carlo std (HU), e.g. sct_std.nii.gz")
     sy.add_argument("--info-json", help="also write the run details (sampler, NFE, timings) as JSON")
+    sy.add_argument("--series-uid", action="append", metavar="UID",
+                    help="for a DICOM folder (--mri or --ct) holding several series: read the series with this "
+                         "SeriesInstanceUID (repeat the flag for several folders)")
     add_synthesis_arguments(sy)
     add_measurement_arguments(sy)
     sy.set_defaults(func=run)
@@ -143,7 +147,8 @@ def measurement_spec_from_args(args):
 
     sigma = 0.0 if args.noise_sigma is None else float(args.noise_sigma)
     if args.ct:
-        return MeasurementSpec(ct=read_volume(args.ct, "reference CT"), projections=args.projections,
+        return MeasurementSpec(ct=read_volume(args.ct, "reference CT", series_uid=getattr(args, "series_uid", None)),
+                               projections=args.projections,
                                noise_sigma=sigma)
     return MeasurementSpec(sinogram=read_volume(args.sinogram, "sinogram"), projections=args.projections,
                            noise_sigma=sigma)
@@ -160,13 +165,14 @@ def check_distinct_outputs(args) -> None:
         if not path:
             continue
         for in_flag, in_path in inputs.items():
-            if in_path and os.path.realpath(in_path) == os.path.realpath(path):
+            if in_path and same_file(in_path, path):
                 raise InputError(f"{flag} {path} is the input {in_flag}; writing it would destroy the input.",
                                  f"give {flag} another file name.")
-        if os.path.realpath(path) in seen:
-            raise InputError(f"{seen[os.path.realpath(path)]} and {flag} are the same file ({path}); one would "
-                             "overwrite the other.", f"give {flag} another file name.")
-        seen[os.path.realpath(path)] = flag
+        for other, other_flag in seen.items():
+            if same_file(other, path):
+                raise InputError(f"{other_flag} and {flag} are the same file ({path}); one would overwrite the other.",
+                                 f"give {flag} another file name.")
+        seen[path] = flag
 
 
 def run(args) -> int:
@@ -184,10 +190,11 @@ def run(args) -> int:
     measured = check_measurement_args(args)
     out_sino = check_volume_output(args.out_sinogram, "--out-sinogram") if getattr(args, "out_sinogram", None) else None
     if args.info_json:
-        require_output_folder(Path(args.info_json), "--info-json")
+        check_output_file(Path(args.info_json), "--info-json")
     check_distinct_outputs(args)
-    mri = read_volume(args.mri, "MRI")
+    mri = read_volume(args.mri, "MRI", series_uid=getattr(args, "series_uid", None))
     model = load_model(args.model)
+    model.make_sampler(options.sampler, options.steps)  # sampler and step bounds (e.g. steps <= T), before any work
     spec = measurement_spec_from_args(args) if measured else None
     sigterm_as_interrupt()
     with warnings.catch_warnings(record=True) as caught:
@@ -195,12 +202,12 @@ def run(args) -> int:
         result = synthesize(mri, model, options, measurements=spec, progress=progress_printer())
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr, flush=True)
-    write_volume(result.sct, out_ct)
+    write_volume(result.sct, out_ct, what="--out-ct")
     if out_std:
-        write_volume(result.std, out_std)
+        write_volume(result.std, out_std, what="--out-std")
     if measured and out_sino:
         arr = result.measurements.to_volume_array()
-        write_volume(Volume(arr, make_geometry(arr.shape[::-1])), out_sino)
+        write_volume(Volume(arr, make_geometry(arr.shape[::-1])), out_sino, what="--out-sinogram")
     info = result.info
     print(f"synthetic CT: {out_ct}" + (f"\nuncertainty (MC std, HU): {out_std}" if out_std else "")
           + (f"\nsinograms (slices, views, bins): {out_sino}" if measured and out_sino else ""))

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from ...errors import InputError
-from ..args import positive_int, sigterm_as_interrupt
+from ..args import check_not_an_input, check_output_dir, check_output_file, positive_int, sigterm_as_interrupt
 
 TRAIN_METHODS = ["ddpm", "score_sde", "syndiff", "unet_cnn", "pix2pix", "wgan_gp", "cyclegan"]
 
@@ -110,11 +110,17 @@ def run(args) -> int:
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix != ".safetensors":
         raise InputError(f"--out {out} must end in .safetensors.", "e.g. --out my_model.safetensors")
-    if out is not None and not out.parent.exists():
-        raise InputError(f"the folder of --out ({out.parent}) does not exist.", "create it first.")
+    if out is not None:
+        check_output_file(out, "--out", {"--config": args.config, "--split": args.split})
     cfg = train_config_from_args(args)
     run_dir = Path(args.run_dir) if args.run_dir else (out.with_name(out.stem + "_run") if out
                                                         else Path("runs") / cfg["method"])
+    # outputs checked before any work: the run folder is writable and not the data; --out is not a checkpoint the
+    # run itself keeps (its resumable state or its best model)
+    check_output_dir(run_dir, "--run-dir", {"--data": cfg["data"]["root"]})
+    if out is not None:
+        check_not_an_input(out, "--out", {"the run's resumable checkpoint": run_dir / "last.safetensors",
+                                          "the run's best checkpoint": run_dir / "best.safetensors"})
     if args.resume is False and (run_dir / "last.safetensors").exists() and not args.overwrite:
         raise InputError(f"the run folder {run_dir} already holds a checkpoint.",
                          "add --resume to continue that run, --overwrite to start again from scratch, or choose "

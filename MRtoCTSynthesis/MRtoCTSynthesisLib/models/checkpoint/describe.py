@@ -73,8 +73,10 @@ def describe_checkpoint(path: PathLike) -> str:
         for k, v in training.items():
             lines.append(f"    {k}: {_short(v, 200)}")
     extra = [k for k in doc if k not in {"format", "format_version", "method", "network", "process", "intensity",
-                                         "conditioning", "training", "created", "engine_version", "sha256"}]
+                                         "conditioning", "training", "created", "engine_version", "sha256",
+                                         "sha256_covers"}]
     for k in extra:
         lines.append(f"  {k}: {_short(doc[k], 200)}")
-    lines.append(f"  checksum: {'sha256 ' + doc['sha256'][:16] + '...' if doc.get('sha256') else 'none'}")
+    covers = "tensors and metadata" if doc.get("sha256_covers") == "tensors+metadata" else "tensors"
+    lines.append(f"  checksum: {'sha256 ' + doc['sha256'][:16] + '... over the ' + covers if doc.get('sha256') else 'none'}")
     return "\n".join(lines)

@@ -21,6 +21,7 @@ document::
       "training": {...},                      # free: data description, steps, seed, git commit ...
       "created": "2025-01-01T12:00:00+00:00", # ISO 8601, UTC
       "engine_version": "0.1.0",
+      "sha256_covers": "tensors+metadata",   # what sha256 covers (absent in older files: tensors only)
       "sha256": "..."                         # optional, see below
     }
 
@@ -37,12 +38,22 @@ present, inference uses them** (:func:`load_network` with ``prefer_ema=True``, t
 names are identifiers without dots and cannot be ``ema``.
 
 ``sha256`` (written by default) is the SHA-256 over the tensors in sorted name order, each contributing
-``name \\0 dtype \\0 shape-as-JSON \\0 raw little-endian bytes``; it is independent of the byte layout
-safetensors chooses, and :func:`load_checkpoint` checks it when present, so a flipped bit in the
-weights is reported instead of silently producing a wrong CT.
+``name \\0 dtype \\0 shape-as-JSON \\0 raw little-endian bytes``, followed (``"sha256_covers":
+"tensors+metadata"``, which this engine writes) by ``\\0metadata\\0`` and the metadata document
+without ``sha256`` as canonical JSON (sorted keys, no spaces, ASCII). It is independent of the byte layout
+safetensors chooses, and :func:`load_checkpoint` checks it when present, so a flipped bit in the weights or an
+edited metadata entry is reported instead of silently producing a wrong CT. Files without ``sha256_covers`` (written
+by earlier versions) have a checksum over the tensors only.
 
-Saving is atomic: the bytes go to a temporary file in the destination folder, are fsync-ed, and
-``os.replace`` puts them in place, so an interrupted save never leaves a half-written checkpoint.
+Loading checks, in this order and before allocating anything large: the file is a regular file (not a FIFO or a
+device); the safetensors header is well formed and describes exactly the file's size; the metadata JSON is not
+nested deeper than :data:`MAX_JSON_DEPTH`; every network config is within bounds and its state-dict shapes
+(computed on torch's ``meta`` device, :func:`..networks.expected_state_shapes`) equal the tensor shapes in the
+header; the file fits in free memory. Only then are the tensors read and the checksum verified.
+
+Saving is atomic and verified (:func:`...io.atomic.write_bytes_atomic`): the bytes go to a temporary file in the
+destination folder, are fsync-ed, read back and compared by SHA-256, and ``os.replace`` puts them in place, so an
+interrupted save or a full disk never leaves a half-written checkpoint.
 
 Legacy ``.pt``/``.pth`` files are read only through ``torch.load(..., weights_only=True)`` and must
 hold ``{"state_dict": {...}, "metadata": {...}}`` in the same layout; anything else is refused.
@@ -57,7 +68,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,10 +81,13 @@ from torch import nn
 
 from ... import __version__
 from ...errors import InputError
-from ..networks import NETWORK_TYPES, network_spec, normalise_spec, unwrap_module
+from ...io.atomic import write_bytes_atomic
+from ...io.memory import check_fits_in_memory
+from ..networks import NETWORK_TYPES, expected_state_shapes, network_spec, normalise_spec, unwrap_module
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "METADATA_KEY", "EMA_PREFIX", "STATE_PREFIX", "Checkpoint", "save_checkpoint",
-           "load_checkpoint", "read_metadata", "read_header", "document_from_header", "checkpoint_where", "check_path"]
+           "load_checkpoint", "read_metadata", "read_header", "document_from_header", "checkpoint_where", "check_path",
+           "check_network_shapes", "json_depth", "MAX_JSON_DEPTH", "CHECKSUM_COVERS"]
 
 FORMAT = "mrtoct-checkpoint"
 FORMAT_VERSION = 1
@@ -82,6 +96,11 @@ EMA_PREFIX = "ema"
 TORCH_SUFFIXES = (".pt", ".pth")
 
 _MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+#: metadata JSON nested deeper than this is refused (a legitimate document is a few levels deep; a deep one would
+#: make the JSON parser, or code walking the document, hit Python's recursion limit)
+MAX_JSON_DEPTH = 64
+#: the ``sha256_covers`` value of files whose checksum includes the metadata document
+CHECKSUM_COVERS = "tensors+metadata"
 _CORRUPT_FIX = "the checkpoint is truncated or corrupted; re-download or re-copy it"
 
 StateDict = Mapping[str, torch.Tensor]
@@ -169,7 +188,8 @@ def _tensor_bytes(t: torch.Tensor) -> memoryview:
     return memoryview(t.view(torch.uint8).numpy())
 
 
-def _payload_sha256(flat: Mapping[str, torch.Tensor]) -> str:
+def _payload_sha256(flat: Mapping[str, torch.Tensor], doc: Mapping[str, Any] | None = None) -> str:
+    """The checksum of the tensors, and of the metadata document ``doc`` (without its ``sha256``) when given."""
     h = hashlib.sha256()
     for name in sorted(flat):
         t = flat[name]
@@ -177,7 +197,44 @@ def _payload_sha256(flat: Mapping[str, torch.Tensor]) -> str:
         h.update(str(t.dtype).replace("torch.", "").encode() + b"\0")
         h.update(json.dumps(list(t.shape)).encode() + b"\0")
         h.update(_tensor_bytes(t))
+    if doc is not None:
+        h.update(b"\0metadata\0")
+        h.update(_canonical_json({k: v for k, v in doc.items() if k != "sha256"}))
     return h.hexdigest()
+
+
+def _canonical_json(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+def json_depth(obj: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: safe on any depth)."""
+    depth, stack = 0, [(obj, 1)]
+    while stack:
+        node, d = stack.pop()
+        if isinstance(node, dict):
+            depth = max(depth, d)
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            depth = max(depth, d)
+            stack.extend((v, d + 1) for v in node)
+    return depth
+
+
+def _loads_bounded(text: Any, path: PathLike | None, what: str) -> Any:
+    """``json.loads`` that turns deep nesting (RecursionError) and bad JSON into an :class:`InputError`."""
+    try:
+        obj = json.loads(text)
+    except RecursionError:
+        obj = None
+        deep = True
+    else:
+        deep = json_depth(obj) > MAX_JSON_DEPTH
+    if deep:
+        raise InputError(f"{checkpoint_where(path)} cannot be read: its {what} is nested more than {MAX_JSON_DEPTH} "
+                         "levels deep (a checkpoint's is a few levels deep)",
+                         _CORRUPT_FIX + " (or re-export it if it was edited by hand)")
+    return obj
 
 
 def _group(flat: Mapping[str, torch.Tensor], path: PathLike | None) -> dict[str, dict[str, torch.Tensor]]:
@@ -244,6 +301,8 @@ def _read_exact(path: Path, n: int | None = None) -> bytes:
 
 
 def check_path(path: PathLike) -> Path:
+    """An existing regular checkpoint file (FIFOs and devices such as /dev/zero are refused: reading them hangs or
+    never ends)."""
     p = Path(path)
     if not p.exists():
         raise InputError(f"checkpoint file not found: {str(p)!r}",
@@ -251,6 +310,12 @@ def check_path(path: PathLike) -> Path:
     if p.is_dir():
         raise InputError(f"{str(p)!r} is a folder, not a checkpoint file",
                          "give the path of the .safetensors file inside it")
+    mode = p.stat().st_mode
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else \
+            "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file"
+        raise InputError(f"{str(p)!r} is {kind}, not a checkpoint file",
+                         "give the path of a .safetensors checkpoint file")
     return p
 
 
@@ -273,8 +338,10 @@ def _parse_header(prefix: bytes, file_size: int, path: PathLike | None) -> dict[
     if len(raw) < n:
         raise _corrupt(path, "the header is cut short")
     try:
-        header = json.loads(raw.decode("utf-8"))
+        header = _loads_bounded(raw.decode("utf-8"), path, "safetensors header")
     except (UnicodeDecodeError, ValueError) as e:
+        if isinstance(e, InputError):
+            raise
         raise _corrupt(path, f"its safetensors header is not valid JSON ({e})") from e
     if not isinstance(header, dict):
         raise _corrupt(path, "its safetensors header is not a JSON object")
@@ -311,7 +378,9 @@ def _parse_document(text: Any, path: PathLike | None) -> dict[str, Any]:
         doc = dict(text)
     else:
         try:
-            doc = json.loads(text)
+            doc = _loads_bounded(text, path, "metadata")
+        except InputError:
+            raise
         except (TypeError, ValueError) as e:
             raise InputError(
                 f"the metadata of {checkpoint_where(path)} is not valid JSON ({e})",
@@ -353,6 +422,43 @@ def _validate_document(doc: Any, path: PathLike | None) -> None:
         normalise_spec(name, spec)
 
 
+def check_network_shapes(doc: Mapping[str, Any], shapes: Mapping[str, tuple], path: PathLike | None) -> None:
+    """Every network the metadata describes must have exactly the state-dict keys and shapes of the tensors stored
+    for it (raw and EMA copies), checked on torch's meta device before any real network is built; a config that
+    asks for an absurd network (e.g. num_res_blocks 1e6) is refused by the configs' bounds first."""
+    for name, spec in (doc.get("network") or {}).items():
+        groups = {g: {k[len(g) + 1:]: s for k, s in shapes.items() if k.startswith(g + ".")}
+                  for g in (name, f"{EMA_PREFIX}.{name}")}
+        groups = {g: sd for g, sd in groups.items() if sd}
+        if not groups:
+            continue  # described only (a network saved elsewhere)
+        try:
+            expected = expected_state_shapes(spec)
+        except InputError as e:
+            raise InputError(f"{checkpoint_where(path)}, network {name!r}: {e.problem}", e.fix) from None
+        for group, stored in groups.items():
+            report = _shape_report(expected, stored)
+            if report:
+                raise InputError(
+                    f"{checkpoint_where(path)}: the network config of {name!r} in its metadata and the tensors "
+                    f"stored for {group!r} do not match ({report})",
+                    "the file's metadata and weights disagree (edited or mixed-up file); use an unmodified checkpoint")
+
+
+def _shape_report(expected: Mapping[str, tuple], stored: Mapping[str, tuple]) -> str | None:
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    shapes = [f"{k} {tuple(stored[k])} vs {tuple(expected[k])}" for k in sorted(set(expected) & set(stored))
+              if tuple(stored[k]) != tuple(expected[k])]
+    if not (missing or unexpected or shapes):
+        return None
+
+    def fmt(items: list[str]) -> str:
+        return "none" if not items else ", ".join(items[:3]) + (f" and {len(items) - 3} more" if len(items) > 3 else "")
+
+    return f"missing: {fmt(missing)}; unexpected: {fmt(unexpected)}; shape mismatch (stored vs config): {fmt(shapes)}"
+
+
 # ---------------------------------------------------------------------------------------------- save
 def _write_payload(f, data: bytes) -> None:
     """Write ``data`` to the open temporary file (a separate function so tests can make it fail)."""
@@ -362,43 +468,10 @@ def _write_payload(f, data: bytes) -> None:
         f.write(view[i:i + chunk])
 
 
-def _fsync_dir(folder: Path) -> None:
-    if os.name != "posix":
-        return
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _atomic_write(path: Path, data: bytes) -> None:
-    folder = path.parent
-    folder.mkdir(parents=True, exist_ok=True)
-    mode = (path.stat().st_mode & 0o777) if path.exists() else 0o644
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_payload(f, data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.chmod(tmp, mode)
-        except OSError:
-            pass
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(folder)
+    """The one atomic, verified writer (``_write_payload`` stays the hook tests replace to simulate failures)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(path, data, writer=lambda f, d: _write_payload(f, d), what=f"checkpoint {path}")
 
 
 def save_checkpoint(
@@ -490,15 +563,20 @@ def save_checkpoint(
         "engine_version": __version__,
     }
     for key, value in metadata.items():
-        if key not in doc and key not in ("format", "format_version", "sha256", "engine_version"):
+        if key not in doc and key not in ("format", "format_version", "sha256", "sha256_covers", "engine_version"):
             doc[key] = value
-    if checksum:
-        doc["sha256"] = _payload_sha256(flat)
     try:
-        text = json.dumps(doc, default=_json_default)
+        doc = json.loads(json.dumps(doc, default=_json_default))  # plain JSON values, as a reader will see them
     except (TypeError, ValueError) as e:
         raise InputError(f"checkpoint metadata cannot be written as JSON: {e}",
                          "keep metadata values to numbers, strings, lists and dicts") from e
+    if json_depth(doc) > MAX_JSON_DEPTH:
+        raise InputError(f"checkpoint metadata is nested more than {MAX_JSON_DEPTH} levels deep",
+                         "keep the metadata a few levels deep")
+    if checksum:
+        doc["sha256_covers"] = CHECKSUM_COVERS
+        doc["sha256"] = _payload_sha256(flat, doc)
+    text = json.dumps(doc)
     _validate_document(json.loads(text), path)
 
     data = safetensors_save(flat, metadata={METADATA_KEY: text})
@@ -530,19 +608,34 @@ def load_checkpoint(path: PathLike, map_location: str | torch.device = "cpu", *,
     """
     p = check_path(path)
     if p.suffix.lower() in TORCH_SUFFIXES:
+        check_fits_in_memory(3 * p.stat().st_size, f"loading {checkpoint_where(p)}",
+                             "close other programs or use a machine with more memory")
         doc, flat = _load_torch_file(p)
+        check_network_shapes(doc, {k: tuple(t.shape) for k, t in flat.items()}, p)
     else:
-        data = _read_exact(p)
-        header = _parse_header(data, len(data), p)
+        header = read_header(p)  # the header alone: nothing large is read before the checks below
         doc = document_from_header(header, p)
+        check_network_shapes(doc, {k: tuple(int(d) for d in e["shape"]) for k, e in header.items()
+                                   if k != "__metadata__"}, p)
+        size = p.stat().st_size
+        check_fits_in_memory(2 * size, f"loading {checkpoint_where(p)}",
+                             "close other programs or use a machine with more memory")
+        data = _read_exact(p)
+        if len(data) != size:
+            raise _corrupt(p, f"the file changed while it was read ({size} then {len(data)} bytes)")
         try:
             flat = safetensors_load(data)
         except Exception as e:  # SafetensorError and friends: the header lied about the payload
             raise _corrupt(p, f"safetensors could not read the tensors ({e})") from e
         del data
     if verify and doc.get("sha256"):
-        if _payload_sha256(flat) != doc["sha256"]:
-            raise _corrupt(p, "the tensors do not match the checksum stored in the file")
+        covers = doc.get("sha256_covers")
+        if covers not in (None, CHECKSUM_COVERS):
+            raise InputError(f"{checkpoint_where(p)} has a checksum over {covers!r}, which this engine does not know",
+                             "update MRtoCTSynthesis to a release that reads it")
+        if _payload_sha256(flat, doc if covers == CHECKSUM_COVERS else None) != doc["sha256"]:
+            what = "the tensors or the metadata do not" if covers else "the tensors do not"
+            raise _corrupt(p, f"{what} match the checksum stored in the file (damaged, or edited after saving)")
     groups = _group(flat, p)
     if str(map_location) != "cpu":
         groups = {g: {k: t.to(map_location) for k, t in sd.items()} for g, sd in groups.items()}

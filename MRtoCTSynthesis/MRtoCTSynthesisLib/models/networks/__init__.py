@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+import torch
 from torch import nn
 
 from ...errors import InputError
@@ -32,6 +33,7 @@ __all__ = [
     "network_spec",
     "normalise_spec",
     "unwrap_module",
+    "expected_state_shapes",
 ]
 
 #: Recommended sizes. "tiny": trains on a laptop CPU (0.30 M parameters with 2 input channels; a forward
@@ -117,3 +119,15 @@ def build_network(net_spec: Mapping[str, Any]) -> nn.Module:
         )
     cfg_cls, mod_cls = NETWORK_TYPES[tname]
     return mod_cls(cfg_cls.from_dict(spec["config"]))
+
+
+def expected_state_shapes(net_spec: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """The state-dict keys and tensor shapes a spec's network has, without allocating it.
+
+    The config is validated (bounds included, see :data:`.unet.CONFIG_LIMITS`) and the module is built on torch's
+    ``meta`` device, which records shapes but allocates no memory; so a checkpoint's stored tensor shapes can be
+    compared with its metadata before any real network is built.
+    """
+    with torch.device("meta"):
+        net = build_network(net_spec)
+    return {k: tuple(int(d) for d in t.shape) for k, t in net.state_dict().items()}

@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import InputError
-from .unet import SelfAttention, as_int_tuple, sinusoidal_embedding
+from .unet import MAX_LEVELS, SelfAttention, as_int_tuple, check_channel_mults, check_config_int, sinusoidal_embedding
 
 __all__ = [
     "PatchGANConfig", "PatchDiscriminator",
@@ -65,10 +65,12 @@ class _Config:
         for name in self._int_tuples:
             setattr(self, name, as_int_tuple(getattr(self, name), name))
         for name in self._positive:
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(f"{type(self).__name__} field {name!r} must be a positive integer, got {v!r}",
-                                 f"set {name} to an integer >= 1")
+            check_config_int(type(self).__name__, name, getattr(self, name))
+        if "channel_mults" in self._int_tuples:
+            check_channel_mults(type(self).__name__, self.channel_mults)
+        if "attention_levels" in self._int_tuples and len(self.attention_levels) > MAX_LEVELS:
+            raise InputError(f"{type(self).__name__} attention_levels lists {len(self.attention_levels)} levels",
+                             f"list at most {MAX_LEVELS} levels, each once")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -343,7 +345,8 @@ class DiffusiveGeneratorConfig(_Config):
             if (self.base_channels * m) % self.norm_groups:
                 raise InputError(f"{self.base_channels * m} channels are not divisible by norm_groups {self.norm_groups}",
                                  "choose base_channels as a multiple of norm_groups")
-        if not 0.0 <= float(self.dropout) < 1.0:
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= float(self.dropout) < 1.0:
             raise InputError(f"dropout must be in [0, 1), got {self.dropout!r}", "use e.g. 0.0")
         self.dropout = float(self.dropout)
 

@@ -44,7 +44,42 @@ from torch import nn
 
 from ...errors import InputError
 
-__all__ = ["UNetConfig", "ConditionalUNet", "count_parameters", "sinusoidal_embedding"]
+__all__ = ["UNetConfig", "ConditionalUNet", "count_parameters", "sinusoidal_embedding", "CONFIG_LIMITS",
+           "check_config_int", "check_channel_mults"]
+
+
+#: Upper bounds of the integer fields of every network config (UNet and the GAN networks). They are far above
+#: any useful model (the "full" preset: 96 base channels, 2 residual blocks, 4 levels) and keep a config read from
+#: checkpoint metadata from asking for a network that takes hours or all memory to build; a checkpoint's tensors
+#: are then compared with the config's shapes before any real network is built (models.checkpoint).
+CONFIG_LIMITS = {"in_channels": 1024, "out_channels": 1024, "base_channels": 1024, "num_res_blocks": 16,
+                 "attention_heads": 64, "norm_groups": 1024, "image_size": 4096, "n_layers": 8, "n_downsampling": 8,
+                 "n_blocks": 64, "time_features": 4096, "latent_dim": 4096}
+#: at most this many resolution levels (entries of channel_mults), each multiplier at most MAX_CHANNEL_MULT
+MAX_LEVELS = 8
+MAX_CHANNEL_MULT = 32
+
+
+def check_config_int(owner: str, name: str, value: Any) -> int:
+    """A positive whole-number config field within :data:`CONFIG_LIMITS` (:class:`InputError` otherwise)."""
+    hi = CONFIG_LIMITS.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"{owner} field {name!r} must be a positive integer, got {value!r}",
+                         f"set {name} to an integer >= 1")
+    if hi is not None and value > hi:
+        raise InputError(f"{owner} field {name!r} is {value}, above the limit of {hi}",
+                         f"set {name} between 1 and {hi}; a checkpoint whose metadata asks for more was edited or "
+                         "damaged: use an unmodified checkpoint")
+    return value
+
+
+def check_channel_mults(owner: str, mults: tuple[int, ...]) -> None:
+    """``channel_mults``: 1 to :data:`MAX_LEVELS` entries, each between 1 and :data:`MAX_CHANNEL_MULT`."""
+    if not mults or len(mults) > MAX_LEVELS or any(m < 1 or m > MAX_CHANNEL_MULT for m in mults):
+        raise InputError(
+            f"{owner} channel_mults must be 1 to {MAX_LEVELS} integers between 1 and {MAX_CHANNEL_MULT}, "
+            f"got {list(mults)}",
+            "use for example [1, 2] (small CPU model) or [1, 2, 2, 4] (GPU model)")
 
 
 def as_int_tuple(value: Any, name: str) -> tuple[int, ...]:
@@ -93,12 +128,7 @@ class UNetConfig:
         self.attention_levels = as_int_tuple(self.attention_levels, "attention_levels")
         for name in ("in_channels", "out_channels", "base_channels", "num_res_blocks",
                      "attention_heads", "norm_groups", "image_size", "space_to_depth"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise InputError(
-                    f"UNet config field {name!r} must be a positive integer, got {v!r}",
-                    f"set {name} to an integer >= 1",
-                )
+            check_config_int("UNet config", name, getattr(self, name))
         if not isinstance(self.time_embedding, bool):
             raise InputError(
                 f"UNet config field 'time_embedding' must be true or false, got {self.time_embedding!r}",
@@ -114,11 +144,7 @@ class UNetConfig:
         if self.space_to_depth not in (1, 2, 4):
             raise InputError(f"UNet space_to_depth must be 1, 2 or 4, got {self.space_to_depth!r}",
                              "use 1 (first level at full resolution) or 2 (the CPU preset)")
-        if not self.channel_mults or any(m < 1 for m in self.channel_mults):
-            raise InputError(
-                f"UNet channel_mults must be a non-empty list of positive integers, got {list(self.channel_mults)}",
-                "use for example [1, 2] (small CPU model) or [1, 2, 2, 4] (GPU model)",
-            )
+        check_channel_mults("UNet", self.channel_mults)
         n_levels = len(self.channel_mults)
         bad = [a for a in self.attention_levels if not 0 <= a < n_levels]
         if bad:

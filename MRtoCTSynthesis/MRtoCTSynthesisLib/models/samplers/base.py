@@ -71,7 +71,15 @@ __all__ = [
     "X0Hook",
     "check_positive_int",
     "check_real",
+    "MAX_STEPS",
+    "max_steps",
 ]
+
+#: The most steps a sampler may take: the documented cap for samplers whose steps are points of a continuous time
+#: grid (em, pc, ode, dpmpp, and ddpm/ddim on a VE process). The papers use at most 1000-2000; 10 000 steps of the
+#: tiny demo UNet on one 64x64 slice already take minutes on a CPU. Discrete samplers on a VP (DDPM) process
+#: (``discrete_steps = True``: ddpm, ddim) take at most T steps, one per trained timestep.
+MAX_STEPS = 10_000
 
 ModelFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 X0Hook = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -143,6 +151,15 @@ def check_real(value: Any, name: str, *, lo: float | None = None, hi: float | No
         raise InputError(f"sampler option {name!r} must be " + " and ".join(s for s in (lo_s, hi_s) if s)
                          + f", got {value!r}", fix)
     return v
+
+
+def max_steps(sampler_cls: type, process: DiffusionProcess) -> int:
+    """The most steps ``sampler_cls`` may take on ``process``: T for a discrete sampler on a T-step VP chain,
+    otherwise :data:`MAX_STEPS`."""
+    T = getattr(process, "T", None)
+    if getattr(sampler_cls, "discrete_steps", False) and getattr(process, "kind", None) == "vp" and isinstance(T, int):
+        return min(T, MAX_STEPS)
+    return MAX_STEPS
 
 
 def _bcast(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -248,6 +265,8 @@ class Sampler:
     nfe_per_step: int = 1
     #: True when the same x_T always gives the same sample
     deterministic: bool = False
+    #: True when a step moves between trained timesteps of a discrete (VP, T-step) chain: at most T steps
+    discrete_steps: bool = False
 
     def __init__(self, process: DiffusionProcess, steps: int, clip_x0: bool = True,
                  clip_range: Sequence[float] = (-1.0, 1.0), t_spacing: Optional[str] = None):
@@ -255,6 +274,15 @@ class Sampler:
             raise TypeError(f"process must be a DiffusionProcess, got {type(process).__name__}")
         self.process = process
         self.steps = check_positive_int(steps, "steps", fix="pass the number of sampling steps, e.g. 50")
+        limit = max_steps(type(self), process)
+        if self.steps > limit:
+            T = getattr(process, "T", None)
+            if limit != MAX_STEPS and T is not None:
+                raise InputError(f"{self.steps} sampling steps is more than the T = {T} diffusion steps this model was "
+                                 f"trained with; the {self.name} sampler takes at most one step per trained timestep",
+                                 f"use --steps between 1 and {T} (e.g. 100 for ddim), or leave --steps out")
+            raise InputError(f"{self.steps} sampling steps is more than the {MAX_STEPS} the {self.name} sampler allows",
+                             f"use --steps between 1 and {MAX_STEPS} (the papers use at most 2000), or leave --steps out")
         if not isinstance(clip_x0, bool):
             raise InputError(f"sampler option 'clip_x0' must be true or false, got {clip_x0!r}")
         self.clip_x0 = clip_x0

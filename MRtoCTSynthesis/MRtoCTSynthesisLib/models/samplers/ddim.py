@@ -25,6 +25,7 @@ class DDIMSampler(Sampler):
     name = "ddim"
     default_spacing = "uniform"
     nfe_per_step = 1
+    discrete_steps = True  # at most T steps on a VP process (one per trained timestep)
 
     def __init__(self, process, steps, eta: float = 0.0, **kwargs):
         super().__init__(process, steps, **kwargs)

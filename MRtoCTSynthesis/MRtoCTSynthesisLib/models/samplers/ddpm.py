@@ -43,6 +43,7 @@ class DDPMSampler(Sampler):
     default_spacing = "uniform"
     nfe_per_step = 1
     deterministic = False
+    discrete_steps = True  # at most T steps on a VP process (one per trained timestep)
 
     def needs_noise(self, i: int, n: int) -> bool:
         return i < n - 1

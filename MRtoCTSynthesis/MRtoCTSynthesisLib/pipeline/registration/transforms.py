@@ -52,7 +52,7 @@ def save_transform(transform: sitk.Transform, path: str | os.PathLike) -> Path:
     suf = check_transform_suffix(p)
     if not p.parent.exists():
         raise InputError(f"output folder {p.parent} does not exist.", "create it first or choose another path.")
-    with atomic_write(p, suffix=suf) as tmp:
+    with atomic_write(p, suffix=suf, verify=lambda tmp: sitk.ReadTransform(str(tmp))) as tmp:  # read back: complete
         sitk.WriteTransform(transform, str(tmp))
     return p
 

@@ -22,16 +22,9 @@ from typing import Annotated, Optional
 import ctk
 import numpy as np
 import qt
-import vtk
-
 import slicer
+import vtk
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
-from slicer.ScriptedLoadableModule import (
-    ScriptedLoadableModule,
-    ScriptedLoadableModuleLogic,
-    ScriptedLoadableModuleTest,
-    ScriptedLoadableModuleWidget,
-)
 from slicer.parameterNodeWrapper import (
     Choice,
     GuiConnector,
@@ -39,10 +32,16 @@ from slicer.parameterNodeWrapper import (
     parameterNodeGuiConnector,
     parameterNodeWrapper,
 )
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
 from slicer.util import VTKObservationMixin
 
-from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 from MRtoCTSynthesisLib.slicer import bridge as slicer_bridge
+from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 RESOURCES_DIR = MODULE_DIR / "Resources"
@@ -113,7 +112,8 @@ def registerSampleData():
     icon = RESOURCES_DIR / "Icons" / "MRtoCTSynthesis.png"
     sources = slicer_bridge.sample_data_sources(thumbnail=icon if icon.exists() else None)
     if not sources:
-        logging.info("MRtoCTSynthesis: demo case not found in %s; sample data not registered", slicer_bridge.DEMO_CASE_DIR)
+        logging.info("MRtoCTSynthesis: demo case not found in %s; sample data not registered",
+                     slicer_bridge.DEMO_CASE_DIR)
     for source in sources:
         try:
             SampleData.SampleDataLogic.registerCustomSampleDataSource(**source)
@@ -175,7 +175,7 @@ class _DynamicChoiceComboBoxConnector(GuiConnector):
 
     @staticmethod
     def canRepresent(widget, datatype) -> bool:
-        return type(widget) == ctk.ctkComboBox and _plainType(datatype) is str
+        return type(widget) is ctk.ctkComboBox and _plainType(datatype) is str
 
     @staticmethod
     def create(widget, datatype):
@@ -382,7 +382,8 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.applyButton.text = "Apply"
                 self.ui.applyButton.enabled = canApply
                 self.ui.applyButton.toolTip = ("Synthesise a CT from the MRI." if canApply else
-                                               "Select an MRI and a model file" + (" and a reference CT (DDMM-Synth)." if ddmm else "."))
+                                               "Select an MRI and a model file"
+                                               + (" and a reference CT (DDMM-Synth)." if ddmm else "."))
             self.ui.registerButton.enabled = (not running) and bool(p.inputMRI) and bool(p.referenceCT)
             self.ui.compareLayoutButton.enabled = (not running) and bool(p.outputSCT)
         finally:
@@ -565,11 +566,13 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         gridShape = mrml_glue.volume_shape(gridNode)
         if tuple(array.shape) != tuple(gridShape):
             raise RuntimeError(f"{path} has {array.shape} voxels but {gridNode.GetName()} has {gridShape}")
-        if not slicer_bridge.same_grid(array.shape, fileMatrix, gridShape, mrml_glue.world_ijk_to_ras(gridNode), tol_mm=1e-2):
+        if not slicer_bridge.same_grid(array.shape, fileMatrix, gridShape, mrml_glue.world_ijk_to_ras(gridNode),
+                                       tol_mm=1e-2):
             logging.warning("MRtoCTSynthesis: %s is not exactly on the grid of %s; using %s's geometry",
                             path, gridNode.GetName(), gridNode.GetName())
         if outputNode is None:
-            outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", slicer.mrmlScene.GenerateUniqueName(name))
+            outputNode = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode",
+                                                            slicer.mrmlScene.GenerateUniqueName(name))
         mrml_glue.volume_node_from_array(slicer.mrmlScene, array.astype(np.float32, copy=False),
                                          mrml_glue.get_ijk_to_ras(gridNode), node=outputNode)
         outputNode.SetAndObserveTransformNodeID(gridNode.GetTransformNodeID())
@@ -870,7 +873,8 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         layoutManager = slicer.app.layoutManager()
         if layoutManager is None:  # no main window (e.g. --no-main-window)
             return
-        pairs = [(view, node) for view, node in zip(slicer_bridge.COMPARE_VIEWS, (mri, sct, ct, std)) if node is not None]
+        pairs = [(view, node) for view,
+                 node in zip(slicer_bridge.COMPARE_VIEWS, (mri, sct, ct, std)) if node is not None]
         if not pairs:
             return
         layoutId = slicer_bridge.COMPARE_LAYOUT_ID + len(pairs)
@@ -1026,7 +1030,8 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
         self.delayDisplay("DDMM-Synth: demo model + sparse-view projections of the phantom CT")
         from MRtoCTSynthesisLib.apps.cli import build_parser
 
-        synthesize = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction").choices["synthesize"]
+        synthesize = next(a for a in build_parser()._actions
+                          if a.__class__.__name__ == "_SubParsersAction").choices["synthesize"]
         if "--projections" not in synthesize._option_string_actions:
             self.skipTest("this engine's `mrtoct synthesize` has no DDMM-Synth options yet")
         self.assertIn("ddmm_synth", slicer_bridge.methods())

@@ -51,3 +51,16 @@ def tiny_phantom_cases(tmp_path_factory):
     assert main(["phantom", "--out", str(out), "--cases", "2", "--size", "32", "32", "8",
                  "--spacing", "11", "11", "14"]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_four_slices(tmp_path_factory):
+    """The 4 central axial slices (16-19 of 36) of the bundled demo case as mr/ct/mask NIfTI files (cropped with
+    SimpleITK, which keeps the physical position of every voxel): small inputs for CLI runs with the demo model."""
+    from MRtoCTSynthesisLib.assets import DEMO_CASE
+
+    out = tmp_path_factory.mktemp("demo_four_slices")
+    for name in ("mr", "ct", "mask"):
+        image = sitk.ReadImage(str(DEMO_CASE / f"{name}.nii.gz"))
+        sitk.WriteImage(image[:, :, 16:20], str(out / f"{name}.nii.gz"))
+    return out

@@ -15,7 +15,7 @@ import pytest
 PKG_DIR = Path(__file__).resolve().parents[1] / "MRtoCTSynthesis" / "MRtoCTSynthesisLib"
 PKG = PKG_DIR.name
 LAYERS = ["base", "io", "operators", "models", "pipeline", "data", "training", "apps", "slicer"]
-BASE = {"errors", "devices", "assets", ""}
+BASE = {"errors", "devices", "assets", "checks", "names", ""}
 
 
 def _modules():

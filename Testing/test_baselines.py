@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.models.losses import gan_loss, gradient_penalty, ns_discriminator_loss, ns_generator_loss
-from MRtoCTSynthesisLib.training.loop import train_adversarial
-from MRtoCTSynthesisLib.training.state import AdversarialSettings, make_train_state
-from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
 from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.data.cases import Case, SliceDataset, UnpairedSliceDataset, case_slices
+from MRtoCTSynthesisLib.data.phantom import generate_case
 from MRtoCTSynthesisLib.errors import InputError
+from MRtoCTSynthesisLib.io.volume import read_volume
+from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
+from MRtoCTSynthesisLib.models.losses import gan_loss, gradient_penalty, ns_discriminator_loss, ns_generator_loss
 from MRtoCTSynthesisLib.models.methods import METHODS, create_model, load_model
 from MRtoCTSynthesisLib.models.networks.gan import PatchDiscriminator, PatchGANConfig, ResnetGenerator, gan_preset
-from MRtoCTSynthesisLib.data.phantom import generate_case
-from MRtoCTSynthesisLib.io.volume import read_volume
+from MRtoCTSynthesisLib.training.loop import train_adversarial
+from MRtoCTSynthesisLib.training.state import AdversarialSettings, make_train_state
 
 BASELINES = ["unet_cnn", "pix2pix", "wgan_gp", "cyclegan"]
 SAVED = {"unet_cnn": {"generator"}, "pix2pix": {"generator", "discriminator"}, "wgan_gp": {"generator", "critic"},
@@ -57,10 +57,15 @@ def test_wgan_gradient_penalty_equals_closed_form_on_a_linear_critic(scale):
     g = torch.Generator().manual_seed(0)
     w = torch.randn(1, 1, 8, 8, generator=g)
     w = w / w.norm() * scale  # ||w|| = scale
-    critic = lambda x: (x * w).flatten(1).sum(1)  # grad = w everywhere, so ||grad|| = ||w||
+
+    def critic(x):  # grad = w everywhere, so ||grad|| = ||w||
+        return (x * w).flatten(1).sum(1)
+
     real, fake = torch.randn(5, 1, 8, 8, generator=g), torch.randn(5, 1, 8, 8, generator=g)
-    assert float(gradient_penalty(critic, real, fake, weight=1.0, generator=g)) == pytest.approx((scale - 1) ** 2, rel=1e-5, abs=1e-10)
-    assert float(gradient_penalty(critic, real, fake, weight=10.0, generator=g)) == pytest.approx(10 * (scale - 1) ** 2, rel=1e-5, abs=1e-9)
+    assert float(gradient_penalty(critic, real, fake, weight=1.0,
+                                  generator=g)) == pytest.approx((scale - 1) ** 2, rel=1e-5, abs=1e-10)
+    assert float(gradient_penalty(critic, real, fake, weight=10.0,
+                                  generator=g)) == pytest.approx(10 * (scale - 1) ** 2, rel=1e-5, abs=1e-9)
 
 
 def test_gradient_penalty_trains_the_critic():

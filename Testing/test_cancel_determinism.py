@@ -25,12 +25,12 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MRtoCTSynthesisLib.pipeline import synthesis as inference
 from MRtoCTSynthesisLib.apps.cli import main
 from MRtoCTSynthesisLib.errors import CancelledError
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
-from MRtoCTSynthesisLib.models.methods import create_model, save_model
 from MRtoCTSynthesisLib.io.volume import read_volume
+from MRtoCTSynthesisLib.models.methods import create_model, save_model
+from MRtoCTSynthesisLib.pipeline import synthesis as inference
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 
 PREVIOUS = b"previous uncertainty map - must survive a cancelled run"
 
@@ -67,7 +67,8 @@ def test_signal_during_synthesis_writes_nothing(inputs, tmp_path, sig):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # a job started in the background of a non-interactive shell inherits SIGINT as ignored: undo that, so
     # the engine sees Ctrl-C as a user does
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=env,
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
+                            errors="replace", env=env,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         err_lines, t0 = [], time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-from MRtoCTSynthesisLib.models.checkpoint import format as ckpt_format
+from MRtoCTSynthesisLib.errors import InputError
 from MRtoCTSynthesisLib.models.checkpoint import (
     FORMAT,
     FORMAT_VERSION,
@@ -21,7 +21,7 @@ from MRtoCTSynthesisLib.models.checkpoint import (
     read_metadata,
     save_checkpoint,
 )
-from MRtoCTSynthesisLib.errors import InputError
+from MRtoCTSynthesisLib.models.checkpoint import format as ckpt_format
 from MRtoCTSynthesisLib.models.networks import ConditionalUNet, UNetConfig, build_network
 
 torch.set_num_threads(2)

@@ -14,18 +14,24 @@ import SimpleITK as sitk
 import torch
 
 from MRtoCTSynthesisLib.apps.cli import main
-from MRtoCTSynthesisLib.models.diffusion import make_process
-from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
-from MRtoCTSynthesisLib.io.intensity import hu_to_model
-from MRtoCTSynthesisLib.models.methods import METHODS, create_model, load_model, save_model
-from MRtoCTSynthesisLib.models.methods.ddmm_synth import (DDMMSynth, Measurements, NoisyNullSpaceProjection,
-                                                          NullSpaceProjection, nsmi_noise_schedule, resolve_nsmi)
-from MRtoCTSynthesisLib.pipeline.measurements import measurements_from_ct
-from MRtoCTSynthesisLib.operators import get_operator
 from MRtoCTSynthesisLib.data.phantom import generate_case
-from MRtoCTSynthesisLib.models.samplers import make_sampler
+from MRtoCTSynthesisLib.errors import InputError
+from MRtoCTSynthesisLib.io.intensity import hu_to_model
 from MRtoCTSynthesisLib.io.volume import Volume, read_volume, write_volume
+from MRtoCTSynthesisLib.models.diffusion import make_process
+from MRtoCTSynthesisLib.models.methods import METHODS, create_model, load_model, save_model
+from MRtoCTSynthesisLib.models.methods.ddmm_synth import (
+    DDMMSynth,
+    Measurements,
+    NoisyNullSpaceProjection,
+    NullSpaceProjection,
+    nsmi_noise_schedule,
+    resolve_nsmi,
+)
+from MRtoCTSynthesisLib.models.samplers import make_sampler
+from MRtoCTSynthesisLib.operators import get_operator
+from MRtoCTSynthesisLib.pipeline.measurements import measurements_from_ct
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 
 ASSETS = __import__("pathlib").Path(__import__("MRtoCTSynthesisLib").__file__).with_name("assets")
 DEMO_MODEL = ASSETS / "demo_ddpm.safetensors"
@@ -433,7 +439,8 @@ def test_more_views_help_and_the_noisy_block_beats_the_noiseless_one(trained):
     psnr = {"none": _psnr(synthesize(mri, model, opts).sct, ct)}
     for n_p in (10, 20, 23):
         meas = measurements_from_ct(mri, ct, size, n_p, 0.0)
-        psnr[n_p] = _psnr(synthesize(mri, model, dataclasses.replace(opts, nsmi="noiseless"), measurements=meas).sct, ct)
+        psnr[n_p] = _psnr(synthesize(mri, model, dataclasses.replace(opts, nsmi="noiseless"), measurements=meas).sct,
+                          ct)
     print(source, {k: round(v, 2) for k, v in psnr.items()})
     assert psnr["none"] < psnr[10] < psnr[20] < psnr[23] + 0.1, psnr
     # noisy measurements (per-bin sigma 0.1): the same stochastic sampler (DDIM eta = 1 = the DDPM
@@ -443,6 +450,7 @@ def test_more_views_help_and_the_noisy_block_beats_the_noiseless_one(trained):
     p_noiseless = _psnr(synthesize(mri, model, dataclasses.replace(noisy, nsmi="noiseless"), measurements=meas).sct, ct)
     res = synthesize(mri, model, dataclasses.replace(noisy, nsmi="noisy"), measurements=meas)
     p_noisy = _psnr(res.sct, ct)
-    print(source, "sigma 0.1:", round(p_noiseless, 2), "->", round(p_noisy, 2), res.info["measurements"]["sigma_n_image"])
+    print(source, "sigma 0.1:", round(p_noiseless, 2), "->", round(p_noisy, 2),
+          res.info["measurements"]["sigma_n_image"])
     assert res.info["method"] == "ddmm_synth_noise"
     assert p_noisy > p_noiseless + 1.0, (p_noiseless, p_noisy)

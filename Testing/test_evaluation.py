@@ -329,7 +329,8 @@ def test_training_script_from_a_fresh_checkout(tmp_path):
              "sys.meta_path.insert(0, Block())\n"
              "sys.argv = ['evaluate.py', '--help']\n"
              f"runpy.run_path({str(script)!r}, run_name='__main__')")
-    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, encoding="utf-8", errors="replace", cwd=tmp_path, timeout=60)
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, encoding="utf-8",
+                          errors="replace", cwd=tmp_path, timeout=60)
     assert proc.returncode == 0, proc.stderr
     for flag in ("--models", "--data", "--split", "--samplers", "--steps", "--samples", "--projections",
                  "--noise-sigma", "--cases", "--out", "--device", "--seed"):

@@ -63,7 +63,8 @@ def test_chemical_shift_in_and_opposed_phase_and_dixon():
         opp = signal(t, Protocol("gre", b0=1.5, te=0.5 / df_khz, **base))
         inp = signal(t, Protocol("gre", b0=1.5, te=1.0 / df_khz, **base))
         assert opp == pytest.approx(abs(w - f), rel=1e-6) and inp == pytest.approx(w + f, rel=1e-6)
-        d = {k: signal(t, Protocol("dixon", b0=1.5, te=2.0, dixon_image=k, **base)) for k in ("water", "fat", "in", "opp")}
+        d = {k: signal(t, Protocol("dixon", b0=1.5, te=2.0, dixon_image=k, **base)) for k in ("water", "fat", "in",
+                                                                                              "opp")}
         assert d["water"] == pytest.approx(w) and d["fat"] == pytest.approx(f)
         assert d["in"] == pytest.approx(w + f) and d["opp"] == pytest.approx(abs(w - f))
     finally:

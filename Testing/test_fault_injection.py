@@ -258,7 +258,8 @@ def test_other_commands_refuse_an_output_that_is_an_input(inputs, tmp_path, caps
 @pytest.mark.parametrize("extra, needle", [
     (["--steps", "1000000000"], r"--steps 1000000000 is more than the 10000 sampling steps"),
     (["--sampler", "ddim", "--steps", "1000000000"], r"--steps 1000000000 is more than the 10000"),
-    (["--sampler", "ddim", "--steps", "1001"], r"1001 sampling steps is more than the T = 1000 .*--steps between 1 and 1000"),
+    (["--sampler", "ddim", "--steps", "1001"],
+     r"1001 sampling steps is more than the T = 1000 .*--steps between 1 and 1000"),
     (["--sampler", "ddpm", "--steps", "5000"], r"more than the T = 1000"),
     (["--samples", "1000000000"], r"--samples 1000000000 is more than the 10000 Monte-Carlo samples"),
     (["--batch-size", "1000000000"], r"--batch-size 1000000000 is more than the 4096"),
@@ -352,7 +353,8 @@ def test_checkpoint_metadata_asking_for_another_network_is_refused_before_buildi
     built = []
     monkeypatch.setattr(weights, "build_network", lambda spec: built.append(spec))
     out = tmp_path / "sct.nii.gz"
-    rc, err, dt = run_cli(["synthesize", "--mri", inputs["mr"], "--model", bad, "--out-ct", out, "--steps", "1"], capsys)
+    rc, err, dt = run_cli(["synthesize", "--mri", inputs["mr"], "--model", bad, "--out-ct", out, "--steps", "1"],
+                          capsys)
     assert_clear_error(rc, err, dt, needle)
     assert built == [], "a network was built before the check"
     assert not out.exists()
@@ -369,7 +371,8 @@ def test_edited_metadata_fails_the_checksum(inputs, tmp_path, capsys):
     assert_clear_error(rc, err, dt, r"the tensors or the metadata do not match the checksum")
 
 
-@pytest.mark.parametrize("depth, needle", [(200, "nested more than 64 levels"), (100_000, "nested more than 64 levels")])
+@pytest.mark.parametrize("depth, needle", [(200, "nested more than 64 levels"), (100_000,
+                                                                                 "nested more than 64 levels")])
 def test_deeply_nested_metadata_json_is_refused(inputs, tmp_path, capsys, depth, needle):
     tensors = st_load_file(inputs["ddpm"])
     bad = tmp_path / "nested.safetensors"
@@ -438,7 +441,8 @@ def test_non_utf8_names_and_odd_files_in_a_real_process(inputs, tmp_path):
                          r"MRI file /dev/zero is a device"),
         "model-dev-zero": (["synthesize", "--mri", inputs["mr"], "--model", "/dev/zero", "--out-ct", good_out],
                            r"'/dev/zero' is a device, not a checkpoint file"),
-        "model-fifo": (["info", "--model", fifo_model], r"pipe\.safetensors' is a named pipe \(FIFO\), not a checkpoint"),
+        "model-fifo": (["info", "--model", fifo_model],
+                       r"pipe\.safetensors' is a named pipe \(FIFO\), not a checkpoint"),
     }
     results = subprocess_cli([argv for argv, _ in cases.values()], timeout=120)
     for (name, (_, needle)), (rc, err) in zip(cases.items(), results):

@@ -4,18 +4,17 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import rotation_direction
 
 from MRtoCTSynthesisLib.data.cases import SliceDataset
-from MRtoCTSynthesisLib.errors import CancelledError, InputError
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
-from MRtoCTSynthesisLib.io.intensity import hu_to_model
-from MRtoCTSynthesisLib.models.methods import create_model, load_model, save_model
 from MRtoCTSynthesisLib.data.phantom import generate_case
-from MRtoCTSynthesisLib.training.loop import TrainSettings, train_diffusion
-from MRtoCTSynthesisLib.pipeline.uncertainty import RunningMoments
+from MRtoCTSynthesisLib.errors import CancelledError, InputError
+from MRtoCTSynthesisLib.io.intensity import hu_to_model
 from MRtoCTSynthesisLib.io.volume import write_volume
-
-from conftest import rotation_direction
+from MRtoCTSynthesisLib.models.methods import create_model, load_model, save_model
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
+from MRtoCTSynthesisLib.pipeline.uncertainty import RunningMoments
+from MRtoCTSynthesisLib.training.loop import TrainSettings, train_diffusion
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,15 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.io.intensity import (HU_MAX, HU_MIN, MRNormalization, check_ct_in_hu, hu_to_model,
-                                          model_std_to_hu, model_to_hu)
+from MRtoCTSynthesisLib.io.intensity import (
+    HU_MAX,
+    HU_MIN,
+    MRNormalization,
+    check_ct_in_hu,
+    hu_to_model,
+    model_std_to_hu,
+    model_to_hu,
+)
 
 
 def test_ct_mapping_fixed_points():
@@ -53,7 +60,8 @@ def test_mr_normalisation_maps_percentiles():
     assert norm.lo == pytest.approx(lo) and norm.hi == pytest.approx(hi)
     x = norm.apply(vol)
     assert x.min() >= -1 and x.max() <= 1
-    assert np.isclose(norm.apply(np.float32(lo)), -1, atol=1e-5) and np.isclose(norm.apply(np.float32(hi)), 1, atol=1e-5)
+    assert np.isclose(norm.apply(np.float32(lo)), -1,
+                      atol=1e-5) and np.isclose(norm.apply(np.float32(hi)), 1, atol=1e-5)
     # scaling the scanner units does not change the normalised image
     np.testing.assert_allclose(MRNormalization.fit(vol * 7.3).apply(vol * 7.3), x, atol=1e-5)
 

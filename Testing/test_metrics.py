@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 from skimage.metrics import mean_squared_error, peak_signal_noise_ratio, structural_similarity
 from skimage.transform import downscale_local_mean
 
-from MRtoCTSynthesisLib.pipeline import metrics as M
 from MRtoCTSynthesisLib.errors import InputError
 from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
+from MRtoCTSynthesisLib.pipeline import metrics as M
 
 R = 4095.0
 LO, HI = -1024.0, 3071.0

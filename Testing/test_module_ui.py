@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 from MRtoCTSynthesisLib.slicer import bridge as slicer_bridge
+from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "MRtoCTSynthesis"
@@ -97,7 +97,8 @@ def test_module_parses_and_defines_the_four_classes(tree):
 
 
 def test_module_description(tree):
-    init = next(f for f in _classes(tree)["MRtoCTSynthesis"].body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
+    init = next(f for f in _classes(tree)["MRtoCTSynthesis"].body
+                if isinstance(f, ast.FunctionDef) and f.name == "__init__")
     assigned = {}
     for stmt in ast.walk(init):
         if isinstance(stmt, ast.Assign) and isinstance(stmt.targets[0], ast.Attribute):
@@ -195,7 +196,8 @@ def test_node_selectors_get_the_scene(ui):
     assert root.get("class") == "qMRMLWidget"
     for name, (cls, _) in _widgets(ui).items():
         if cls == "qMRMLNodeComboBox":
-            assert (root.get("name"), "mrmlSceneChanged(vtkMRMLScene*)", name, "setMRMLScene(vtkMRMLScene*)") in connections, name
+            assert (root.get("name"), "mrmlSceneChanged(vtkMRMLScene*)", name,
+                    "setMRMLScene(vtkMRMLScene*)") in connections, name
     custom = {c.findtext("class") for c in ui.iter("customwidget")}
     used = {cls for cls, _ in _widgets(ui).values()}
     assert {c for c in used if c.startswith(("ctk", "qMRML"))} <= custom
@@ -211,14 +213,16 @@ def test_names_used_from_the_bridge_glue_and_logic_exist(tree):
     assert not sorted(used - logic_methods), f"logic methods used but not defined: {sorted(used - logic_methods)}"
     widget_methods = {f.name for f in _classes(tree)["MRtoCTSynthesisWidget"].body if isinstance(f, ast.FunctionDef)}
     widget_self = {n.attr for n in ast.walk(_classes(tree)["MRtoCTSynthesisWidget"])
-                   if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "self" and n.attr.startswith(("on", "_on", "_update"))}
+                   if isinstance(n, ast.Attribute) and ast.unparse(n.value) == "self"
+                   and n.attr.startswith(("on", "_on", "_update"))}
     assert widget_self <= widget_methods | {"_updatingWidgets"}, sorted(widget_self - widget_methods)
 
 
 def test_the_test_class_really_tests(tree):
     test_class = _classes(tree)["MRtoCTSynthesisTest"]
     methods = {f.name: f for f in test_class.body if isinstance(f, ast.FunctionDef)}
-    run_calls = {n.func.attr for n in ast.walk(methods["runTest"]) if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
+    run_calls = {n.func.attr for n in ast.walk(methods["runTest"])
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}
     tests = {name for name in methods if name.startswith("test_")}
     assert {"test_registration", "test_synthesis_with_metrics", "test_cancel"} <= tests
     assert tests <= run_calls, f"runTest does not run {sorted(tests - run_calls)}"
@@ -236,7 +240,8 @@ def test_resources_exist_and_cmake_lists_them():
         assert path.is_file(), f"CMakeLists.txt lists {rel}, which does not exist"
     for rel in ("Resources/Icons/MRtoCTSynthesis.png", "Resources/UI/MRtoCTSynthesis.ui",
                 "Resources/requirements.txt", "Resources/models.json"):
-        assert re.search(re.escape(rel.replace("MRtoCTSynthesis.", "${MODULE_NAME}.")) + "|" + re.escape(rel), cmake), rel
+        assert re.search(re.escape(rel.replace("MRtoCTSynthesis.", "${MODULE_NAME}.")) + "|" + re.escape(rel),
+                         cmake), rel
 
 
 def test_icons_are_128_px_png_and_the_extension_icon_matches():
@@ -251,7 +256,8 @@ def test_icons_are_128_px_png_and_the_extension_icon_matches():
 def test_extensions_index_catalog_entry():
     entry = json.loads((REPO / "Resources" / "MRtoCTSynthesis.json").read_text())
     allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
-               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}  # schema v1.0.2, additionalProperties false
+               "dicom_support_rule", "build_subdirectory", "enabled",
+               "tier"}  # schema v1.0.2, additionalProperties false
     assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
     assert re.search(r"slicer-extension-catalog-entry-schema-v1\.0\.\d+\.json#$", entry["$schema"])
     assert entry["scm_type"] in ("git", "local") and 1 <= entry["tier"] <= 5

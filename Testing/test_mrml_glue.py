@@ -14,11 +14,10 @@ import importlib.metadata
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from MRtoCTSynthesisLib.slicer import mrml as glue
-from MRtoCTSynthesisLib.slicer import bridge as sb
-
 from conftest import rotation_direction
+
+from MRtoCTSynthesisLib.slicer import bridge as sb
+from MRtoCTSynthesisLib.slicer import mrml as glue
 
 
 def _mrml():
@@ -85,7 +84,8 @@ def test_slicer_reader_sees_the_geometry_the_bridge_writes(scene, oblique_matrix
     assert storage.ReadData(node)
     back, matrix = glue.array_and_matrix_from_node(node)
     np.testing.assert_array_equal(back, arr)
-    np.testing.assert_allclose(matrix, oblique_matrix, atol=1e-5 if suffix == ".nii.gz" else 1e-12)  # NIfTI stores float32
+    np.testing.assert_allclose(matrix, oblique_matrix,
+                               atol=1e-5 if suffix == ".nii.gz" else 1e-12)  # NIfTI stores float32
 
 
 def test_slicer_writer_writes_the_geometry_the_bridge_reads(scene, oblique_matrix, tmp_path):

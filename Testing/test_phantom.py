@@ -5,13 +5,26 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import rotation_direction
 from scipy import ndimage
 
-from conftest import rotation_direction
+from MRtoCTSynthesisLib.data.phantom import (
+    AIR,
+    CORTICAL,
+    FAT,
+    FLUID,
+    GAS,
+    GREY_MATTER,
+    MUSCLE,
+    ORGAN,
+    TRABECULAR,
+    WHITE_MATTER,
+    generate_case,
+    generate_dataset,
+    phantom_geometry,
+    write_case,
+)
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.data.phantom import (AIR, CORTICAL, FAT, FLUID, GAS, GREY_MATTER, MUSCLE, ORGAN, TRABECULAR,
-                                        WHITE_MATTER, generate_case, generate_dataset, phantom_geometry,
-                                        write_case)
 from MRtoCTSynthesisLib.io.volume import read_volume
 
 # Literature CT values (HU) of each tissue; windows wide enough for per-case variation and noise.

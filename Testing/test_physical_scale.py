@@ -159,7 +159,7 @@ def test_space_to_depth_unet_shapes_factor_and_zero_init():
 
 
 def test_patch_dataset_draws_body_patches_at_the_pixel_size(tmp_path):
-    from MRtoCTSynthesisLib.data.cases import PatchDataset, case_slices, Case
+    from MRtoCTSynthesisLib.data.cases import Case, PatchDataset, case_slices
     from MRtoCTSynthesisLib.data.phantom import generate_case
 
     c = generate_case(3, size=(48, 48, 4), spacing=(8.0, 8.0, 6.0))

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.models.diffusion import VEProcess, VPProcess, make_process
 from MRtoCTSynthesisLib.errors import InputError
+from MRtoCTSynthesisLib.models.diffusion import VEProcess, VPProcess, make_process
 
 F64 = torch.float64
 
@@ -82,7 +82,8 @@ def test_q_sample_marginal_variance(proc):
 def test_log_snr_definition_and_inverse(proc):
     t = torch.linspace(max(proc.t_floor, 1e-4), 1.0, 997, dtype=F64)
     lam = proc.log_snr(t)
-    np.testing.assert_allclose(lam.numpy(), (2 * torch.log(proc.alpha(t) / proc.sigma(t))).numpy(), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(lam.numpy(), (2 * torch.log(proc.alpha(t) / proc.sigma(t))).numpy(), rtol=1e-9,
+                               atol=1e-9)
     assert torch.all(lam[1:] < lam[:-1]), "log-SNR must decrease with t"
     np.testing.assert_allclose(proc.t_from_log_snr(lam).numpy(), t.numpy(), rtol=0, atol=1e-10)
     # and the other way round

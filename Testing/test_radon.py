@@ -10,8 +10,15 @@ from skimage.data import shepp_logan_phantom
 from skimage.transform import iradon, radon, resize
 
 from MRtoCTSynthesisLib.errors import InputError
-from MRtoCTSynthesisLib.operators import (RadonOperator, clear_operator_cache, detector_count, get_operator,
-                                          projection_angles, simulate_measurements, system_matrix_coo)
+from MRtoCTSynthesisLib.operators import (
+    RadonOperator,
+    clear_operator_cache,
+    detector_count,
+    get_operator,
+    projection_angles,
+    simulate_measurements,
+    system_matrix_coo,
+)
 from MRtoCTSynthesisLib.operators import radon as radon_module
 
 

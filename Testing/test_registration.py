@@ -10,11 +10,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MRtoCTSynthesisLib.errors import CancelledError, InputError
 from MRtoCTSynthesisLib.data.phantom import generate_case
-from MRtoCTSynthesisLib.pipeline.registration import (load_transform, register, resample_moving, save_transform,
-                                             target_registration_error)
+from MRtoCTSynthesisLib.errors import CancelledError, InputError
 from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
+from MRtoCTSynthesisLib.pipeline.registration import (
+    load_transform,
+    register,
+    resample_moving,
+    save_transform,
+    target_registration_error,
+)
 
 # the known motion: 5-8 degree rotations and 10-15 mm shifts
 TRUE_ANGLES_DEG = (-5.0, 6.0, 8.0)
@@ -209,8 +214,8 @@ def test_thin_volume_registers_without_coarse_pyramid_failure():
     import SimpleITK as sitk
 
     from MRtoCTSynthesisLib.data.phantom import generate_case
-    from MRtoCTSynthesisLib.pipeline.registration import register, target_registration_error
     from MRtoCTSynthesisLib.io.volume import Volume
+    from MRtoCTSynthesisLib.pipeline.registration import register, target_registration_error
 
     case = generate_case(5, size=(48, 48, 12), spacing=(6.0, 6.0, 6.0))
     shift = sitk.TranslationTransform(3, (6.0, -4.0, 3.0))  # fixed -> moving, mm

@@ -7,8 +7,7 @@ from scipy import ndimage
 
 from MRtoCTSynthesisLib.data.phantom import generate_case
 from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
-from MRtoCTSynthesisLib.pipeline.registration import RegistrationWarning, register
-from MRtoCTSynthesisLib.pipeline.registration import quality
+from MRtoCTSynthesisLib.pipeline.registration import RegistrationWarning, quality, register
 
 
 @pytest.fixture(scope="module")

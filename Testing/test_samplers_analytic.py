@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.models.diffusion import VEProcess, VPProcess
 from MRtoCTSynthesisLib.errors import CancelledError, InputError
+from MRtoCTSynthesisLib.models.diffusion import VEProcess, VPProcess
 from MRtoCTSynthesisLib.models.samplers import (
     SAMPLERS,
     DDIMSampler,

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-
-from MRtoCTSynthesisLib.slicer import bridge as sb
-from MRtoCTSynthesisLib.apps.cli import build_parser, main as cli_main
-
 from conftest import rotation_direction
+
+from MRtoCTSynthesisLib.apps.cli import build_parser
+from MRtoCTSynthesisLib.apps.cli import main as cli_main
+from MRtoCTSynthesisLib.slicer import bridge as sb
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "MRtoCTSynthesis"
@@ -149,7 +149,8 @@ def test_python_executable_and_environment(tmp_path):
     parts = env["PYTHONPATH"].split(os.pathsep)
     assert parts[0] == str(sb.MODULE_DIR) and parts.count(str(sb.MODULE_DIR)) == 1 and "/a" in parts
     assert env["PYTHONUNBUFFERED"] == "1"
-    assert sb.MODULE_DIR == MODULE_DIR.resolve() and (sb.MODULE_DIR / "MRtoCTSynthesisLib" / "apps" / "cli.py").is_file()
+    assert sb.MODULE_DIR == MODULE_DIR.resolve()
+    assert (sb.MODULE_DIR / "MRtoCTSynthesisLib" / "apps" / "cli.py").is_file()
 
 
 # ============================================================================== progress / errors
@@ -169,9 +170,9 @@ def test_progress_messages_of_a_real_synthesis():
     """The texts inference.py reports are the ones progress_text understands."""
     import torch
 
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
-    from MRtoCTSynthesisLib.models.methods import create_model
     from MRtoCTSynthesisLib.io.volume import Volume, make_geometry
+    from MRtoCTSynthesisLib.models.methods import create_model
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 
     torch.manual_seed(0)
     model = create_model("ddpm", 16)
@@ -239,7 +240,8 @@ def test_parse_error_multiline_problem_and_fallbacks():
     assert sb.parse_error(crash).splitlines()[-1] == "RuntimeError: boom"
     assert "PROGRESS" not in sb.parse_error(crash)
     assert sb.parse_error("") == ""
-    assert sb.parse_error("cancelled by the user; no output was written") == "cancelled by the user; no output was written"
+    cancelled = "cancelled by the user; no output was written"
+    assert sb.parse_error(cancelled) == cancelled
 
 
 def test_describe_exit():
@@ -255,7 +257,8 @@ def test_engine_process_runs_the_real_cli_and_collects_output(tmp_path):
     geo = dict(spacing=(1.5, 1.0, 2.0), origin=(3.0, -4.0, 5.0), direction=rotation_direction(10, 0, 20))
     ref = np.random.default_rng(1).normal(0, 200, (4, 20, 18)).astype(np.float32)
     for name, arr in (("ct", ref), ("sct", ref + 25.0)):
-        sitk.WriteImage(sb.sitk_image_from_array(arr, sb.ijk_to_ras_from_geometry(**geo)), str(tmp_path / f"{name}.nii.gz"))
+        sitk.WriteImage(sb.sitk_image_from_array(arr, sb.ijk_to_ras_from_geometry(**geo)),
+                        str(tmp_path / f"{name}.nii.gz"))
     argv = sb.build_evaluate_command(PY, tmp_path / "sct.nii.gz", tmp_path / "ct.nii.gz", json_out=tmp_path / "m.json")
     env = dict(os.environ, **sb.engine_environment())
     proc = sb.EngineProcess.start(argv, cwd=str(tmp_path), env=env)
@@ -316,7 +319,8 @@ def test_engine_process_end_to_end_ddmm_synth(tmp_path):
     sitk.WriteImage(sb.sitk_image_from_array(ct, m), str(tmp_path / "ct.nii.gz"))
     argv = sb.build_synthesize_command(PY, tmp_path / "mri.nii.gz", tmp_path / "tiny.safetensors",
                                        tmp_path / "sct.nii.gz", tmp_path / "std.nii.gz", method="ddmm_synth",
-                                       sampler="ddim", steps=2, samples=1, device="cpu", info_json=tmp_path / "run.json",
+                                       sampler="ddim", steps=2, samples=1, device="cpu",
+                                       info_json=tmp_path / "run.json",
                                        reference_ct=tmp_path / "ct.nii.gz", projections=12, noise_sigma=0.0,
                                        nsmi="noiseless")
     proc = sb.EngineProcess.start(argv, cwd=str(sb.MODULE_DIR), env=dict(os.environ, **sb.engine_environment()))
@@ -358,7 +362,7 @@ def test_cancel_kills_the_whole_tree_politely_first(tmp_path, use_psutil):
                 child = int(line.split()[1])
         time.sleep(0.02)
     assert child and _pid_alive(child)
-    while not any(sb.parse_progress_line(l) for l in proc.lines) and time.monotonic() < deadline:
+    while not any(sb.parse_progress_line(line) for line in proc.lines) and time.monotonic() < deadline:
         proc.poll()
         time.sleep(0.02)
     t0 = time.monotonic()
@@ -379,7 +383,8 @@ def test_cancel_kills_the_whole_tree_politely_first(tmp_path, use_psutil):
 
 @pytest.mark.skipif(sys.platform.startswith("win"), reason="POSIX signals")
 def test_kill_escalates_to_sigkill(tmp_path):
-    stubborn = "import signal, time, sys\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\nprint('ready', flush=True)\ntime.sleep(60)\n"
+    stubborn = ("import signal, time, sys\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+                "print('ready', flush=True)\ntime.sleep(60)\n")
     proc = sb.EngineProcess.start([PY, "-c", stubborn])
     deadline = time.monotonic() + 30
     while "ready" not in proc.lines and time.monotonic() < deadline:
@@ -463,7 +468,8 @@ def test_bridge_imports_without_torch_vtk_or_slicer():
     code = ("import sys; import MRtoCTSynthesisLib.slicer.bridge, MRtoCTSynthesisLib.slicer.mrml; "
             "bad = [m for m in ('torch', 'SimpleITK', 'vtk', 'slicer', 'qt', 'psutil') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
-    res = subprocess.run([PY, "-c", code], capture_output=True, text=True, env=dict(os.environ, **sb.engine_environment()))
+    res = subprocess.run([PY, "-c", code], capture_output=True, text=True,
+                         env=dict(os.environ, **sb.engine_environment()))
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -597,8 +603,8 @@ def test_bundled_demo_case_is_registered_when_present():
     if not all((sb.DEMO_CASE_DIR / n).is_file() for n, _ in sb.DEMO_CASE_FILES):
         pytest.skip(f"the bundled demo case is not in {sb.DEMO_CASE_DIR} yet")
     (src,) = sb.sample_data_sources()
-    from urllib.request import url2pathname
     from urllib.parse import urlparse
+    from urllib.request import url2pathname
 
     for uri in src["uris"]:
         assert Path(url2pathname(urlparse(uri).path)).is_file()

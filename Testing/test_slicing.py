@@ -5,8 +5,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MRtoCTSynthesisLib.io.slicing import (from_canonical, slices_to_volume, to_canonical, to_model_grid,
-                                        volume_to_slices)
+from MRtoCTSynthesisLib.io.slicing import (
+    from_canonical,
+    slices_to_volume,
+    to_canonical,
+    to_model_grid,
+    volume_to_slices,
+)
 from MRtoCTSynthesisLib.io.volume import Geometry, make_geometry
 
 
@@ -32,7 +37,8 @@ def test_canonical_order_runs_superior_posterior_left(direction):
     cz, _ = to_canonical(z, g)
     cy, _ = to_canonical(y, g)
     cx, layout = to_canonical(x, g)
-    assert np.all(np.diff(cz, axis=0) > 0) and np.allclose(np.diff(cz, axis=1), 0) and np.allclose(np.diff(cz, axis=2), 0)
+    assert np.all(np.diff(cz, axis=0) > 0) and np.allclose(np.diff(cz, axis=1),
+                                                           0) and np.allclose(np.diff(cz, axis=2), 0)
     assert np.all(np.diff(cy, axis=1) > 0)
     assert np.all(np.diff(cx, axis=2) > 0)
     np.testing.assert_array_equal(from_canonical(cx, layout), x)

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from MRtoCTSynthesisLib.models.losses import r1_penalty
-from MRtoCTSynthesisLib.training.loop import train_adversarial
-from MRtoCTSynthesisLib.training.state import AdversarialSettings, make_train_state
 from MRtoCTSynthesisLib.apps.cli import main
-from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
 from MRtoCTSynthesisLib.data.cases import SliceDataset, UnpairedSliceDataset, find_cases
 from MRtoCTSynthesisLib.errors import InputError
+from MRtoCTSynthesisLib.io.volume import read_volume
+from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
+from MRtoCTSynthesisLib.models.losses import r1_penalty
 from MRtoCTSynthesisLib.models.methods import create_model, load_model, save_model
 from MRtoCTSynthesisLib.models.methods.syndiff import FastDiffusionSchedule, SynDiff, syndiff_train_step
 from MRtoCTSynthesisLib.models.networks.gan import TimeConditionedDiscriminator, gan_preset
-from MRtoCTSynthesisLib.io.volume import read_volume
+from MRtoCTSynthesisLib.training.loop import train_adversarial
+from MRtoCTSynthesisLib.training.state import AdversarialSettings, make_train_state
 
 NETS = {"diff_gen_ct", "diff_gen_mr", "diff_disc_ct", "diff_disc_mr", "nd_gen_ct", "nd_gen_mr", "nd_disc_ct",
         "nd_disc_mr"}
@@ -69,7 +69,8 @@ def test_forward_steps_compose_to_the_marginal():
 
 
 def test_posterior_matches_gaussian_conditioning_and_monte_carlo():
-    """Eq. 14 vs (a) conditioning the joint Gaussian of (x_{t-k}, x_t) | x0 in closed form, (b) regression on samples."""
+    """Eq. 14 vs (a) conditioning the joint Gaussian of (x_{t-k}, x_t) | x0 in closed form, (b) regression on
+    samples."""
     s, n, x0v = FastDiffusionSchedule(), 400_000, -0.3
     g = torch.Generator().manual_seed(2)
     x0 = torch.full((n,), x0v, dtype=torch.float64)
@@ -97,7 +98,8 @@ def test_posterior_matches_gaussian_conditioning_and_monte_carlo():
         mean, v = s.posterior(x_t[:5], x0[:5], i)
         assert torch.allclose(mean, c0 * x0[:5] + ct * x_t[:5]) and float(v) == pytest.approx(var)
         mean_b, v_b = s.posterior(x_t[:5], x0[:5], torch.full((5,), i))  # the per-sample (training) path
-        assert torch.allclose(mean_b.reshape(-1), mean) and torch.allclose(v_b.reshape(-1), torch.full((5,), var, dtype=torch.float64))
+        assert torch.allclose(mean_b.reshape(-1),
+                              mean) and torch.allclose(v_b.reshape(-1), torch.full((5,), var, dtype=torch.float64))
 
 
 # ---------------------------------------------------------------------------------------------- sampling
@@ -172,8 +174,8 @@ def test_one_train_step_updates_all_eight_networks():
     for n, net in model.networks.items():
         assert any(not torch.equal(a, b) for a, b in zip(before[n], net.parameters())), n
     # Eq. 23 with lambda_1 = 0.5, lambda_2 = 1
-    assert out["loss"] == pytest.approx(out["g_adv_nd"] + out["g_adv_diff"] + 0.5 * (out["cycle_nd"] + out["cycle_diff"]),
-                                        rel=1e-5)
+    expected = out["g_adv_nd"] + out["g_adv_diff"] + 0.5 * (out["cycle_nd"] + out["cycle_diff"])
+    assert out["loss"] == pytest.approx(expected, rel=1e-5)
 
 
 def test_paired_variant_conditions_on_the_real_mr_with_an_l1_loss():

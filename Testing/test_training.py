@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from MRtoCTSynthesisLib.training import state as train_state
-from MRtoCTSynthesisLib.data import cases as data_mod
-from MRtoCTSynthesisLib.models.checkpoint import read_metadata
 from MRtoCTSynthesisLib.apps.cli import main
+from MRtoCTSynthesisLib.data import cases as data_mod
 from MRtoCTSynthesisLib.data.cases import SliceDataset, load_case_slices, make_split, read_split
 from MRtoCTSynthesisLib.errors import InputError
+from MRtoCTSynthesisLib.models.checkpoint import read_metadata
 from MRtoCTSynthesisLib.models.methods import create_model
+from MRtoCTSynthesisLib.training import state as train_state
 from MRtoCTSynthesisLib.training.config import apply_overrides, default_config, load_config
 from MRtoCTSynthesisLib.training.loop import LossPlateau, train_loop
 from MRtoCTSynthesisLib.training.state import lr_factor, step_seed
@@ -125,7 +125,8 @@ def test_split_is_by_case_and_reproducible(cases, tmp_path):
     split.write_text(json.dumps({"train": ["case_000", "case_001"], "test": ["case_002"]}))
     got = read_split(split, cases)
     assert [p.name for p in got["train"]] == ["case_000", "case_001"] and got["val"] == []
-    for bad, word in [({"train": ["../case_000"]}, "plain case-folder name"), ({"train": ["case_000"], "test": ["case_000"]},
+    for bad, word in [({"train": ["../case_000"]}, "plain case-folder name"),
+                      ({"train": ["case_000"], "test": ["case_000"]},
                       "both"), ({"train": ["nope"]}, "no folder"), ({"training": ["case_000"]}, "must map")]:
         split.write_text(json.dumps(bad))
         with pytest.raises(InputError, match=word):
@@ -186,7 +187,8 @@ def test_unpaired_methods_train_on_single_modality_cases(cases, tmp_path):
         TrainingRun(cfg, tmp_path / "paired_run").run(progress=False)
     assert "unpaired method" in err.value.fix
     with pytest.raises(InputError, match="disjoint_cases applies to unpaired"):
-        TrainingRun(apply_overrides(cfg, ["data.split=null", "data.disjoint_cases=true"]), tmp_path / "p2").run(progress=False)
+        TrainingRun(apply_overrides(cfg, ["data.split=null", "data.disjoint_cases=true"]),
+                    tmp_path / "p2").run(progress=False)
     # disjoint pools from one paired case (its MR is taken, its CT left out) and an MR-only case: no CT at all
     with pytest.raises(InputError, match="disjoint_cases the CT pool is empty") as err:
         UnpairedSliceDataset.from_folders([data / "case_002", data / "case_000"], 32, disjoint_cases=True)
@@ -252,7 +254,8 @@ def test_run_stops_on_a_loss_plateau_and_resume_respects_it(cases, tmp_path):
     # a learning rate of ~0 keeps the loss flat, so a 50 % drop is never reached: stop after epoch 2
     args = ["train", "--data", str(cases), "--method", "unet_cnn", "--image-size", "32", "--unet", "tiny",
             "--epochs", "6", "--batch-size", "4", "--lr", "1e-12", "--val-every", "0", "--device", "cpu",
-            "--run-dir", str(run), "--set", "train.early_stop={enabled: true, min_epochs: 2, window: 1, min_decrease: 0.5}"]
+            "--run-dir", str(run), "--set",
+            "train.early_stop={enabled: true, min_epochs: 2, window: 1, min_decrease: 0.5}"]
     assert main(args) == 0
     rec = read_metadata(run / "model.safetensors")["training"]
     per_epoch = -(-sum(rec["slices"].values()) // 2 // 4)  # ceil(paired slices / batch)
@@ -316,7 +319,8 @@ def test_kill_and_resume_reaches_the_uninterrupted_weights(cases, tmp_path):
     cmd = [sys.executable, "-m", "MRtoCTSynthesisLib.apps.cli", "train", *args]
     assert subprocess.run([*cmd, "--run-dir", str(tmp_path / "full")], env=env, capture_output=True).returncode == 0
     run = tmp_path / "killed"
-    proc = subprocess.Popen([*cmd, "--run-dir", str(run)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([*cmd, "--run-dir", str(run)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     step = 0
     while time.time() < deadline and proc.poll() is None:
@@ -330,7 +334,8 @@ def test_kill_and_resume_reaches_the_uninterrupted_weights(cases, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert 10 <= step < 40, f"the run was not caught mid-way (step {step})"
-    resumed = subprocess.run([*cmd, "--run-dir", str(run), "--resume"], env=env, capture_output=True, text=True, encoding="utf-8", errors="replace")
+    resumed = subprocess.run([*cmd, "--run-dir", str(run), "--resume"], env=env, capture_output=True, text=True,
+                             encoding="utf-8", errors="replace")
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at step" in resumed.stdout
     a, b = load_file(str(tmp_path / "full" / "model.safetensors")), load_file(str(run / "model.safetensors"))

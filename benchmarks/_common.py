@@ -119,7 +119,8 @@ class WorkerFailed(RuntimeError):
     """A benchmark worker process exited with a non-zero status (``returncode``, ``stderr`` kept)."""
 
     def __init__(self, returncode: int, stderr: str):
-        why = f"worker exited with status {returncode}" + (f" (killed by signal {-returncode})" if returncode < 0 else "")
+        why = f"worker exited with status {returncode}" + (
+            f" (killed by signal {-returncode})" if returncode < 0 else "")
         super().__init__(f"{why}: {stderr.strip()[-2000:]}")
         self.returncode, self.stderr = returncode, stderr
 
@@ -197,7 +198,8 @@ def command_line() -> str:
         argv[0] = str(Path(argv[0]).resolve().relative_to(REPO))
     except ValueError:
         pass
-    return "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "1") + " python " + " ".join(shlex.quote(a) for a in argv)
+    return "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS",
+                                               "1") + " python " + " ".join(shlex.quote(a) for a in argv)
 
 
 def write_json(path: Path, doc: dict) -> None:

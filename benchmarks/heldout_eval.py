@@ -4,8 +4,9 @@
     OMP_NUM_THREADS=1 python benchmarks/heldout_eval.py --models OLD.safetensors NEW.safetensors \\
         --cases 2 --samples 8 --out benchmarks/results/heldout_eval.json
 
-Cases: (``--clinical``) a 256 x 256 x 90 case at 1.5 mm of the original generator (seed 43), the bundled demo case (seed 42 of the original generator, 64 x 64 x 36 at 6 x 6 x 4 mm; its tissue
-labels are regenerated from the same seed, bit-identical to the bundled volumes) and ``--cases`` cases of each
+Cases: (``--clinical``) a 256 x 256 x 90 case at 1.5 mm of the original generator (seed 43), the bundled demo
+case (seed 42 of the original generator, 64 x 64 x 36 at 6 x 6 x 4 mm; its tissue labels are regenerated from
+the same seed, bit-identical to the bundled volumes) and ``--cases`` cases of each
 held-out family of ``MRtoCTSynthesisLib/data/phantom/families.py`` (seeds from 9000 / 9100, never used in
 training; generated once into ``--data``). Every model runs the same way: DPM-Solver++ 5 steps (the engine's
 default), ``--samples`` Monte-Carlo samples, seed 0, on this CPU. Per row: MAE / ME (HU), PSNR, SSIM inside the
@@ -76,7 +77,8 @@ def central(vol, n):
 
 
 def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: int, n_slices: int = 0) -> dict:
-    mri, ref = central(read_volume(folder / "mr.nii.gz"), n_slices), central(read_volume(folder / "ct.nii.gz"), n_slices)
+    mri, ref = central(read_volume(folder / "mr.nii.gz"), n_slices), central(read_volume(folder / "ct.nii.gz"),
+                                                                             n_slices)
     mask = central(read_volume(folder / "mask.nii.gz"), n_slices)
     labels = central(labels, n_slices)
     model = load_model(model_path)

@@ -30,8 +30,22 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, WorkerFailed, serve_worker, spawn_worker, command_line, demo_paths, git_commit, machine_info, machine_line,  # noqa: E402
-                     markdown_table, peak_rss_mib, rss_mib, set_threads, write_json)
+from _common import (  # noqa: E402
+    RESULTS,
+    WorkerFailed,
+    command_line,
+    demo_paths,
+    git_commit,
+    machine_info,
+    machine_line,
+    markdown_table,
+    peak_rss_mib,
+    rss_mib,
+    serve_worker,
+    set_threads,
+    spawn_worker,
+    write_json,
+)
 
 
 def make_volume(size, folder: Path, seed: int = 42) -> Path:
@@ -83,9 +97,9 @@ def worker(spec: dict) -> dict:
     sampler.start()
     import torch  # noqa: F401
 
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
-    from MRtoCTSynthesisLib.models.methods import load_model
     from MRtoCTSynthesisLib.io.volume import read_volume, write_volume
+    from MRtoCTSynthesisLib.models.methods import load_model
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 
     folder = Path(spec["folder"])
     sampler.phase = "load model"
@@ -180,7 +194,8 @@ def main(argv=None) -> int:
                            ["---", "---", "---:", "---:", "---:", "---:", "---:", "---:", "---"])
     phases = ", ".join(f"{k} {v:.0f}" for k, v in res["phase_peaks_mib"].items())
     doc["markdown"] = (f"Machine: {machine_line(doc['machine'])}. Commit at time of measurement: {doc['commit']} "
-                       f"(the working tree may contain uncommitted changes).\n\nCommand: `{doc['command']}`\n\n{table}\n\n"
+                       f"(the working tree may contain uncommitted changes).\n\nCommand: "
+                       f"`{doc['command']}`\n\n{table}\n\n"
                        f"Peak RSS per phase (MiB, sampled every 50 ms): {phases}.")
     out = Path(args.out)
     write_json(out, doc)

@@ -6,9 +6,9 @@
 Needs the optional ``bench`` extra (antspyx==0.6.3, itk-elastix==0.25.4, nilearn==0.14.1) in a separate environment, see
 pyproject.toml. Cases: :mod:`registration_cases` (phantoms of the project's generator on thick oblique
 grids with known rigid motions, a thin-slice case, partial fields of view, and a real 1 mm T1 MRI (the
-ICBM 2009a template shipped in nilearn's wheel) against a contrast-remapped copy). Every tool runs in a fresh worker process with one
-thread (``OMP_NUM_THREADS=1``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``, SimpleITK's global default
-threads 1); the tools of one case run one after the other, so they share the machine's load. Timed:
+ICBM 2009a template shipped in nilearn's wheel) against a contrast-remapped copy). Every tool runs in a fresh
+worker process with one thread (``OMP_NUM_THREADS=1``, ``ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1``, SimpleITK's
+global default threads 1); the tools of one case run one after the other, so they share the machine's load. Timed:
 the registration call only (reading the files is not), including, for this engine, its resampling
 and quality checks.
 
@@ -43,8 +43,19 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (REPO, RESULTS, WorkerFailed, command_line, git_commit, machine_info, machine_line,  # noqa: E402
-                     markdown_table, serve_worker, spawn_worker, write_json)
+from _common import (  # noqa: E402
+    REPO,
+    RESULTS,
+    WorkerFailed,
+    command_line,
+    git_commit,
+    machine_info,
+    machine_line,
+    markdown_table,
+    serve_worker,
+    spawn_worker,
+    write_json,
+)
 from registration_cases import CaseSpec, tre, write_case  # noqa: E402
 
 BEGIN, END = "<!-- registration:begin -->", "<!-- registration:end -->"
@@ -112,7 +123,8 @@ def _result(tool, transform, seconds, folder, extra=None):
 
 
 def _previous_module():
-    src = subprocess.run(["git", "show", f"{PREVIOUS_COMMIT}:MRtoCTSynthesis/MRtoCTSynthesisLib/pipeline/registration.py"],
+    src = subprocess.run(["git", "show",
+                          f"{PREVIOUS_COMMIT}:MRtoCTSynthesis/MRtoCTSynthesisLib/pipeline/registration.py"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     path = Path(tempfile.mkdtemp(prefix="reg-prev-")) / "previous_registration.py"
     # the old module imported its siblings relatively; point them at the installed package
@@ -235,7 +247,8 @@ def summarise(doc: dict) -> dict:
         n_le10 = sum("le10" in c["spec"]["tags"] for c in doc["cases"])
         real = any("real" in c["spec"]["tags"] for c in doc["cases"])
         parts.append(f"Thick oblique cases with motions up to 10 deg / 10 mm ({n_le10} case(s)"
-                     f"{', the real MRI included' if real else ''}): worst mean TRE {o['worst_mean_tre_le10']:.2f} mm for this "
+                     f"{', the real MRI included' if real else ''}): worst mean TRE {o['worst_mean_tre_le10']:.2f} mm "
+                     "for this "
                      f"engine's rigid default against {a['worst_mean_tre_le10']:.2f} mm for ANTs Rigid, in "
                      f"{o['total_seconds_le10']:.0f} s against {a['total_seconds_le10']:.0f} s "
                      f"({o['total_seconds_le10'] / a['total_seconds_le10']:.2f}x ANTs' time). All cases: "

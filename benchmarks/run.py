@@ -52,9 +52,26 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, WorkerFailed, serve_worker, spawn_worker, axial_axis, central_slices, command_line, demo_paths, git_commit,  # noqa: E402
-                     load_case, machine_info, machine_line, make_phantom_case, markdown_table, peak_rss_mib, rss_mib, set_threads,
-                     write_json)
+from _common import (  # noqa: E402
+    RESULTS,
+    WorkerFailed,
+    axial_axis,
+    central_slices,
+    command_line,
+    demo_paths,
+    git_commit,
+    load_case,
+    machine_info,
+    machine_line,
+    make_phantom_case,
+    markdown_table,
+    peak_rss_mib,
+    rss_mib,
+    serve_worker,
+    set_threads,
+    spawn_worker,
+    write_json,
+)
 
 DIFFUSION_METHODS = ("ddpm", "score_sde")  # ddmm_synth needs CT measurements: not benchmarked here
 PAPER = {"source": "SynDiff Table V, RTX 3090, 256x256", "ddpm_1000_s_per_slice": 85.773,
@@ -111,8 +128,8 @@ def worker(spec: dict) -> dict:
     set_threads(spec["threads"])
     import torch
 
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize
     from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize
 
     device = resolve_device(spec["device"])
     case = load_case(spec["case"], spec["slices"])
@@ -159,7 +176,8 @@ def worker(spec: dict) -> dict:
         prec = "fp32"  # the engine autocasts on CUDA only
     elif prec == "auto":
         prec = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    out = {"wall_s": wall, "warmup_s": warm_s, "precision_effective": prec, "nfe": float(nfe), "batch_size": batch, "sampler": sampler_label,
+    out = {"wall_s": wall, "warmup_s": warm_s, "precision_effective": prec, "nfe": float(nfe), "batch_size": batch,
+           "sampler": sampler_label,
            "steps": steps_eff, "slices_run": int(n_run), "slices_full": int(case.n_slices_full),
            "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib(),
            "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
@@ -180,8 +198,8 @@ def parse_sampler(s: str) -> tuple[str, int | None]:
 
 def model_rows(model_spec: str, samplers):
     """(method, trained?, [(sampler, steps)]) for one ``--model`` entry."""
-    from MRtoCTSynthesisLib.models.methods import METHODS
     from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
+    from MRtoCTSynthesisLib.models.methods import METHODS
 
     if model_spec.startswith("untrained:"):
         method, trained = model_spec.split(":")[1], False
@@ -227,7 +245,8 @@ def render(doc: dict) -> str:
         prec = res.get("precision_effective", r["precision"])
         extras = [x for x in (r.get("channels_last") and "channels_last",
                               r.get("compile") and f"compile:{r['compile_mode']}") if x]
-        engine = ("batched" if r["engine"] == "batched" else "naive loop") + (f" ({', '.join(extras)})" if extras else "")
+        engine = ("batched" if r["engine"] == "batched" else "naive loop") + (
+            f" ({', '.join(extras)})" if extras else "")
         rows.append([label, r["method"], f"{res['sampler']}:{res['steps']}", f"{res['nfe']:.0f}", engine,
                      res["batch_size"], f"{res['device']} {prec}", f"{run}/{full}", r["samples"],
                      f"{res['wall_s']:.1f}", f"{s_slice:.3f}", f"{s_vol:.1f}{vol_note}", f"{thr:.2f}",
@@ -238,13 +257,15 @@ def render(doc: dict) -> str:
             "K", "wall s", "s / slice (K samples)", "s / volume", "slices·samples / s", "vs naive", "peak RSS MiB",
             "peak GPU MiB", "PSNR dB", "MAE HU"]
     align = ["---"] * 3 + ["---:"] + ["---"] * 2 + ["---"] + ["---:"] * 11
-    lines = [f"Machine: {machine_line(doc['machine'])}; load average {doc['machine'].get('load_average_end', ['?'])[0]} "
+    lines = [f"Machine: {machine_line(doc['machine'])}; load average "
+             f"{doc['machine'].get('load_average_end', ['?'])[0]} "
              f"at the end. Commit at time of measurement: {doc['commit']} (the working tree may contain uncommitted "
              "changes).", "", f"Command: `{doc['command']}` ({doc['wall_s_total']:.0f} s in all).", "",
              f"Case `{doc['case']}`; each row in a fresh worker process; s / volume = s / slice x "
              f"{(doc['rows'] or [{}])[0].get('result', {}).get('slices_full', '?')} slices"
              + (" (extrapolated from the slices run)" if any(
-                 r.get('result', {}).get('slices_run', 0) < r.get('result', {}).get('slices_full', 0) for r in doc['rows'])
+                 r.get('result', {}).get('slices_run', 0) < r.get('result', {}).get('slices_full', 0)
+                 for r in doc['rows'])
                 else "") + "; vs naive = naive wall / this row's wall for the same model, sampler and K.", "",
              markdown_table(head, rows, align)]
     if any(not r["trained"] for r in doc["rows"]):
@@ -324,7 +345,8 @@ def main(argv=None) -> int:
                         "channels_last": args.channels_last and engine == "batched",
                         "compile": args.compile and engine == "batched", "compile_mode": args.compile_mode,
                         "engine": engine, "warmup": warmup, "threads": args.threads, "image_size": args.image_size}
-                model_arg = m if m.startswith("untrained:") else os.path.relpath(m, Path(__file__).resolve().parent.parent)
+                model_arg = (m if m.startswith("untrained:")
+                             else os.path.relpath(m, Path(__file__).resolve().parent.parent))
                 reproduce = (f"OMP_NUM_THREADS={args.threads} " + " ".join(shlex.quote(a) for a in base_cmd + [
                     "--model", model_arg, *case_args,
                     *(["--samplers", f"{name}:{steps}" if steps else name] if method in DIFFUSION_METHODS else []),

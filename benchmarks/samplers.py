@@ -34,11 +34,11 @@ import numpy as np
 import torch
 
 from MRtoCTSynthesisLib.assets import DEMO_CASE, DEMO_MODEL
-from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize
-from MRtoCTSynthesisLib.models.methods import create_model, load_model
-from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
-from MRtoCTSynthesisLib.models.methods.conditional_diffusion import DEFAULT_STEPS
 from MRtoCTSynthesisLib.io.volume import Volume, read_volume
+from MRtoCTSynthesisLib.models.methods import create_model, load_model
+from MRtoCTSynthesisLib.models.methods.conditional_diffusion import DEFAULT_STEPS
+from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
+from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize
 
 PAPER = {"ddpm_1000_rtx3090_s_per_slice": 85.8, "syndiff_rtx3090_s_per_slice": 0.182}
 
@@ -90,7 +90,8 @@ def sampler_runs(model_path: Path, device, samples: int, n_slices: int, samplers
                      "psnr_db": psnr(res.sct.array, ct.array, body), "mae_hu": mae(res.sct.array, ct.array, body),
                      "wall_s": wall, "slices": n_slices, "samples": samples,
                      "s_per_slice_sample_64": wall / (n_slices * samples)})
-        print(f"  {name:6s} steps {rows[-1]['steps']:5d}  NFE {rows[-1]['nfe']:7.1f}  PSNR {rows[-1]['psnr_db']:6.2f} dB  "
+        print(f"  {name:6s} steps {rows[-1]['steps']:5d}  NFE {rows[-1]['nfe']:7.1f}  PSNR {rows[-1]['psnr_db']:6.2f} "
+              f"dB  "
               f"MAE {rows[-1]['mae_hu']:6.1f} HU  {wall:7.1f} s", flush=True)
     return rows
 
@@ -112,7 +113,8 @@ def main(argv=None):
     print(f"machine: {machine}; torch {torch.__version__}; commit {commit}")
 
     div = 10 if args.skip_slow else 1
-    samplers = [("ddpm", DEFAULT_STEPS["ddpm"] // div), ("ddim", DEFAULT_STEPS["ddim"]), ("em", DEFAULT_STEPS["em"] // div),
+    samplers = [("ddpm", DEFAULT_STEPS["ddpm"] // div), ("ddim", DEFAULT_STEPS["ddim"]),
+                ("em", DEFAULT_STEPS["em"] // div),
                 ("pc", DEFAULT_STEPS["pc"] // div), ("ode", None), ("dpmpp", DEFAULT_STEPS["dpmpp"])]
     print("1) samplers on the trained demo model (64x64):")
     rows = sampler_runs(Path(args.model), device, args.samples, args.slices, samplers)
@@ -149,7 +151,8 @@ def main(argv=None):
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         d = {(x["unet"], x["batch"]): x for x in table if x["sampler"] == r["sampler"]}
-        print(f"| {r['sampler']} | {r['steps']} | {r['nfe']:.0f} | {r['psnr_db']:.2f} | {d[('tiny', 1)]['s_per_slice_256']:.2f} | "
+        print(f"| {r['sampler']} | {r['steps']} | {r['nfe']:.0f} | {r['psnr_db']:.2f} | "
+              f"{d[('tiny', 1)]['s_per_slice_256']:.2f} | "
               f"{d[('full', 1)]['s_per_slice_256']:.1f} | {d[('full', big_batch)]['s_per_slice_256']:.1f} | "
               f"{d[('full', big_batch)]['s_per_volume_90_x10mc'] / 3600:.2f} h |")
     print(f"\npeak host memory {out['peak_rss_mib']:.0f} MiB; results in {args.out}")

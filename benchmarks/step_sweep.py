@@ -33,8 +33,18 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (RESULTS, command_line, demo_paths, git_commit, load_case, machine_info,  # noqa: E402
-                     machine_line, markdown_table, set_threads, write_json)
+from _common import (  # noqa: E402
+    RESULTS,
+    command_line,
+    demo_paths,
+    git_commit,
+    load_case,
+    machine_info,
+    machine_line,
+    markdown_table,
+    set_threads,
+    write_json,
+)
 
 
 def parse_spec(s: str) -> tuple[str, int]:
@@ -58,8 +68,8 @@ def parse_label(label: str) -> tuple[str, dict]:
 
 
 def run_one(case, model, sampler: str, steps: int, samples: int, seed: int, device: str, role: str):
-    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
     from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
+    from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 
     name, sampler_options = parse_label(sampler)
     t0 = time.perf_counter()
@@ -100,7 +110,8 @@ def summarise(doc: dict) -> dict:
     ref = None
     for (role, sampler, steps), rs in groups.items():
         p = np.array([r["psnr_db"] for r in rs])
-        row = {"role": role, "sampler": sampler, "steps": steps, "nfe": rs[0]["nfe"], "seeds": sorted(r["seed"] for r in rs),
+        row = {"role": role, "sampler": sampler, "steps": steps, "nfe": rs[0]["nfe"],
+               "seeds": sorted(r["seed"] for r in rs),
                "psnr_mean": float(p.mean()), "psnr_sd": float(p.std(ddof=1)) if len(p) > 1 else 0.0,
                "psnr_min": float(p.min()), "psnr_max": float(p.max()),
                "mae_mean": float(np.mean([r["mae_hu"] for r in rs])),
@@ -145,7 +156,8 @@ def render(doc: dict) -> str:
     text = [f"Machine: {machine_line(doc['machine'])}. Commit at time of measurement: {doc['commit']} "
             "(the working tree may contain uncommitted changes). Wall times come from a machine shared with other "
             f"jobs{load} and carry large noise; the PSNRs do not depend on it.", "",
-            f"Command: `{doc['command']}`" + (f" (reusing the runs of `{doc['reused_from']}`)" if doc.get("reused_from") else ""), "",
+            f"Command: `{doc['command']}`"
+            + (f" (reusing the runs of `{doc['reused_from']}`)" if doc.get("reused_from") else ""), "",
             f"Model `{doc['model']}`, case `{doc['case']}`: {doc['slices']} central slices of {doc['slices_full']}, "
             f"{doc['samples']} Monte-Carlo sample(s) per slice (sCT = their mean), PSNR/MAE in the body mask.", "",
             markdown_table(head, rows, ["---", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---:", "---"])]
@@ -157,7 +169,8 @@ def render(doc: dict) -> str:
                 k, ks = summ["recommended"][s], summ["recommended"].get(s + "_stable")
                 text.append(f"Smallest {s} step count whose mean PSNR is within {tol} dB of the reference: "
                             + (f"**{k}**" if k else "none of those tried")
-                            + (f"; smallest from which every larger count tried is also within: **{ks}**." if ks else "."))
+                            + (f"; smallest from which every larger count tried is also within: **{ks}**."
+                               if ks else "."))
     return "\n".join(text)
 
 
@@ -179,8 +192,10 @@ def plot(doc: dict, path: Path) -> None:
                         fmt=mk, capsize=3, label=f"{s} (mean ± sd over seeds)")
     ref = summ["reference"]
     if ref:
-        ax.axhline(ref["psnr_mean"], color="k", lw=1, label=f"{ref['sampler']} {ref['steps']} (mean of {len(ref['seeds'])} seeds)")
-        ax.axhspan(ref["psnr_mean"] - doc["tolerance_db"], ref["psnr_mean"], color="0.85", label=f"-{doc['tolerance_db']} dB")
+        ax.axhline(ref["psnr_mean"], color="k", lw=1,
+                   label=f"{ref['sampler']} {ref['steps']} (mean of {len(ref['seeds'])} seeds)")
+        ax.axhspan(ref["psnr_mean"] - doc["tolerance_db"], ref["psnr_mean"], color="0.85",
+                   label=f"-{doc['tolerance_db']} dB")
         for r in doc["runs"]:
             if r["role"] == "reference":
                 ax.plot([r["nfe"]], [r["psnr_db"]], "kx")

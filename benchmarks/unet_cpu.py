@@ -120,7 +120,8 @@ def conv_part(repeats):
             conv = torch.nn.Conv2d(ch, ch, 3, padding=1)
             x = torch.randn(8, ch, side, side)
             t = best_time(lambda: conv(x), repeats)
-            rows.append({"channels": ch, "size": side, "ms": t * 1e3, "gmac_per_s": 8 * ch * ch * 9 * side * side / t / 1e9})
+            rows.append({"channels": ch, "size": side, "ms": t * 1e3,
+                         "gmac_per_s": 8 * ch * ch * 9 * side * side / t / 1e9})
     return rows
 
 
@@ -130,7 +131,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "unet_cpu.json"))
     args = ap.parse_args(argv)
     load0 = os.getloadavg()[0]
-    doc = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    doc = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
+                      f"{torch.__version__}, "
                       f"{torch.get_num_threads()} thread(s)", "load_average_start": load0,
            "attention": attention_part(args.repeats), "networks": network_part(args.repeats),
            "convolutions": conv_part(args.repeats), "load_average_end": os.getloadavg()[0]}
@@ -138,7 +140,8 @@ def main(argv=None) -> int:
         print(f"attention {r['tokens']}: strided {r['strided_ms']:.1f} ms, contiguous {r['contiguous_ms']:.1f} ms "
               f"({r['speedup']:.1f}x), max diff {r['max_abs_diff']:.1e}")
     for r in doc["networks"]:
-        print(f"{r['network']:36s} {r['params_m']:5.2f} M {r['gmac_per_image']:5.2f} GMAC {r['ms_per_image']:7.1f} ms/192^2 "
+        print(f"{r['network']:36s} {r['params_m']:5.2f} M {r['gmac_per_image']:5.2f} GMAC {r['ms_per_image']:7.1f} "
+              "ms/192^2 "
               f"attention <= {r['attention_tokens']}")
     for r in doc["convolutions"]:
         print(f"conv {r['channels']:3d} ch at {r['size']}^2: {r['gmac_per_s']:.1f} GMAC/s")

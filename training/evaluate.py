@@ -5,7 +5,8 @@
         [--samplers dpmpp ddim] [--steps N] [--samples K] [--projections 23 ...] [--noise-sigma 0.0 ...]
         [--cases N] [--figures N] [--out DIR] [--device auto] [--seed 0]
 
-The same code as ``mrtoct evaluate --models ... --data ...`` (:func:`MRtoCTSynthesisLib.apps.commands.evaluate.run_batch_evaluation`,
+The same code as ``mrtoct evaluate --models ... --data ...``
+(:func:`MRtoCTSynthesisLib.apps.commands.evaluate.run_batch_evaluation`,
 which calls :func:`MRtoCTSynthesisLib.apps.evaluation.run_evaluation`); see ``--help`` for what it writes.
 Works from a fresh clone: when the package is not installed, the repository's ``MRtoCTSynthesis`` folder
 is put on ``sys.path``.
@@ -28,11 +29,15 @@ from MRtoCTSynthesisLib.apps.commands.evaluate import add_batch_evaluation_argum
 
 def build_parser():
     p = Parser(prog="training/evaluate.py",
-                     description="Synthesise every test case with every model x sampler (and DDMM-Synth --projections x "
+                     description="Synthesise every test case with every model x sampler (and DDMM-Synth --projections "
+                                 "x "
                                  "--noise-sigma rows for conditional DDPM checkpoints), score each sCT (MAE/ME in HU, "
-                                 "PSNR, SSIM inside the body mask) and write table.md/table.csv (mean ± std across cases, "
-                                 "ddof 1; two-sided Wilcoxon signed-rank p-values against the method with the highest mean "
-                                 "PSNR; NFE; s/slice), results.json, figures/<case>.png and calibration.json/.png to --out, "
+                                 "PSNR, SSIM inside the body mask) and write table.md/table.csv (mean ± std across "
+                                 "cases, "
+                                 "ddof 1; two-sided Wilcoxon signed-rank p-values against the method with the highest "
+                                 "mean "
+                                 "PSNR; NFE; s/slice), results.json, figures/<case>.png and calibration.json/.png to "
+                                 "--out, "
                                  "only after every run finished. Same as `mrtoct evaluate --models ... --data ...`.")
     add_batch_evaluation_arguments(p, required=True)
     return p

@@ -4,8 +4,10 @@ Subcommands (one file each in :mod:`.commands`): ``phantom``, ``register``, ``sy
 ``info``, ``export``, ``train``, ``demo``. User-fixable problems print ``error: <problem>`` and
 ``Fix: <fix>`` and exit with status 2; nothing is written in that case (outputs are written atomically and
 verified, so an existing file is never half-replaced). Unexpected errors print the same two lines and exit with
-status 1; ``--debug`` adds the traceback (see :func:`run_command`). Progress lines for machine readers (the Slicer module) start
-with ``PROGRESS`` and go to stderr.
+status 1; ``--debug`` adds the traceback (see :func:`run_command`). Progress goes to stderr: a bar when stderr is
+a terminal, ``PROGRESS <fraction> <message>`` lines otherwise (the Slicer module reads them), chosen with
+``--progress`` or ``$MRTOCT_PROGRESS``; ``--quiet`` / ``--verbose`` set how much is printed; ``mrtoct --version``
+says which engine, Python, torch and SimpleITK run.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import traceback
 
 from ..errors import CancelledError, InputError
-from .args import Parser
+from .args import FIX_SEP, Parser, VersionAction, add_output_arguments, output_settings
 from .commands import COMMANDS
 
 EXIT_INPUT_ERROR = 2
@@ -84,17 +86,25 @@ def build_parser() -> argparse.ArgumentParser:
         description="MRI -> synthetic CT with conditional diffusion models (MRtoCTSynthesis engine).",
         epilog="Run `mrtoct demo` for a complete example on a bundled phantom case.",
     )
+    p.add_argument("--version", action=VersionAction, help="print the engine's, Python's and the main packages' "
+                                                         "versions and exit")
+    add_output_arguments(p, top_level=True)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for command in COMMANDS:
         command.add_parser(sub)
+    for subparser in sub.choices.values():
+        add_output_arguments(subparser)
     return p
 
 
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command(args.func, args)
+    if args.quiet and args.verbose:
+        parser.error(f"--quiet and --verbose were both given.{FIX_SEP}use one of them.")
+    with output_settings(args.progress, quiet=args.quiet, verbose=args.verbose):
+        return run_command(args.func, args)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -9,7 +9,8 @@ What one run does (:func:`run_evaluation`; ``mrtoct evaluate --models ... --data
    For a conditional DDPM checkpoint and each projection count ``N_p`` x measurement noise ``sigma`` also a
    DDMM-Synth row: the case's own reference CT is projected with ``N_p`` parallel-beam views and embedded
    with N-SMI (Li et al. 2023, DDMM-Synth Eqs. 5 and 7-13), exactly as ``mrtoct synthesize --ct`` does
-   (both call :func:`..pipeline.synthesis.synthesize` with a :class:`..pipeline.measurements.MeasurementSpec`). Methods with a single
+   (both call :func:`..pipeline.synthesis.synthesize` with a :class:`..pipeline.measurements.MeasurementSpec`).
+   Methods with a single
    fixed sampler (SynDiff's T/k-step sampler, the one-call CNN/GAN baselines) give one row and ignore
    ``samplers``/``steps``. Each row has a **method label**, e.g. ``ddpm/dpmpp-20``,
    ``ddmm_synth/ddim-100 Np=23 σ=0.05`` or ``syndiff``.

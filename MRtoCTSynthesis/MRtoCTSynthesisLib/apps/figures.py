@@ -72,7 +72,8 @@ def save_comparison_figure(path, mri, sct, std, ref=None, mask=None, metrics: di
         if c > 0:
             fig.colorbar(im, ax=[axes[r][c] for r in range(3)], shrink=0.6, pad=0.02)
     if metrics:
-        parts = [f"MAE {metrics['mae_hu']:.1f} HU", f"ME {metrics['me_hu']:+.1f} HU", f"PSNR {metrics['psnr_db']:.2f} dB",
+        parts = [f"MAE {metrics['mae_hu']:.1f} HU", f"ME {metrics['me_hu']:+.1f} HU",
+                 f"PSNR {metrics['psnr_db']:.2f} dB",
                  f"SSIM {metrics['ssim']:.3f}"]
         if metrics.get("mean_std_hu") is not None:
             parts.append(f"mean MC std {metrics['mean_std_hu']:.1f} HU")

@@ -4,7 +4,8 @@ Folder layout (SynthRAD): ``<root>/<case>/mr.nii.gz``, ``<root>/<case>/ct.nii.gz
 ``<root>/<case>/mask.nii.gz``, the MR already registered to the CT (``mrtoct register``). ``mrtoct
 phantom`` writes this layout. For the unpaired methods (``syndiff``, ``cyclegan``) a training case may hold
 only ``mr`` or only ``ct`` (unpaired data from different patients); validation and test cases always need
-both, since they are scored against the real CT. Each case's MR is normalised per volume, its CT mapped with the fixed HU
+both, since they are scored against the real CT. Each case's MR is normalised per volume, its CT mapped with the
+fixed HU
 mapping, both reoriented to canonical axial order and put on the model grid exactly as inference does
 (:mod:`.slicing`), so training and synthesis see identical inputs.
 """
@@ -65,12 +66,14 @@ def find_cases(root, partial: bool = False) -> list[Path]:
     """
     root = Path(root)
     if not root.is_dir():
-        raise InputError(f"data folder {root} does not exist.", "point --data at a folder of <case>/mr.nii.gz + ct.nii.gz.")
+        raise InputError(f"data folder {root} does not exist.",
+                         "point --data at a folder of <case>/mr.nii.gz + ct.nii.gz.")
     cases = sorted(p for p in root.iterdir() if p.is_dir()
                    and (is_paired(p) or (partial and has_volume(p))))
     if not cases:
         raise InputError(f"no cases found in {root}.",
-                         "each case needs its own folder with mr.nii.gz and ct.nii.gz (try `mrtoct phantom --out DIR`).")
+                         "each case needs its own folder with mr.nii.gz and ct.nii.gz (try `mrtoct phantom --out "
+                         "DIR`).")
     return cases
 
 
@@ -101,7 +104,8 @@ def make_split(cases, val: float = 0.1, test: float = 0.2, seed: int = 0) -> dic
 def _check_case_name(name, where: str) -> str:
     if not isinstance(name, str) or not name or name in (".", "..") or "/" in name or "\\" in name:
         raise InputError(f"{where}: case entry {name!r} is not a plain case-folder name.",
-                         "list case folder names only (no paths, no '..'): cases must live directly in the data folder.")
+                         "list case folder names only (no paths, no '..'): cases must live directly in the data "
+                         "folder.")
     return name
 
 
@@ -114,7 +118,8 @@ def read_split(path, root) -> dict[str, list[Path]]:
     """
     path, root = Path(path), Path(root)
     if not path.is_file():
-        raise InputError(f"split file {path} does not exist.", "write one with `mrtoct split --data DIR --out split.json`.")
+        raise InputError(f"split file {path} does not exist.",
+                         "write one with `mrtoct split --data DIR --out split.json`.")
     text = path.read_text(encoding="utf-8")
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
@@ -122,10 +127,12 @@ def read_split(path, root) -> dict[str, list[Path]]:
         else:
             doc = json.loads(text)
     except Exception as e:  # noqa: BLE001 - any parse error is the user's file
-        raise InputError(f"split file {path} cannot be parsed: {e}", "write JSON like {\"train\": [\"case_000\"], ...}.") from e
+        raise InputError(f"split file {path} cannot be parsed: {e}",
+                         "write JSON like {\"train\": [\"case_000\"], ...}.") from e
     if not isinstance(doc, dict) or not set(doc) <= set(SPLIT_SUBSETS) or "train" not in doc:
         raise InputError(f"split file {path} must map 'train' (and optionally 'val', 'test') to lists of case names.",
-                         "e.g. {\"train\": [\"case_000\", \"case_001\"], \"val\": [\"case_002\"], \"test\": [\"case_003\"]}")
+                         "e.g. {\"train\": [\"case_000\", \"case_001\"], \"val\": [\"case_002\"], \"test\": "
+                         "[\"case_003\"]}")
     out, seen = {}, {}
     for subset in SPLIT_SUBSETS:
         names = doc.get(subset) or []
@@ -248,7 +255,8 @@ def load_case_slices(folder, image_size: int, context: int = 0, cache_dir=None,
     folder = Path(folder)
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{folder.name}-{_cache_key(folder, image_size, context, register, pixel_mm)}.safetensors"
+        key = _cache_key(folder, image_size, context, register, pixel_mm)
+        path = Path(cache_dir) / f"{folder.name}-{key}.safetensors"
         if path.exists():
             try:
                 t = load_file(str(path))
@@ -408,7 +416,8 @@ class UnpairedSliceDataset:
 
     def __init__(self, mr: torch.Tensor, ct: torch.Tensor, case_names: list[str] | None = None):
         if len(mr) == 0 or len(ct) == 0:
-            raise InputError("the unpaired training data has no MR or no CT slices.", "check the cases and their masks.")
+            raise InputError("the unpaired training data has no MR or no CT slices.",
+                             "check the cases and their masks.")
         self.mr, self.ct, self.case_names = mr, ct, list(case_names or [])
 
     @classmethod

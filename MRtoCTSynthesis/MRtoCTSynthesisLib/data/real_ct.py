@@ -48,7 +48,7 @@ from scipy import ndimage
 
 from ..errors import InputError
 from ..io.volume import Volume, make_geometry, read_volume
-from .phantom.families import FAMILIES, FamilyCase, draw_acquisition, mr_table, write_family_case, pick_weighted
+from .phantom.families import FAMILIES, FamilyCase, draw_acquisition, mr_table, pick_weighted, write_family_case
 from .phantom.generate import bias_field, physical_grid, rician
 from .phantom.tissues import AIR, CORTICAL, FAT, FLUID, LABEL_NAMES, MUSCLE, TRABECULAR
 

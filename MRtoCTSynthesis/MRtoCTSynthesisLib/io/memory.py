@@ -40,7 +40,8 @@ def available_memory_bytes() -> int | None:
     except (ImportError, ValueError, OSError, AttributeError):
         pass
     for path, used_path in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                            ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+                            ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
+                             "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
         try:
             with open(path, encoding="ascii") as fh:
                 text = fh.read().strip()

@@ -95,7 +95,8 @@ class Geometry:
 
     def describe(self) -> str:
         sp = "x".join(f"{s:g}" for s in self.spacing)
-        return f"size {self.size[0]}x{self.size[1]}x{self.size[2]}, spacing {sp} mm, origin {tuple(round(o, 3) for o in self.origin)}"
+        origin = tuple(round(o, 3) for o in self.origin)
+        return f"size {self.size[0]}x{self.size[1]}x{self.size[2]}, spacing {sp} mm, origin {origin}"
 
 
 @dataclass
@@ -366,7 +367,8 @@ def check_dicom_series(files: Sequence[str], folder: Path, what: str) -> None:
                          "not one volume.", _SERIES_FIX + "; or remove the odd images (e.g. a localizer).")
     pix = {t["spacing"] for t in tags if t["spacing"]}
     if len({tuple(np.round(_floats(s, 2), 4)) for s in pix if _floats(s, 2) is not None}) > 1:
-        raise InputError(f"{what}: the DICOM series in {folder} mixes different pixel spacings ({', '.join(sorted(pix))}).",
+        raise InputError(f"{what}: the DICOM series in {folder} mixes different pixel spacings "
+                         f"({', '.join(sorted(pix))}).",
                          _SERIES_FIX + "; or remove the odd images.")
     iops = [_floats(t["iop"], 6) for t in tags]
     ipps = [_floats(t["ipp"], 3) for t in tags]
@@ -555,7 +557,8 @@ def read_volume(path: str | os.PathLike, what: str = "volume", series_uid=None,
         except RuntimeError as exc:
             first = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
             raise InputError(f"{what} file {p} could not be read ({first}).",
-                             "copy or download the file again, or export it again from the scanner or viewer.") from None
+                             "copy or download the file again, or export it again from the scanner or viewer."
+                             ) from None
     _check_image_kind(image.GetNumberOfComponentsPerPixel(), image.GetDimension(), tuple(image.GetSize()),
                       image.GetPixelID(), what, p)
     if image.GetDimension() == 4:
@@ -591,7 +594,8 @@ def _check_image_kind(components: int, dim: int, size: tuple, pixel_id: int, wha
     if components != 1:
         raise InputError(
             f"{what} {p} has {components} components per voxel (RGB or vector image).",
-            "give a single-channel grey-scale volume (export one channel, e.g. with SimpleITK VectorIndexSelectionCast).",
+            "give a single-channel grey-scale volume (export one channel, e.g. with SimpleITK "
+            "VectorIndexSelectionCast).",
         )
     if not (dim == 3 or (dim == 4 and size[3] == 1)):
         kind = "2D" if dim == 2 else f"{dim}D"

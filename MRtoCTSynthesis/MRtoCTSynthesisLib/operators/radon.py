@@ -37,7 +37,8 @@ product (a few times faster than two triangular solves for a batch). Larger geom
 threshold, e.g. 60 views at 256 x 256 on CPU) use Jacobi-preconditioned conjugate gradients on
 ``A A^T + lambda I``, matrix-free, until ``||y - A A^T z|| <= CG_RTOL ||y||`` (1e-4) or
 :data:`CG_MAX_ITER` (1000) iterations. That is a last resort: with ``lambda = 1e-6 lambda_max`` the system
-is badly conditioned and a call takes hundreds of iterations (see ``benchmarks/README.md``). Either way the result lies in the row space of
+is badly conditioned and a call takes hundreds of iterations (see ``benchmarks/README.md``). Either way the result
+lies in the row space of
 ``A`` (orthogonal to the null space: the minimum-norm solution) and ``A A+ A = A`` up to the
 regularisation.
 

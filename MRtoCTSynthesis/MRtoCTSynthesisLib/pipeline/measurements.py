@@ -20,8 +20,13 @@ from ..errors import InputError
 from ..io.intensity import check_ct_in_hu, hu_to_model
 from ..io.slicing import to_canonical, to_model_grid
 from ..io.volume import Volume, require_same_geometry
-from ..models.methods.ddmm_synth import (DEFAULT_PROJECTIONS, MEASUREMENT_SEED_OFFSET, Measurements, check_noise_sigma,
-                                         check_projections)
+from ..models.methods.ddmm_synth import (
+    DEFAULT_PROJECTIONS,
+    MEASUREMENT_SEED_OFFSET,
+    Measurements,
+    check_noise_sigma,
+    check_projections,
+)
 from ..operators.radon import detector_count, get_operator, simulate_measurements
 
 __all__ = ["MeasurementSpec", "measurements_from_ct", "measurements_from_sinogram"]

@@ -52,6 +52,7 @@ import torch
 from ..devices import PRECISIONS, autocast, resolve_device
 from ..errors import CancelledError, InputError
 from ..io.intensity import MRNormalization, model_std_to_hu, model_to_hu
+from ..io.memory import available_memory_bytes, format_bytes
 from ..io.slicing import (
     foreground_box_mm,
     from_canonical,
@@ -62,17 +63,16 @@ from ..io.slicing import (
     to_model_grid,
     to_physical_grid,
 )
-from ..io.memory import available_memory_bytes, format_bytes
 from ..io.volume import Volume
 from ..models.methods.ddmm_synth import NSMI_MODES, DDMMSynth, Measurements, resolve_nsmi
 from ..models.samplers.base import MAX_STEPS
+from ..names import COMPILE_MODES
 from .measurements import MeasurementSpec
 from .uncertainty import RunningMoments
 
 ProgressFn = Callable[[float, str], None]
 
 
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 #: the most Monte-Carlo samples per slice: the std estimate's relative error is about 1/sqrt(2K), 0.7 % at 10 000
 #: (Lyu & Wang and DDMM-Synth use 10-20); memory does not grow with K (moments are streamed), run time does
 MAX_SAMPLES = 10_000
@@ -110,19 +110,22 @@ class SynthesisOptions:
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, np.integer))):
                 raise InputError(f"{name} must be a whole number, got {v!r}.", f"give {name} as an integer.")
         if self.samples < 1:
-            raise InputError(f"samples must be >= 1, got {self.samples}.", "use --samples 1 (no uncertainty) or more, e.g. 10.")
+            raise InputError(f"samples must be >= 1, got {self.samples}.",
+                             "use --samples 1 (no uncertainty) or more, e.g. 10.")
         if self.samples > MAX_SAMPLES:
             raise InputError(f"--samples {self.samples} is more than the {MAX_SAMPLES} Monte-Carlo samples per slice "
                              "the engine allows (each sample is a full sampling run of every slice).",
                              f"use --samples between 1 and {MAX_SAMPLES}; 10-20 give a usable uncertainty map.")
         if self.steps is not None and self.steps < 1:
-            raise InputError(f"steps must be >= 1, got {self.steps}.", "use e.g. --steps 20 for dpmpp or 1000 for ddpm.")
+            raise InputError(f"steps must be >= 1, got {self.steps}.",
+                             "use e.g. --steps 20 for dpmpp or 1000 for ddpm.")
         if self.steps is not None and self.steps > MAX_STEPS:
             raise InputError(f"--steps {self.steps} is more than the {MAX_STEPS} sampling steps the engine allows.",
                              f"use --steps between 1 and {MAX_STEPS} (at most the model's T for ddpm/ddim), or leave "
                              "--steps out for the sampler's default.")
         if self.batch_size is not None and self.batch_size < 1:
-            raise InputError(f"batch size must be >= 1, got {self.batch_size}.", "omit --batch-size to choose automatically.")
+            raise InputError(f"batch size must be >= 1, got {self.batch_size}.",
+                             "omit --batch-size to choose automatically.")
         if self.batch_size is not None and self.batch_size > MAX_BATCH:
             raise InputError(f"--batch-size {self.batch_size} is more than the {MAX_BATCH} images per network call the "
                              "engine allows.", "use a smaller --batch-size, or leave it out to choose automatically.")
@@ -205,7 +208,8 @@ def _is_cpu_out_of_memory(exc: BaseException) -> bool:
 def check_compile_available(device: torch.device) -> None:
     """Refuse ``torch.compile`` with a clear message where its backend cannot build kernels."""
     if not hasattr(torch, "compile"):
-        raise InputError(f"this torch ({torch.__version__}) has no torch.compile.", "drop --compile or install torch >= 2.1.")
+        raise InputError(f"this torch ({torch.__version__}) has no torch.compile.",
+                         "drop --compile or install torch >= 2.1.")
     if device.type == "cuda":
         try:
             import triton  # noqa: F401 - only to check that torch.compile can build CUDA kernels
@@ -437,6 +441,10 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
         "nfe_per_sample": total_nfe / max(1, n_batches),
         "slices": n_slices, "seconds": seconds, "seconds_per_slice": seconds / n_slices,
         "mr_normalization": norm.to_dict(), "model_grid": grid_info,
+        # the record a run can be rebuilt from (`mrtoct synthesize --from-record`): the sampler's whole config,
+        # the options as given, and what bit-exactness on CPU also depends on (torch version, thread count)
+        "sampler_config": sampler.to_config(), "options": dataclasses.asdict(options),
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
     }
     return SynthesisResult(
         sct=mri.with_array(model_to_hu(mean).astype(np.float32)),

@@ -51,6 +51,8 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..assets import ASSETS_DIR, DEMO_CASE, DEMO_MODEL  # noqa: F401 (re-exported for the module)
+from ..names import METHOD_INFO
+from ..names import SAMPLER_LABELS as SAMPLER_LABEL_NAMES
 
 ENGINE_MODULE = "MRtoCTSynthesisLib.apps.cli"
 LIB_DIR = Path(__file__).resolve().parents[1]
@@ -74,18 +76,8 @@ MEASUREMENT_METHODS = frozenset({"ddmm_synth"})
 #: entries agree with the engine for every method the engine registers. Methods listed here that the
 #: engine does not register yet are simply offered early.
 FALLBACK_METHODS: dict[str, dict] = {
-    "ddpm": {"samplers": ("ddpm", "ddim", "em", "pc", "ode", "dpmpp"), "default_sampler": "dpmpp",
-             "label": "Conditional DDPM (Lyu & Wang 2022)"},
-    "score_sde": {"samplers": ("ddpm", "ddim", "em", "pc", "ode", "dpmpp"), "default_sampler": "dpmpp",
-                  "label": "Conditional VE-SDE score model (Lyu & Wang 2022)"},
-    "ddmm_synth": {"samplers": ("ddpm", "ddim", "dpmpp"), "default_sampler": "ddim",
-                   "label": "DDMM-Synth: MRI prior + sparse-view CT (Li et al. 2023)"},
-    "syndiff": {"samplers": ("syndiff",), "default_sampler": "syndiff",
-                "label": "SynDiff: adversarial diffusion (Özbey et al. 2023)"},
-    "unet_cnn": {"samplers": ("direct",), "default_sampler": "direct", "label": "U-Net CNN baseline (deterministic)"},
-    "pix2pix": {"samplers": ("direct",), "default_sampler": "direct", "label": "pix2pix GAN baseline (deterministic)"},
-    "wgan_gp": {"samplers": ("direct",), "default_sampler": "direct", "label": "WGAN-GP baseline (deterministic)"},
-    "cyclegan": {"samplers": ("direct",), "default_sampler": "direct", "label": "CycleGAN baseline (deterministic)"},
+    name: {"samplers": info["samplers"], "default_sampler": info["default_sampler"], "label": info["label"]}
+    for name, info in METHOD_INFO.items()
 }
 
 #: checkpoint methods a synthesis method can run with (DDMM-Synth samples with a conditional DDPM prior)
@@ -93,16 +85,7 @@ COMPATIBLE_CHECKPOINTS: dict[str, frozenset] = {
     "ddmm_synth": frozenset({"ddpm", "ddmm_synth"}),
 }
 
-SAMPLER_LABELS = {
-    "ddpm": "DDPM ancestral",
-    "ddim": "DDIM",
-    "em": "Euler-Maruyama (reverse SDE)",
-    "pc": "Predictor-corrector",
-    "ode": "Probability-flow ODE (RK45)",
-    "dpmpp": "DPM-Solver++(2M)",
-    "syndiff": "SynDiff large steps (T/k)",
-    "direct": "Direct (one network call)",
-}
+SAMPLER_LABELS = dict(SAMPLER_LABEL_NAMES)  # the engine's labels (names.py), for the sampler combo box
 
 #: packages Slicer already ships; never pip-install them into Slicer (torch comes from the PyTorch extension)
 SLICER_SHIPPED = frozenset({"numpy", "simpleitk", "torch"})
@@ -657,7 +640,8 @@ def lps_to_ras_matrix() -> np.ndarray:
     return np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
-def ijk_to_ras_from_geometry(spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]) -> np.ndarray:
+def ijk_to_ras_from_geometry(spacing: Sequence[float], origin: Sequence[float],
+                             direction: Sequence[float]) -> np.ndarray:
     """Slicer's IJK->RAS matrix of an ITK image with ``spacing``, ``origin`` (LPS) and ``direction``.
 
     ``direction`` is ITK's row-major 3x3 matrix whose column c is the LPS direction of index axis c. The
@@ -671,7 +655,8 @@ def ijk_to_ras_from_geometry(spacing: Sequence[float], origin: Sequence[float], 
     return lps_to_ras_matrix() @ m
 
 
-def geometry_from_ijk_to_ras(matrix) -> tuple[tuple[float, float, float], tuple[float, float, float], tuple[float, ...]]:
+def geometry_from_ijk_to_ras(matrix) -> tuple[tuple[float, float, float], tuple[float, float, float],
+                                              tuple[float, ...]]:
     """The inverse of :func:`ijk_to_ras_from_geometry`: ``(spacing, origin, direction)`` in ITK/LPS terms.
 
     Spacing is the length of each column of the 3x3 part, and direction is each column divided by its

@@ -134,7 +134,8 @@ def copy_grid(source, target) -> None:
     target.SetAndObserveTransformNodeID(source.GetTransformNodeID())
 
 
-def fill_table_node(table_node, rows: Sequence[tuple[str, str]], headers: tuple[str, str] = ("Metric", "Value")) -> None:
+def fill_table_node(table_node, rows: Sequence[tuple[str, str]],
+                    headers: tuple[str, str] = ("Metric", "Value")) -> None:
     """Replace the contents of a ``vtkMRMLTableNode`` with two string columns."""
     vtk, _ = _vtk()
     table = vtk.vtkTable()

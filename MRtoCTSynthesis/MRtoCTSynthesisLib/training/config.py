@@ -187,7 +187,8 @@ def check_training_memory(cfg: dict) -> None:
             return  # GPU memory is what counts; the run reports a CUDA out-of-memory error itself
         fits = max(1, free // (int(m["image_size"]) ** 2 * _TRAIN_BYTES_PER_PIXEL))
         raise InputError(f"train.batch_size {t['batch_size']} at model.image_size {m['image_size']} would need about "
-                         f"{format_bytes(need)} of memory to train (estimate), but only {format_bytes(free)} is available.",
+                         f"{format_bytes(need)} of memory to train (estimate), but only {format_bytes(free)} is "
+                         "available.",
                          f"use a batch size of {fits} or less (--batch-size), or a smaller --image-size.")
 
 
@@ -196,8 +197,8 @@ def validate_config(cfg: dict) -> dict:
     if _depth(cfg) > _MAX_DEPTH:
         raise InputError(f"the training config is nested more than {_MAX_DEPTH} levels deep.",
                          "see training/configs/ddpm.yaml for the layout.")
-    if not isinstance(cfg.get("method"), str) or cfg["method"] not in METHODS or cfg["method"] == "ddmm_synth":
-        trainable = [m for m in METHODS if m != "ddmm_synth"]
+    if not isinstance(cfg.get("method"), str) or cfg["method"] not in METHODS or not METHODS[cfg["method"]].trainable:
+        trainable = [m for m, cls in METHODS.items() if cls.trainable]
         raise InputError(f"method {cfg['method']!r} cannot be trained.",
                          f"use one of {', '.join(trainable)} (ddmm_synth samples a trained ddpm).")
     t, o, d = cfg["train"], cfg["optim"], cfg["data"]
@@ -285,7 +286,8 @@ def validate_config(cfg: dict) -> dict:
     positive("optim.grad_clip", o["grad_clip"], integer=False, allow_zero=True)
     positive("optim.warmup_steps", o["warmup_steps"], allow_zero=True)
     if not 0 <= float(t["ema_decay"]) < 1:
-        raise InputError(f"config train.ema_decay must be in [0, 1), got {t['ema_decay']!r}.", "use e.g. 0.999 (0 = no EMA).")
+        raise InputError(f"config train.ema_decay must be in [0, 1), got {t['ema_decay']!r}.",
+                         "use e.g. 0.999 (0 = no EMA).")
     if o["decay"] not in ("none", "linear"):
         raise InputError(f"config optim.decay must be 'none' or 'linear', got {o['decay']!r}.", "use 'linear' for "
                          "CycleGAN-style decay to 0.")

@@ -138,7 +138,8 @@ def train_loop(model, dataset, *, steps: int, batch_size: int = 16, lr: float | 
         if callback and callback(step + 1, out, state, ema):
             break  # the callback asked to stop (a loss plateau); every process decides the same way
     if dist:  # every process must end with the same weights; a silent divergence would corrupt the model
-        total = torch.stack([sum(p.detach().double().sum() for p in net.parameters()) for net in model.networks.values()])
+        total = torch.stack([sum(p.detach().double().sum() for p in net.parameters())
+                             for net in model.networks.values()])
         gathered = [torch.zeros_like(total) for _ in range(world)]
         dist.all_gather(gathered, total)
         if not all(torch.equal(g, gathered[0]) for g in gathered):

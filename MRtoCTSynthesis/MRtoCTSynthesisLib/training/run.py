@@ -148,6 +148,7 @@ class TrainingRun:
                 "final_terms_mean_last_100": tail, "final_loss_mean_last_100": tail.get("loss"),
                 "best_val": self.best, "seconds": seconds, "world_size": self.world,
                 "plateau": self.plateau.state() if self.plateau else None, "stopped_early": self.stopped_early,
+                "val_sampler": getattr(self, "val_sampler_config", None),
                 "command": self.command or " ".join(sys.argv)}
 
     def _save(self, path: Path, model, state, ema, with_state: bool, record: dict) -> None:
@@ -169,12 +170,14 @@ class TrainingRun:
             raise InputError(f"{last} holds no optimiser state, so the run cannot continue exactly.",
                              "start a new run (inference checkpoints like model.safetensors cannot be resumed).")
         old, new = rec.get("fingerprint", {}), self._fingerprint()
-        diff = [k for k in RESUME_KEYS if json.dumps(old.get(k), sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
+        diff = [k for k in RESUME_KEYS if json.dumps(old.get(k),
+                                                     sort_keys=True) != json.dumps(new.get(k), sort_keys=True)]
         if diff:
             raise InputError(f"--resume: the config differs from the interrupted run's in {', '.join(diff)}.",
                              f"use the run's own config ({self.run_dir / 'config.yaml'}), or start a new --run-dir.")
         if rec.get("stopped_early") and self.cfg["train"]["early_stop"]["enabled"]:
-            raise InputError(f"--resume: the run already stopped on a loss plateau at step {rec['stopped_early']['step']} "
+            raise InputError(f"--resume: the run already stopped on a loss plateau at step "
+                             f"{rec['stopped_early']['step']} "
                              f"(Lyu & Wang's rule, train.early_stop).",
                              "use its model.safetensors, or train on with --set train.early_stop.enabled=false.")
         self.best = rec.get("best_val")
@@ -195,6 +198,7 @@ class TrainingRun:
             sampler = eval_model.make_sampler(t["val_sampler"], t["val_steps"])
         else:
             sampler = eval_model.make_sampler(t["val_sampler"])
+        self.val_sampler_config = sampler.to_config()  # the full validation sampler, for the training record
         gen = torch.Generator().manual_seed(int(t["seed"]))
         raw = [model.networks[n] for n in model.inference_networks if n not in ema]  # no EMA: sample the raw weights
         for net in raw:
@@ -309,7 +313,8 @@ class TrainingRun:
                 logger.log(step, {**out, "s_per_step": rate})
                 if progress:
                     eta = rate * (self.total_steps - step)
-                    print(f"PROGRESS {step / self.total_steps:.4f} step {step}/{self.total_steps} loss {out['loss']:.4f} "
+                    print(f"PROGRESS {step / self.total_steps:.4f} step {step}/{self.total_steps} loss "
+                          f"{out['loss']:.4f} "
                           f"lr {out['lr']:.2e} {rate:.3f} s/step ETA {int(eta // 3600)}:{int(eta % 3600 // 60):02d}:"
                           f"{int(eta % 60):02d}", file=sys.stderr, flush=True)
             if self.val_data is not None and (step % t["val_every"] == 0 or final):

@@ -144,7 +144,8 @@ def state_tensors(state) -> tuple[dict[str, torch.Tensor], dict]:
     for pool_name, pool in state.pools.items():
         for i, img in enumerate(pool.images):
             tensors[f"pool.{pool_name}.{i}"] = img
-    return tensors, {"param_groups": groups, "step": state.step, "pools": {k: len(v.images) for k, v in state.pools.items()},
+    return tensors, {"param_groups": groups, "step": state.step,
+                     "pools": {k: len(v.images) for k, v in state.pools.items()},
                      "pool_sizes": {k: v.size for k, v in state.pools.items()}}
 
 

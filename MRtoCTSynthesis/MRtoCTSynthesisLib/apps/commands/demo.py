@@ -20,6 +20,9 @@ def add_parser(sub) -> None:
     de.add_argument("--projections", type=int, default=23, metavar="N_p",
                     help="DDMM-Synth row: views of the bundled CT embedded with N-SMI (default 23; 0 = skip the row)")
     de.add_argument("--no-syndiff", action="store_true", help="skip the SynDiff row")
+    de.add_argument("--dicom", action="store_true",
+                    help="also write the first row's sCT and std map as DICOM CT series into <out>/dicom/ (a new "
+                         "patient ID, study and frame of reference: the bundled MRI is not DICOM)")
     add_synthesis_arguments(de)
     de.set_defaults(func=run, samples=8)
 
@@ -53,11 +56,16 @@ def run(args) -> int:
         raise InputError(f"the demo model {model_path} is missing.",
                          "reinstall the package (`bash scripts/setup.sh`), or pass --model YOUR.safetensors.")
     if not (DEMO_CASE / "mr.nii.gz").exists():
-        raise InputError(f"the bundled demo case {DEMO_CASE} is missing.", "reinstall the package (`bash scripts/setup.sh`).")
+        raise InputError(f"the bundled demo case {DEMO_CASE} is missing.",
+                         "reinstall the package (`bash scripts/setup.sh`).")
     if args.projections:
         check_projections(args.projections)
     out = check_output_dir(Path(args.out), "--out")  # writable, checked before any work
     out.mkdir(parents=True, exist_ok=True)
+    if args.dicom:
+        from ...io.dicom import check_dicom_output
+
+        check_dicom_output(out / "dicom", "the demo's DICOM folder")
     mri = read_volume(DEMO_CASE / "mr.nii.gz", "demo MRI")
     ref = read_volume(DEMO_CASE / "ct.nii.gz", "demo CT")
     mask = read_volume(DEMO_CASE / "mask.nii.gz", "demo mask")
@@ -78,19 +86,19 @@ def run(args) -> int:
 
     sampler = model.make_sampler(options.sampler, options.steps)  # resolves the defaults, for the labels
     add_row("main", f"{model.method} + {sampler.name} {sampler.steps} steps",
-            lambda: synthesize(mri, model, options, progress=progress_printer()))
+            lambda: synthesize(mri, model, options, progress=progress_printer(desc="demo")))
     if args.projections and model.method == "ddpm":
         # the sampler of the main row (N-SMI noiseless works with dpmpp), half the samples
         dd_opts = dataclasses.replace(options, samples=max(1, options.samples // 2),
                                       sampler=sampler.name, steps=sampler.steps, nsmi="noiseless")
         views = MeasurementSpec(ct=ref, projections=args.projections)
         add_row("ddmm_synth", f"DDMM-Synth, {args.projections} CT views",
-                lambda: synthesize(mri, model, dd_opts, measurements=views, progress=progress_printer()))
+                lambda: synthesize(mri, model, dd_opts, measurements=views, progress=progress_printer(desc="demo")))
     if not args.model and not args.no_syndiff and DEMO_SYNDIFF.exists():
         sd = load_model(DEMO_SYNDIFF)
         variant = "paired" if getattr(sd, "paired", False) else "unpaired"
         add_row("syndiff", f"SynDiff ({variant}), 4 steps", lambda: synthesize(
-            mri, sd, dataclasses.replace(options, sampler=None, steps=None), progress=progress_printer()))
+            mri, sd, dataclasses.replace(options, sampler=None, steps=None), progress=progress_printer(desc="demo")))
 
     files = []
     for key, label, result, _ in runs:
@@ -98,6 +106,14 @@ def run(args) -> int:
         write_volume(result.sct, out / f"{stem}.nii.gz")
         write_volume(result.std, out / f"{stem}_std.nii.gz")
         files += [(f"{stem}.nii.gz", f"synthetic CT (HU), {label}"), (f"{stem}_std.nii.gz", "its MC std (HU)")]
+    if args.dicom:
+        from ...io.dicom import export_dicom, new_reference
+
+        r = runs[0][2]
+        reference = new_reference(patient_name="MRtoCTSynthesis^Demo phantom")
+        export_dicom(r.sct, out / "dicom", reference, std=r.std, derivation=f"{runs[0][1]}, mean of {options.samples} "
+                     f"samples, seed {options.seed}; bundled phantom case")
+        files.append(("dicom/", f"the first row's sCT and std as DICOM CT series ({reference.patient['PatientID']})"))
     main_metrics = runs[0][3]
     write_json_output(out / "metrics.json", {
         "metrics": main_metrics, "run": runs[0][2].info, "model": str(model_path),

@@ -6,8 +6,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import InputError
-from ..args import (check_output_dir, check_output_file, non_negative_float, non_negative_int, positive_int, seed,
-                    sigterm_as_interrupt, write_json_output)
+from ..args import (
+    check_output_dir,
+    check_output_file,
+    non_negative_float,
+    non_negative_int,
+    positive_int,
+    seed,
+    sigterm_as_interrupt,
+    write_json_output,
+)
 from .synthesize import SAMPLER_CHOICES
 
 _SINGLE_ONLY = (("mask", "--mask"), ("json", "--json"), ("per_slice", "--per-slice"))
@@ -97,7 +105,8 @@ def run(args) -> int:
     batch = [flag for key, flag in (("models", "--models"), ("data", "--data")) if getattr(args, key, None)]
     if single and batch:
         raise InputError(f"{', '.join(single)} (compare one sCT) and {', '.join(batch)} (evaluate models on test "
-                         "cases) were both given.", "use either --pred SCT --ref CT [--mask M], or --models A.safetensors ... "
+                         "cases) were both given.",
+                         "use either --pred SCT --ref CT [--mask M], or --models A.safetensors ... "
                                              "--data DIR, in separate runs.")
     if batch:
         return run_batch_evaluation(args)
@@ -147,7 +156,8 @@ def run_batch_evaluation(args) -> int:
         raise InputError(f"{', '.join(extra)} belong(s) to the --pred/--ref mode.",
                          f"drop {', '.join(extra)}: the batch mode reads each case's mask.nii.gz and writes "
                          "results.json to --out.")
-    check_output_dir(Path(args.out or "mrtoct_evaluation"), "--out", {"--models": list(args.models), "--data": args.data})
+    check_output_dir(Path(args.out or "mrtoct_evaluation"), "--out", {"--models": list(args.models),
+                                                                      "--data": args.data})
     from ...pipeline.synthesis import SynthesisOptions  # the bounds of --steps/--samples/--batch-size, before any work
 
     SynthesisOptions(steps=args.steps, samples=args.samples if args.samples is not None else 1,

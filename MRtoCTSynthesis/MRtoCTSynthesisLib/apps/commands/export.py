@@ -10,8 +10,10 @@ from ..args import check_output_file
 
 def add_parser(sub) -> None:
     ex = sub.add_parser("export", help="write a smaller inference-only copy of a checkpoint",
-                        description="Keep only the networks synthesis uses (e.g. SynDiff's MR->CT diffusive generator), "
-                                    "stored as their EMA weights; drop discriminators, reverse-direction generators and "
+                        description="Keep only the networks synthesis uses (e.g. SynDiff's MR->CT diffusive "
+                                    "generator), "
+                                    "stored as their EMA weights; drop discriminators, reverse-direction generators "
+                                    "and "
                                     "optimiser state. The result cannot resume training.")
     ex.add_argument("--model", required=True, help="checkpoint from `mrtoct train` (any of the run folder's files)")
     ex.add_argument("--out", required=True, help="output .safetensors")

@@ -3,11 +3,17 @@ went (metric at the start and the end, edge agreement, overlap; warnings with th
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
-from ..args import check_distinct_outputs, check_output_file, check_volume_output, non_negative_int, write_json_output
+from ..args import (
+    check_distinct_outputs,
+    check_output_file,
+    check_volume_output,
+    non_negative_int,
+    progress_printer,
+    write_json_output,
+)
 
 
 def add_parser(sub) -> None:
@@ -49,8 +55,13 @@ def run(args) -> int:
     import warnings
 
     from ...io.volume import read_volume, write_volume
-    from ...pipeline.registration import (RegistrationWarning, check_transform_suffix, register, save_transform,
-                                          transform_summary)
+    from ...pipeline.registration import (
+        RegistrationWarning,
+        check_transform_suffix,
+        register,
+        save_transform,
+        transform_summary,
+    )
 
     inputs = {"--fixed": args.fixed, "--moving": args.moving}
     out = check_volume_output(args.out, "--out", inputs)  # checked before the (long) registration, like the others
@@ -64,13 +75,10 @@ def run(args) -> int:
     moving = read_volume(args.moving, "moving MRI", series_uid=args.series_uid)
     t0 = time.perf_counter()
 
-    def progress(fraction, message):
-        print(f"PROGRESS {fraction:.3f} {message}", file=sys.stderr, flush=True)
-
     with warnings.catch_warnings():  # printed below from result.warnings, once, with the quality lines
         warnings.simplefilter("ignore", RegistrationWarning)
-        result = register(fixed, moving, mode=args.mode, seed=args.seed, progress=progress, init=args.init,
-                          iterations=args.iterations)
+        result = register(fixed, moving, mode=args.mode, seed=args.seed, init=args.init, iterations=args.iterations,
+                          progress=progress_printer(digits=3, desc="registration"))
     write_volume(result.registered, out)
     q = result.quality
     print(f"registered {args.moving} onto the grid of {args.fixed} ({result.mode}) in {time.perf_counter() - t0:.1f} s")

@@ -6,28 +6,38 @@ import sys
 from pathlib import Path
 
 from ...errors import InputError
-from ..args import check_not_an_input, check_output_dir, check_output_file, positive_int, sigterm_as_interrupt
-
-TRAIN_METHODS = ["ddpm", "score_sde", "syndiff", "unet_cnn", "pix2pix", "wgan_gp", "cyclegan"]
+from ...names import TRAIN_METHODS
+from ..args import (
+    check_not_an_input,
+    check_output_dir,
+    check_output_file,
+    positive_int,
+    progress_mode,
+    sigterm_as_interrupt,
+)
 
 
 def add_parser(sub) -> None:
     tr = sub.add_parser("train", help="train any method from a config (resumable runs, validation, logs)",
-                        description="Train a conditional DDPM or VE-SDE score model, SynDiff, or a UNet-CNN / pix2pix / "
+                        description="Train a conditional DDPM or VE-SDE score model, SynDiff, or a UNet-CNN / pix2pix "
+                                    "/ "
                                     "WGAN-GP / CycleGAN baseline on <data>/<case>/{mr,ct[,mask]}.nii.gz. Settings come "
                                     "from the engine defaults, then --config (training/configs/<method>.yaml hold the "
                                     "papers' values), then --set KEY=VALUE, then the flags below. The run folder gets "
                                     "config.yaml, split.json (train/val/test by case), last.safetensors (resumable, "
                                     "written atomically every checkpoint_every steps), best.safetensors (best "
-                                    "validation PSNR), model.safetensors (final EMA model), log.jsonl and tensorboard/. "
+                                    "validation PSNR), model.safetensors (final EMA model), log.jsonl and "
+                                    "tensorboard/. "
                                     "Multi-GPU: torchrun --nproc_per_node N training/train.py ... (batch size is per "
                                     "process). syndiff and cyclegan train on unpaired slices, and their training "
                                     "cases may hold only an MR or only a CT; --set model.options.paired=true trains "
                                     "SynDiff's supervised variant (SynDiff Sec. V-C) on registered pairs. The Lyu & "
                                     "Wang configs stop on a loss plateau (train.early_stop).",
-                        epilog="Examples: mrtoct train --config training/configs/ddpm.yaml --data DIR --run-dir runs/ddpm; "
+                        epilog="Examples: mrtoct train --config training/configs/ddpm.yaml --data DIR --run-dir "
+                               "runs/ddpm; "
                                "after an interruption add --resume to the same command.")
-    tr.add_argument("--config", help="YAML config (see training/configs/); relative paths in it are taken from its folder")
+    tr.add_argument("--config",
+                    help="YAML config (see training/configs/); relative paths in it are taken from its folder")
     tr.add_argument("--data", help="folder of case folders (SynthRAD layout, e.g. from `mrtoct phantom`)")
     tr.add_argument("--split", help="split file (JSON/YAML: train/val/test lists of case names); default: a random "
                                     "split by case (10%% val, 20%% test), saved as <run-dir>/split.json")
@@ -54,7 +64,8 @@ def add_parser(sub) -> None:
                     help="ddpm/score_sde network target: eps (the papers', default) or v = alpha eps - sigma x0 "
                          "(learns the high-noise regime much faster; the bundled demo model uses v)")
     tr.add_argument("--lr", type=float, default=None,
-                    help="Adam learning rate (default: the method's; 1e-4 for ddpm, score_sde, unet_cnn, wgan_gp (Lyu & "
+                    help="Adam learning rate (default: the method's; 1e-4 for ddpm, score_sde, unet_cnn, wgan_gp (Lyu "
+                         "& "
                          "Wang) and syndiff (SynDiff), 2e-4 for pix2pix and cyclegan)")
     tr.add_argument("--disjoint-cases", action="store_true", default=None,
                     help="syndiff/cyclegan: take MR slices and CT slices from different cases (every other case)")
@@ -128,7 +139,8 @@ def run(args) -> int:
     init_distributed()
     sigterm_as_interrupt()
     try:
-        TrainingRun(cfg, run_dir, out=out, command=" ".join(["mrtoct", *sys.argv[1:]])).run(resume=args.resume)
+        TrainingRun(cfg, run_dir, out=out, command=" ".join(["mrtoct", *sys.argv[1:]])).run(
+            resume=args.resume, progress=progress_mode() != "none")
     except KeyboardInterrupt:
         from ...errors import CancelledError
 

@@ -145,7 +145,8 @@ class HeadAnatomy(Anatomy):
             rot = rotation_matrix(0, 0, s * 12)
             paint(sdf_ellipsoid(p, (s * 9 * (0.6 + 0.4 * v), c[1] - 2, c[2] + 14), (5.0 * v, 32.0, 9.0 * v), rot) < 0,
                   FLUID, where=intra)
-            paint(sdf_capsule(p, (s * 12, c[1] + 20, c[2] + 14), (s * 24, c[1] + 40, c[2] - 8), 4.0 * v, 3.0 * v)[0] < 0,
+            paint(sdf_capsule(p, (s * 12, c[1] + 20, c[2] + 14), (s * 24, c[1] + 40, c[2] - 8), 4.0 * v,
+                              3.0 * v)[0] < 0,
                   FLUID, where=intra)
         paint(sdf_ellipsoid(p, (0.0, c[1] + 5, c[2] + 2), (2.0 * v, 14.0, 9.0)) < 0, FLUID, where=intra)
         paint(sdf_ellipsoid(p, (0.0, c[1] + 36, c[2] - 30), (6.0, 4.0, 6.0)) < 0, FLUID, where=intra)

@@ -304,7 +304,8 @@ class PelvisAnatomy(Anatomy):
             sp, _ = sdf_capsule(q, (0, yv_c + 40, hz + zc), (0, yv_c + 68, hz + zc - 8), 5.0, 5.0)
             bones.add(sp, 1.5, sel)
             for s in (-1, 1):
-                tp, _ = sdf_capsule(q, (s * 18, yv_c + 24, hz + zc), (s * (45 + 6 * (k == 0)), yv_c + 28, hz + zc), 6.0, 5.0)
+                tp, _ = sdf_capsule(q, (s * 18, yv_c + 24, hz + zc), (s * (45 + 6 * (k == 0)), yv_c + 28, hz + zc), 6.0,
+                                    5.0)
                 bones.add(tp, 1.5, sel)
             can = (sdf_ellipse2d(q.x, q.y - ycan, 11.0, 8.0) < 0)
             canal_v[np.flatnonzero(sel)[can]] = True

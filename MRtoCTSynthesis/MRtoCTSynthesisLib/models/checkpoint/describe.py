@@ -78,5 +78,6 @@ def describe_checkpoint(path: PathLike) -> str:
     for k in extra:
         lines.append(f"  {k}: {_short(doc[k], 200)}")
     covers = "tensors and metadata" if doc.get("sha256_covers") == "tensors+metadata" else "tensors"
-    lines.append(f"  checksum: {'sha256 ' + doc['sha256'][:16] + '... over the ' + covers if doc.get('sha256') else 'none'}")
+    lines.append("  checksum: "
+                 f"{'sha256 ' + doc['sha256'][:16] + '... over the ' + covers if doc.get('sha256') else 'none'}")
     return "\n".join(lines)

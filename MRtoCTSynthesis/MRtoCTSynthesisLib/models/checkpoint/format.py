@@ -649,14 +649,17 @@ def _torch_load_refusal(path: Path, exc: Exception) -> InputError:
              "or re-export the model with save_checkpoint from code you trust")
     glob = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     if glob:
-        return InputError(f"{checkpoint_where(path)} was refused: it holds a pickled Python object ({glob.group(1)}) besides "
-                          "tensors; loading it could run code, so torch.load(weights_only=True) did not unpickle it", never)
+        return InputError(f"{checkpoint_where(path)} was refused: it holds a pickled Python object ({glob.group(1)}) "
+                          f"besides "
+                          "tensors; loading it could run code, so torch.load(weights_only=True) did not unpickle it",
+                          never)
     if re.search(r"zip archive|central directory|PytorchStreamReader|unexpected EOF|Ran out of input", text, re.I):
         return _corrupt(path, "its PyTorch zip archive is incomplete or damaged")
     detail = re.search(r"WeightsUnpickler error:\s*([^\n]+)", text)
     if detail:
         return InputError(f"{checkpoint_where(path)} was refused: it is not a plain-tensor PyTorch file "
-                          f"(torch.load(weights_only=True): {detail.group(1).strip().rstrip('.')}): either it holds Python "
+                          f"(torch.load(weights_only=True): {detail.group(1).strip().rstrip('.')}): either it holds "
+                          f"Python "
                           "objects that could run code when unpickled, or it is truncated or corrupted", never)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return InputError(f"{checkpoint_where(path)} was refused: it is not a readable PyTorch file, or it is truncated or "
@@ -678,7 +681,8 @@ def _load_torch_file(p: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
     doc = _parse_document(obj["metadata"], p)
     sd = obj["state_dict"]
     if not isinstance(sd, Mapping):
-        raise InputError(f"{checkpoint_where(p)}: 'state_dict' is not a dict", "re-export the model with save_checkpoint")
+        raise InputError(f"{checkpoint_where(p)}: 'state_dict' is not a dict",
+                         "re-export the model with save_checkpoint")
     flat: dict[str, torch.Tensor] = {}
     for key, value in sd.items():
         if isinstance(value, torch.Tensor):

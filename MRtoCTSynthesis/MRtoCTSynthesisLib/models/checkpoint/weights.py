@@ -58,7 +58,8 @@ def load_network(
     report = _mismatch_report(net.state_dict(), sd)
     if report:
         raise InputError(
-            f"{checkpoint_where(ckpt.path)}: checkpoint weights do not match its network config for {name!r} ({report})",
+            f"{checkpoint_where(ckpt.path)}: checkpoint weights do not match its network config for {name!r} "
+            f"({report})",
             "the file's weights and config disagree (edited or mixed-up file); use an unmodified checkpoint",
         )
     net.load_state_dict(sd, strict=True)

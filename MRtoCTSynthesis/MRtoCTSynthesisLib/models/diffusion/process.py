@@ -33,11 +33,11 @@ build their time grid in float64 get float64 coefficients.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, Mapping
 
 import torch
 
+from ...checks import check_int, check_real, per_sample
 from ...errors import InputError
 
 __all__ = [
@@ -54,6 +54,9 @@ __all__ = [
 #: The time spacings :meth:`DiffusionProcess.timesteps` knows.
 T_SPACINGS = ("uniform", "logsnr", "quadratic")
 
+#: how :func:`...checks.check_real` names a schedule setting in its messages
+DIFFUSION_SETTING = "diffusion setting"
+
 #: Scale of the network's time input: ``noise_condition(t) = NOISE_CONDITION_SCALE * t``.
 NOISE_CONDITION_SCALE = 1000.0
 
@@ -69,38 +72,6 @@ def _as_time(t: Any) -> torch.Tensor:
     if isinstance(t, torch.Tensor):
         return t if t.is_floating_point() else t.to(torch.float64)
     return torch.as_tensor(t, dtype=torch.float64)
-
-
-def _bcast(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Cast a per-sample (``[B]``) or scalar coefficient to ``x``'s dtype and shape it to broadcast."""
-    coef = coef.to(dtype=x.dtype)
-    if coef.dim() == 1 and x.dim() > 1 and coef.shape[0] == x.shape[0]:
-        coef = coef.reshape(coef.shape[0], *([1] * (x.dim() - 1)))
-    return coef
-
-
-def _check_steps(steps: Any) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or int(steps) < 1:
-        raise InputError(
-            f"the number of sampling steps must be a whole number >= 1, got {steps!r}",
-            "pass steps as a positive integer, for example 50",
-        )
-    return int(steps)
-
-
-def _check_number(value: Any, name: str, *, lo: float | None = None, hi: float | None = None,
-                  lo_open: bool = True, hi_open: bool = True, fix: str | None = None) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise InputError(f"diffusion setting {name!r} must be a finite number, got {value!r}", fix)
-    v = float(value)
-    bad_lo = lo is not None and (v <= lo if lo_open else v < lo)
-    bad_hi = hi is not None and (v >= hi if hi_open else v > hi)
-    if bad_lo or bad_hi:
-        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-        hi_s = "" if hi is None else f"{'<' if hi_open else '<='} {hi}"
-        rng = " and ".join(s for s in (lo_s, hi_s) if s)
-        raise InputError(f"diffusion setting {name!r} must be {rng}, got {value!r}", fix)
-    return v
 
 
 class DiffusionProcess:
@@ -205,22 +176,22 @@ class DiffusionProcess:
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """``x_t = alpha(t) x0 + sigma(t) eps`` (Lyu & Wang Eq. 3 for VP, Eq. 27 for VE)."""
         t = _as_time(t)
-        return _bcast(self.alpha(t), x0) * x0 + _bcast(self.sigma(t), x0) * eps
+        return per_sample(self.alpha(t), x0) * x0 + per_sample(self.sigma(t), x0) * eps
 
     def x0_from_eps(self, x: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``x0 = (x_t - sigma eps) / alpha`` (DDMM-Synth Eq. 6)."""
         t = _as_time(t)
-        return (x - _bcast(self.sigma(t), x) * eps) / _bcast(self.alpha(t), x)
+        return (x - per_sample(self.sigma(t), x) * eps) / per_sample(self.alpha(t), x)
 
     def eps_from_x0(self, x: torch.Tensor, x0: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``eps = (x_t - alpha x0) / sigma`` (undefined where ``sigma = 0``)."""
         t = _as_time(t)
-        return (x - _bcast(self.alpha(t), x) * x0) / _bcast(self.sigma(t), x)
+        return (x - per_sample(self.alpha(t), x) * x0) / per_sample(self.sigma(t), x)
 
     def score_from_eps(self, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Score ``grad log p_t(x) = -eps / sigma(t)`` (the Gaussian-kernel gradient under Lyu & Wang Eq. 28)."""
         t = _as_time(t)
-        return -eps / _bcast(self.sigma(t), eps)
+        return -eps / per_sample(self.sigma(t), eps)
 
     def sample_training_t(self, batch: int, generator: torch.Generator | None = None,
                           device: torch.device | str | None = None) -> torch.Tensor:
@@ -253,7 +224,7 @@ class DiffusionProcess:
         ``steps = T`` and ``"uniform"`` the grid is exactly ``T/T, (T-1)/T, ..., 1/T, 0`` (Lyu & Wang
         Table I). Otherwise (VE) ``steps + 1`` points span ``[t_min, 1]``.
         """
-        steps = _check_steps(steps)
+        steps = check_int(steps, "steps", what="sampling setting", fix="pass steps as a positive integer, e.g. 50")
         if spacing not in T_SPACINGS:
             raise InputError(f"unknown time spacing {spacing!r}", f"use one of {list(T_SPACINGS)}")
         t_min, t_floor = float(self.t_min), float(self.t_floor)
@@ -319,17 +290,17 @@ class VPProcess(DiffusionProcess):
                  beta_end: float = 0.02, cosine_s: float = 0.008):
         if schedule not in self.SCHEDULES:
             raise InputError(f"unknown VP schedule {schedule!r}", f"use one of {list(self.SCHEDULES)}")
-        if isinstance(T, bool) or not isinstance(T, numbers.Integral) or int(T) < 1:
-            raise InputError(f"diffusion setting 'T' must be a whole number >= 1, got {T!r}",
-                             "use the number of training steps, e.g. 1000 (Lyu & Wang) or 2000 (DDMM-Synth)")
+        self.T = check_int(T, "T", what=DIFFUSION_SETTING,
+                           fix="use the number of training steps, e.g. 1000 (Lyu & Wang) or 2000 (DDMM-Synth)")
         self.schedule = schedule
-        self.T = int(T)
-        self.beta_start = _check_number(beta_start, "beta_start", lo=0.0, hi=1.0)
-        self.beta_end = _check_number(beta_end, "beta_end", lo=0.0, hi=1.0)
+        self.beta_start = check_real(beta_start, "beta_start", lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                                     what=DIFFUSION_SETTING)
+        self.beta_end = check_real(beta_end, "beta_end", lo=0.0, hi=1.0, lo_open=True, hi_open=True,
+                                   what=DIFFUSION_SETTING)
         if self.beta_end < self.beta_start:
             raise InputError(f"beta_end ({beta_end}) is smaller than beta_start ({beta_start})",
                              "use an increasing schedule, e.g. beta_start=1e-4, beta_end=0.02")
-        self.cosine_s = _check_number(cosine_s, "cosine_s", lo=0.0)
+        self.cosine_s = check_real(cosine_s, "cosine_s", lo=0.0, lo_open=True, what=DIFFUSION_SETTING)
         self.betas = self._make_betas()  # float64 [T]
         log1m = torch.log1p(-self.betas)
         self._log_ab = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(log1m, 0)])
@@ -454,13 +425,14 @@ class VEProcess(DiffusionProcess):
         if schedule not in self.SCHEDULES:
             raise InputError(f"unknown VE schedule {schedule!r}", f"use one of {list(self.SCHEDULES)}")
         self.schedule = schedule
-        self.sigma_base = _check_number(sigma, "sigma", lo=1.0, fix="use sigma > 1, e.g. 25 (Lyu & Wang)")
-        self.sigma_min = _check_number(sigma_min, "sigma_min", lo=0.0)
-        self.sigma_max = _check_number(sigma_max, "sigma_max", lo=0.0)
+        self.sigma_base = check_real(sigma, "sigma", lo=1.0, lo_open=True,
+                                     fix="use sigma > 1, e.g. 25 (Lyu & Wang)", what=DIFFUSION_SETTING)
+        self.sigma_min = check_real(sigma_min, "sigma_min", lo=0.0, lo_open=True, what=DIFFUSION_SETTING)
+        self.sigma_max = check_real(sigma_max, "sigma_max", lo=0.0, lo_open=True, what=DIFFUSION_SETTING)
         if self.sigma_max <= self.sigma_min:
             raise InputError(f"sigma_max ({sigma_max}) must exceed sigma_min ({sigma_min})",
                              "use e.g. sigma_min=0.01, sigma_max=50")
-        self.t_eps = _check_number(t_eps, "t_eps", lo=0.0, hi=1.0)
+        self.t_eps = check_real(t_eps, "t_eps", lo=0.0, hi=1.0, lo_open=True, hi_open=True, what=DIFFUSION_SETTING)
         self._ln_s = math.log(self.sigma_base)
         self._ln_r = math.log(self.sigma_max / self.sigma_min)
         if schedule == "lyu":

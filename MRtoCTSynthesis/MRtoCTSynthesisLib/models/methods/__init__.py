@@ -15,7 +15,8 @@ method          file                                              paper
 ``cyclegan``    :mod:`.cyclegan` (unpaired, ResNet + PatchGAN)    SynDiff Sec. IV-B.2 (cGAN)
 ==============  ================================================  ==============================
 
-Every method has a ``train_step`` (one optimisation step of all its networks), run by :func:`...training.loop.train_loop`;
+Every method has a ``train_step`` (one optimisation step of all its networks), run by
+:func:`...training.loop.train_loop`;
 ``syndiff`` and ``cyclegan`` train on unpaired slices (:class:`..data.UnpairedSliceDataset`), except
 ``syndiff`` with ``options={"paired": True}``, the supervised variant of SynDiff Sec. V-C.
 
@@ -29,26 +30,26 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from ..checkpoint import load_checkpoint, load_network, save_checkpoint
-from ..networks import build_network
 from ...errors import InputError
-from ..networks import unet_preset
 from ...io.intensity import CT_MAPPING, mr_mapping_description
+from ..checkpoint import load_checkpoint, load_network, save_checkpoint
+from ..networks import build_network, unet_preset
 from .base import SampleOutput, SynthesisModel
 from .conditional_diffusion import ConditionalDiffusion, diffusion_loss
+from .cyclegan import CycleGAN
 from .ddmm_synth import DDMMSynth
 from .ddpm import ConditionalDDPM
-from .score_sde import ScoreSDE
-from .cyclegan import CycleGAN
 from .pix2pix import Pix2Pix
+from .score_sde import ScoreSDE
 from .syndiff import SynDiff
 from .unet_cnn import DirectSynthesis, TrainableMethod, UNetCNN
 from .wgan_gp import WGANGP
 
 #: ``ddmm_synth`` samples a ``ddpm`` checkpoint with N-SMI (see :mod:`.ddmm_synth`); it is listed so that
 #: method listings (the Slicer module) offer it, and loads checkpoints whose method is ``ddmm_synth``.
-METHODS: dict[str, type[SynthesisModel]] = {"ddpm": ConditionalDDPM, "score_sde": ScoreSDE, "ddmm_synth": DDMMSynth}
-METHODS.update({"syndiff": SynDiff, "unet_cnn": UNetCNN, "pix2pix": Pix2Pix, "wgan_gp": WGANGP, "cyclegan": CycleGAN})
+#: keyed by each class's own ``method`` (``names.METHOD_INFO`` is tested to match: names, samplers, trainable)
+METHODS: dict[str, type[SynthesisModel]] = {cls.method: cls for cls in (
+    ConditionalDDPM, ScoreSDE, DDMMSynth, SynDiff, UNetCNN, Pix2Pix, WGANGP, CycleGAN)}
 
 
 def _method_class(method: str) -> type[SynthesisModel]:
@@ -85,7 +86,8 @@ def create_model(method: str, image_size: int, context: int = 0, unet: dict | st
     if prediction not in ("eps", "v"):
         raise InputError(f"unknown prediction {prediction!r}.", "use 'eps' (the papers') or 'v'.")
     in_ch = 2 + 2 * context  # noisy CT + MR slice and its neighbours
-    overrides = {} if isinstance(unet, str) else {k: v for k, v in unet.items() if k not in ("in_channels", "image_size")}
+    overrides = {} if isinstance(unet, str) else {k: v for k,
+                                                  v in unet.items() if k not in ("in_channels", "image_size")}
     preset = unet if isinstance(unet, str) else "tiny"
     net_cfg = unet_preset(preset, in_ch, image_size=image_size, **overrides).to_dict()
     metadata = {
@@ -120,11 +122,13 @@ def load_model(path, device="cpu", prefer_ema: bool = True) -> SynthesisModel:
     cls = _method_class(meta.get("method", "?"))
     for key in ("conditioning", "network"):
         if key not in meta:
-            raise InputError(f"checkpoint {path} has no '{key}' section.", "use a checkpoint written by `mrtoct train`.")
+            raise InputError(f"checkpoint {path} has no '{key}' section.",
+                             "use a checkpoint written by `mrtoct train`.")
     nets = {name: load_network(ck, name, prefer_ema=prefer_ema) for name in meta["network"]}
     return cls(nets, meta).to(device)
 
 
-__all__ = ["METHODS", "SynthesisModel", "SampleOutput", "ConditionalDiffusion", "ConditionalDDPM", "ScoreSDE", "DDMMSynth",
+__all__ = ["METHODS", "SynthesisModel", "SampleOutput", "ConditionalDiffusion", "ConditionalDDPM", "ScoreSDE",
+           "DDMMSynth",
            "SynDiff", "UNetCNN", "Pix2Pix", "WGANGP", "CycleGAN", "TrainableMethod", "DirectSynthesis",
            "create_model", "save_model", "load_model", "diffusion_loss"]

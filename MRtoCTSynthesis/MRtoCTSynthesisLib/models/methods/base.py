@@ -27,6 +27,8 @@ class SynthesisModel:
     method: str = "?"
     default_sampler: str | None = None
     valid_samplers: tuple[str, ...] = ()
+    #: whether ``mrtoct train`` can train this method (False: it samples another method's checkpoint)
+    trainable: bool = True
 
     def __init__(self, networks: dict[str, torch.nn.Module], metadata: dict):
         self.networks = networks
@@ -59,8 +61,9 @@ class SynthesisModel:
             except (TypeError, ValueError):
                 pixel = float("nan")
             if not (0.05 <= pixel <= 50.0):
-                raise InputError(f"the checkpoint's conditioning pixel_spacing_mm {cond.get('pixel_spacing_mm')!r} is not "
-                                 "a pixel size between 0.05 and 50 mm.", "use an unmodified checkpoint written by `mrtoct train`.")
+                raise InputError(f"the checkpoint's conditioning pixel_spacing_mm {cond.get('pixel_spacing_mm')!r} "
+                                 "is not a pixel size between 0.05 and 50 mm.",
+                                 "use an unmodified checkpoint written by `mrtoct train`.")
         self.pixel_mm: float | None = pixel
 
     @property

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion import make_process
+from ...checks import per_sample
 from ...errors import InputError
+from ..diffusion import make_process
 from ..samplers import SAMPLERS, make_sampler
 from .base import SampleOutput, SynthesisModel
 
@@ -32,18 +33,14 @@ DEFAULT_STEPS = {"ddpm": 1000, "ddim": 100, "em": 1000, "pc": 500, "ode": 1000, 
 PREDICTIONS = ("eps", "v")
 
 
-def _b(coefficient: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return coefficient.to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
-
-
 def v_target(process, x0: torch.Tensor, eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """v = alpha_t eps - sigma_t x0."""
-    return _b(process.alpha(t), x0) * eps - _b(process.sigma(t), x0) * x0
+    return per_sample(process.alpha(t), x0) * eps - per_sample(process.sigma(t), x0) * x0
 
 
 def eps_from_v(process, x_t: torch.Tensor, v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Invert v for eps given x_t = alpha x0 + sigma eps: eps = (alpha v + sigma x_t) / (alpha^2 + sigma^2)."""
-    a, s = _b(process.alpha(t), x_t), _b(process.sigma(t), x_t)
+    a, s = per_sample(process.alpha(t), x_t), per_sample(process.sigma(t), x_t)
     return (a * v + s * x_t) / (a * a + s * s)
 
 
@@ -54,7 +51,8 @@ class ConditionalDiffusion(SynthesisModel):
     def __init__(self, networks, metadata):
         super().__init__(networks, metadata)
         if "denoiser" not in networks:
-            raise InputError("this checkpoint has no 'denoiser' network.", "use a checkpoint written by `mrtoct train`.")
+            raise InputError("this checkpoint has no 'denoiser' network.",
+                             "use a checkpoint written by `mrtoct train`.")
         self.network = networks["denoiser"]
         self.process = make_process(metadata["process"])
         self.prediction = metadata.get("prediction", "eps")

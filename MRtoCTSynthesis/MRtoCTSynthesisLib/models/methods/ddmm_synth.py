@@ -82,9 +82,10 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 
-from ..diffusion.process import work_dtype
+from ...checks import per_sample
 from ...errors import InputError
 from ...operators.radon import RadonOperator
+from ..diffusion.process import work_dtype
 from ..samplers.base import StepNoise
 from .conditional_diffusion import ConditionalDiffusion
 from .ddpm import ConditionalDDPM
@@ -184,9 +185,7 @@ class NoisyNullSpaceProjection(NullSpaceProjection):
         gamma, phi = nsmi_noise_schedule(step.x0_coef, step.variance, self.sigma_n_image)
         if self.history is not None:
             self.history.append(tuple(float(v) for v in (step.t, step.x0_coef, step.variance, gamma, phi)))
-        g = gamma.to(device=x0.device, dtype=x0.dtype)
-        if g.dim() == 1:
-            g = g.reshape(-1, *([1] * (x0.dim() - 1)))
+        g = per_sample(gamma, x0)
         x0_hat = x0 - g * self.correction(x0).to(x0.dtype)
         return x0_hat, phi.to(device=x0.device, dtype=x0.dtype)
 
@@ -221,7 +220,8 @@ class Measurements:
         return self.noise_sigma * self.operator.pinv_noise_gain() if self.noise_sigma > 0 else 0.0
 
     def hook_for(self, mode: str) -> Callable[[np.ndarray], NullSpaceProjection]:
-        """the per-batch hook factory of :func:`...pipeline.synthesis.synthesize`: slice indices -> a hook for that batch."""
+        """the per-batch hook factory of :func:`...pipeline.synthesis.synthesize`: slice indices -> a hook for that
+        batch."""
         if mode not in ("noiseless", "noisy"):
             raise ValueError(f"mode must be 'noiseless' or 'noisy', got {mode!r}")
         sigma = self.sigma_n_image if mode == "noisy" else 0.0
@@ -250,7 +250,8 @@ def check_noise_sigma(value) -> float:
 def check_projections(value) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= int(value) <= MAX_PROJECTIONS:
         raise InputError(f"--projections must be a whole number between 1 and {MAX_PROJECTIONS}, got {value!r}.",
-                         f"use e.g. --projections {DEFAULT_PROJECTIONS} (DDMM-Synth uses 10, 20 or 23 views over 180 degrees).")
+                         f"use e.g. --projections {DEFAULT_PROJECTIONS} (DDMM-Synth uses 10, 20 or 23 views over 180 "
+                         f"degrees).")
     return int(value)
 
 
@@ -265,6 +266,7 @@ class DDMMSynth(ConditionalDDPM):
     method = "ddmm_synth"
     default_sampler = "ddim"
     valid_samplers = ("ddpm", "ddim", "dpmpp")
+    trainable = False  # it samples a trained ddpm checkpoint
 
     @classmethod
     def from_model(cls, model) -> "DDMMSynth":

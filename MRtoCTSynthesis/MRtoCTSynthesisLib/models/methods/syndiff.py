@@ -67,6 +67,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...checks import per_sample
 from ...errors import CancelledError, InputError
 from ..losses import batch_on_device, ns_discriminator_loss, ns_generator_loss, r1_penalty, set_requires_grad
 from ..networks.gan import DiffusiveGenerator, ResnetGenerator, TimeConditionedDiscriminator, gan_preset
@@ -89,7 +90,8 @@ class FastDiffusionSchedule:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InputError(f"SynDiff {name} must be a positive integer, got {v!r}", "use T = 1000, k = 250")
         if T % k:
-            raise InputError(f"SynDiff step size k = {k} does not divide T = {T}", "use e.g. T = 1000, k = 250 (4 steps)")
+            raise InputError(f"SynDiff step size k = {k} does not divide T = {T}",
+                             "use e.g. T = 1000, k = 250 (4 steps)")
         if not (0 < float(beta_min) < float(beta_max)):
             raise InputError(f"SynDiff needs 0 < beta_min < beta_max, got {beta_min}, {beta_max}",
                              "use beta_min = 0.1, beta_max = 20")
@@ -128,11 +130,12 @@ class FastDiffusionSchedule:
             v = arr[i.to("cpu", torch.long).reshape(-1)]
         else:
             v = arr[int(i)].reshape(1)
-        return v.to(device=like.device, dtype=like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
+        return per_sample(v, like)
 
     # ------------------------------------------------------------------ forward process
     def q_step(self, x_prev: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
-        """One large forward step ``x_{t-k} -> x_t`` (SynDiff Eq. 8): ``sqrt(1 - gamma_i) x_{t-k} + sqrt(gamma_i) eps``."""
+        """One large forward step ``x_{t-k} -> x_t`` (SynDiff Eq. 8):
+        ``sqrt(1 - gamma_i) x_{t-k} + sqrt(gamma_i) eps``."""
         return self._c(self.alpha.sqrt(), i, x_prev) * x_prev + self._c(self.gamma.sqrt(), i, x_prev) * noise
 
     def q_sample(self, x0: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
@@ -170,9 +173,7 @@ class FastDiffusionSchedule:
         c0, ct, var = self.posterior_coefficients(i)
         if not isinstance(i, torch.Tensor):
             return float(c0) * x0 + float(ct) * x_t, float(var)
-        shape = (-1, *([1] * (x_t.dim() - 1)))
-        cast = dict(device=x_t.device, dtype=x_t.dtype)
-        return (c0.to(**cast).reshape(shape) * x0 + ct.to(**cast).reshape(shape) * x_t, var.to(**cast).reshape(shape))
+        return per_sample(c0, x_t) * x0 + per_sample(ct, x_t) * x_t, per_sample(var, x_t)
 
     def posterior_sample(self, x_t: torch.Tensor, x0: torch.Tensor, i, noise: torch.Tensor) -> torch.Tensor:
         """A draw of ``x_{t-k}`` from ``q(x_{t-k} | x_t, x0)``; with ``x0 = G_theta(...)`` this is SynDiff Eq. 15."""
@@ -186,6 +187,10 @@ class SynDiffSampler:
 
     steps: int
     name: str = "syndiff"
+
+    def to_config(self) -> dict:
+        """The whole configuration (it has no options), like :meth:`..samplers.Sampler.to_config`."""
+        return {"name": self.name, "steps": self.steps}
 
 
 class SynDiff(TrainableMethod):
@@ -222,7 +227,8 @@ class SynDiff(TrainableMethod):
         cfg = super()._config_with(process, options)
         if not isinstance(cfg["paired"], bool):
             raise InputError(f"SynDiff option 'paired' must be true or false, got {cfg['paired']!r}.",
-                             "write paired: true (supervised, SynDiff Sec. V-C) or paired: false (the paper's unpaired).")
+                             "write paired: true (supervised, SynDiff Sec. V-C) or paired: false (the paper's "
+                             "unpaired).")
         return cfg
 
     # ------------------------------------------------------------------ construction

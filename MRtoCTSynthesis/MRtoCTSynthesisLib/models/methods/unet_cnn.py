@@ -38,6 +38,10 @@ class DirectSampler:
     name: str = "direct"
     steps: int = 1
 
+    def to_config(self) -> dict:
+        """The whole configuration (it has no options), like :meth:`..samplers.Sampler.to_config`."""
+        return {"name": self.name, "steps": self.steps}
+
 
 def method_metadata(method: str, networks: Mapping[str, torch.nn.Module], process: dict | None, image_size: int,
                     context: int, method_config: dict) -> dict:
@@ -78,7 +82,8 @@ def unet_generator(preset: str, in_channels: int, image_size: int, overrides: Ma
 
 
 class TrainableMethod(SynthesisModel):
-    """A method with its own networks and ``train_step`` (one optimisation step), run by :func:`...training.loop.train_loop`."""
+    """A method with its own networks and ``train_step`` (one optimisation step), run by
+    :func:`...training.loop.train_loop`."""
 
     #: networks needed at inference (their EMA copies are kept during training)
     inference_networks: tuple[str, ...] = ("generator",)

@@ -343,7 +343,8 @@ class DiffusiveGeneratorConfig(_Config):
                              f"use indices 0..{len(self.channel_mults) - 1} or []")
         for m in set(self.channel_mults):
             if (self.base_channels * m) % self.norm_groups:
-                raise InputError(f"{self.base_channels * m} channels are not divisible by norm_groups {self.norm_groups}",
+                raise InputError(f"{self.base_channels * m} channels are not divisible by norm_groups "
+                                 f"{self.norm_groups}",
                                  "choose base_channels as a multiple of norm_groups")
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
                 or not 0.0 <= float(self.dropout) < 1.0:

@@ -18,12 +18,12 @@ name        method                               paper                          
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Mapping
 
-from ..diffusion.process import DiffusionProcess, make_process
 from ...errors import InputError
-from .base import Prediction, SampleResult, Sampler, SamplingRun
+from ...names import DEFAULT_SAMPLER
+from ..diffusion.process import DiffusionProcess, make_process
+from .base import Prediction, Sampler, SampleResult, SamplingRun
 from .ddim import DDIMSampler
 from .ddpm import DDPMSampler
 from .dpm_solver import DPMSolverPPSampler
@@ -49,14 +49,10 @@ __all__ = [
     "DPMSolverPPSampler",
 ]
 
-SAMPLERS: dict[str, type[Sampler]] = {
-    "ddpm": DDPMSampler,
-    "ddim": DDIMSampler,
-    "em": EulerMaruyamaSampler,
-    "pc": PredictorCorrectorSampler,
-    "ode": ProbabilityFlowODESampler,
-    "dpmpp": DPMSolverPPSampler,
-}
+#: name -> class, keyed by each class's own ``name`` (``names.DIFFUSION_SAMPLERS`` is tested to equal the keys)
+SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (
+    DDPMSampler, DDIMSampler, EulerMaruyamaSampler, PredictorCorrectorSampler, ProbabilityFlowODESampler,
+    DPMSolverPPSampler)}
 
 #: alternative spellings accepted by :func:`make_sampler`
 SAMPLER_ALIASES = {
@@ -71,22 +67,11 @@ SAMPLER_ALIASES = {
     "dpm-solver++": "dpmpp",
 }
 
-DEFAULT_SAMPLER = "dpmpp"
 
 
 def sampler_options(name: str) -> list[str]:
     """Keyword options accepted by sampler ``name`` (besides ``process`` and ``steps``)."""
-    cls = SAMPLERS[_canonical(name)]
-    opts: list[str] = []
-    for klass in cls.__mro__:
-        if klass is object or "__init__" not in vars(klass):
-            continue
-        for p in inspect.signature(klass.__init__).parameters.values():
-            if p.name in ("self", "process", "steps") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
-                continue
-            if p.name not in opts:
-                opts.append(p.name)
-    return opts
+    return SAMPLERS[_canonical(name)].option_names()
 
 
 def _canonical(name: Any) -> str:

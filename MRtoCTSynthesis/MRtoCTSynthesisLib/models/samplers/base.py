@@ -51,15 +51,16 @@ Autograd
 
 from __future__ import annotations
 
+import inspect
 import math
-import numbers
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..diffusion.process import DiffusionProcess, T_SPACINGS, work_dtype
+from ...checks import check_int
 from ...errors import CancelledError, InputError
+from ..diffusion.process import T_SPACINGS, DiffusionProcess, work_dtype
 
 __all__ = [
     "Sampler",
@@ -69,12 +70,13 @@ __all__ = [
     "SamplingRun",
     "ModelFn",
     "X0Hook",
-    "check_positive_int",
-    "check_real",
+    "SAMPLER_OPTION",
     "MAX_STEPS",
     "max_steps",
 ]
 
+#: how :func:`...checks.check_real` / :func:`...checks.check_int` name a sampler's settings in their messages
+SAMPLER_OPTION = "sampler option"
 #: The most steps a sampler may take: the documented cap for samplers whose steps are points of a continuous time
 #: grid (em, pc, ode, dpmpp, and ddpm/ddim on a VE process). The papers use at most 1000-2000; 10 000 steps of the
 #: tiny demo UNet on one 64x64 slice already take minutes on a CPU. Discrete samplers on a VP (DDPM) process
@@ -131,28 +133,6 @@ class StepNoise:
     variance: torch.Tensor
 
 
-def check_positive_int(value: Any, name: str, *, minimum: int = 1, fix: str | None = None) -> int:
-    """Validate an integer option (``InputError`` otherwise)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or int(value) < minimum:
-        raise InputError(f"sampler option {name!r} must be a whole number >= {minimum}, got {value!r}",
-                         fix or f"pass {name} as an integer >= {minimum}")
-    return int(value)
-
-
-def check_real(value: Any, name: str, *, lo: float | None = None, hi: float | None = None,
-               lo_open: bool = False, fix: str | None = None) -> float:
-    """Validate a real option in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)):
-        raise InputError(f"sampler option {name!r} must be a finite number, got {value!r}", fix)
-    v = float(value)
-    if (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-        lo_s = "" if lo is None else f"{'>' if lo_open else '>='} {lo}"
-        hi_s = "" if hi is None else f"<= {hi}"
-        raise InputError(f"sampler option {name!r} must be " + " and ".join(s for s in (lo_s, hi_s) if s)
-                         + f", got {value!r}", fix)
-    return v
-
-
 def max_steps(sampler_cls: type, process: DiffusionProcess) -> int:
     """The most steps ``sampler_cls`` may take on ``process``: T for a discrete sampler on a T-step VP chain,
     otherwise :data:`MAX_STEPS`."""
@@ -160,13 +140,6 @@ def max_steps(sampler_cls: type, process: DiffusionProcess) -> int:
     if getattr(sampler_cls, "discrete_steps", False) and getattr(process, "kind", None) == "vp" and isinstance(T, int):
         return min(T, MAX_STEPS)
     return MAX_STEPS
-
-
-def _bcast(coef: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    coef = coef.to(dtype=x.dtype)
-    if coef.dim() == 1 and x.dim() > 1:
-        coef = coef.reshape(coef.shape[0], *([1] * (x.dim() - 1)))
-    return coef
 
 
 class SamplingRun:
@@ -273,7 +246,7 @@ class Sampler:
         if not isinstance(process, DiffusionProcess):
             raise TypeError(f"process must be a DiffusionProcess, got {type(process).__name__}")
         self.process = process
-        self.steps = check_positive_int(steps, "steps", fix="pass the number of sampling steps, e.g. 50")
+        self.steps = check_int(steps, "steps", what=SAMPLER_OPTION, fix="pass the number of sampling steps, e.g. 50")
         limit = max_steps(type(self), process)
         if self.steps > limit:
             T = getattr(process, "T", None)
@@ -282,7 +255,8 @@ class Sampler:
                                  f"trained with; the {self.name} sampler takes at most one step per trained timestep",
                                  f"use --steps between 1 and {T} (e.g. 100 for ddim), or leave --steps out")
             raise InputError(f"{self.steps} sampling steps is more than the {MAX_STEPS} the {self.name} sampler allows",
-                             f"use --steps between 1 and {MAX_STEPS} (the papers use at most 2000), or leave --steps out")
+                             f"use --steps between 1 and {MAX_STEPS} (the papers use at most 2000), or leave "
+                             "--steps out")
         if not isinstance(clip_x0, bool):
             raise InputError(f"sampler option 'clip_x0' must be true or false, got {clip_x0!r}")
         self.clip_x0 = clip_x0
@@ -382,8 +356,63 @@ class Sampler:
                 f"create it with torch.Generator(device='{device}')",
             )
 
+    # ---- configuration ------------------------------------------------------------------------
+    @classmethod
+    def option_names(cls) -> list[str]:
+        """The keyword options of this class's constructor chain (besides ``process`` and ``steps``), base first
+        ... subclass last; each is stored on the sampler under its own name."""
+        opts: list[str] = []
+        for klass in reversed(cls.__mro__):
+            if klass is object or "__init__" not in vars(klass):
+                continue
+            for p in inspect.signature(klass.__init__).parameters.values():
+                if p.name in ("self", "process", "steps") or p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL):
+                    continue
+                if p.name not in opts:
+                    opts.append(p.name)
+        return opts
+
+    def to_config(self) -> dict:
+        """Every constructor argument as plain JSON values: ``name``, ``steps``, ``process`` (the process's
+        config), then each keyword option of the class (``clip_x0``, ``clip_range``, ``t_spacing`` and the
+        subclass's own, e.g. ``eta``, ``snr``, ``corrector_steps``, ``predictor``, ``rtol``, ``atol``, ``order``),
+        resolved: an option left at ``None`` (``t_spacing``, the ODE's ``t_end``) is recorded with the value it
+        took. :meth:`from_config` (through :func:`~.make_sampler`) builds an equal sampler from it.
+        """
+        config: dict = {"name": self.name, "steps": self.steps, "process": self.process.to_config()}
+        for option in self.option_names():
+            value = getattr(self, option)
+            config[option] = list(value) if isinstance(value, tuple) else value
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict, process: DiffusionProcess | dict | None = None) -> "Sampler":
+        """The sampler a :meth:`to_config` dict describes, built and validated by :func:`~.make_sampler`.
+
+        ``process`` replaces the config's ``process`` (e.g. the loaded model's own). Called on a subclass, the
+        config's ``name`` must be that subclass's.
+        """
+        # the registry (and make_sampler) live in the package __init__, which imports this module: import at call time
+        from . import make_sampler
+
+        if not isinstance(config, dict) or "name" not in config or "steps" not in config:
+            raise InputError(f"a sampler config must be a mapping with 'name' and 'steps', got {config!r}",
+                             "use the dict Sampler.to_config() wrote (the 'sampler_config' of a run's info JSON)")
+        options = {k: v for k, v in config.items() if k not in ("name", "steps", "process")}
+        if process is None:
+            if "process" not in config:
+                raise InputError("the sampler config has no 'process' and none was given",
+                                 "pass the model's process, or a config written by Sampler.to_config()")
+            process = config["process"]
+        sampler = make_sampler(config["name"], process, config["steps"], **options)
+        if cls is not Sampler and not isinstance(sampler, cls):
+            raise InputError(f"the config describes sampler {config['name']!r}, not {cls.name!r}",
+                             f"call Sampler.from_config, or {type(sampler).__name__}.from_config")
+        return sampler
+
     def _info(self, grid_cpu: torch.Tensor) -> dict:
         return {
+            "config": self.to_config(),
             "sampler": self.name,
             "process": self.process.to_config(),
             "steps": self.steps,
@@ -415,7 +444,3 @@ class Sampler:
         return (f"{type(self).__name__}(process={self.process!r}, steps={self.steps}, "
                 f"t_spacing={self.t_spacing!r}, clip_x0={self.clip_x0})")
 
-
-def coef(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A schedule coefficient (0-d or ``[B]``) cast and shaped to multiply ``x``."""
-    return _bcast(t, x)

@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 import torch
 
-from .base import Prediction, Sampler, StepNoise, check_real, coef
+from ...checks import check_real, per_sample
+from .base import SAMPLER_OPTION, Prediction, Sampler, StepNoise
 
 __all__ = ["DDIMSampler"]
 
@@ -29,7 +30,8 @@ class DDIMSampler(Sampler):
 
     def __init__(self, process, steps, eta: float = 0.0, **kwargs):
         super().__init__(process, steps, **kwargs)
-        self.eta = check_real(eta, "eta", lo=0.0, hi=1.0, fix="use eta between 0 (deterministic) and 1 (DDPM-like)")
+        self.eta = check_real(eta, "eta", lo=0.0, hi=1.0, fix="use eta between 0 (deterministic) and 1 (DDPM-like)",
+                              what=SAMPLER_OPTION)
         self.deterministic = self.eta == 0.0
 
     def needs_noise(self, i: int, n: int) -> bool:
@@ -56,9 +58,9 @@ class DDIMSampler(Sampler):
     def step(self, i: int, n: int, x_t: torch.Tensor, pred: Prediction, t: torch.Tensor,
              s: torch.Tensor, noise: Optional[torch.Tensor], state: Any):
         a_s, c_eps, v = self._coefficients(t, s)
-        x_s = coef(a_s, x_t) * pred.x0 + coef(c_eps, x_t) * pred.eps
+        x_s = per_sample(a_s, x_t) * pred.x0 + per_sample(c_eps, x_t) * pred.eps
         if noise is not None:
             if pred.noise_variance is not None:  # a noise-composing hook already brought part of it
                 v = pred.noise_variance
-            x_s = x_s + coef(v.sqrt(), x_t) * noise
+            x_s = x_s + per_sample(v.sqrt(), x_t) * noise
         return x_s, state

@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 import torch
 
-from .base import Prediction, Sampler, StepNoise, coef
+from ...checks import per_sample
+from .base import Prediction, Sampler, StepNoise
 
 __all__ = ["DDPMSampler", "posterior_coefficients"]
 
@@ -56,9 +57,9 @@ class DDPMSampler(Sampler):
     def step(self, i: int, n: int, x_t: torch.Tensor, pred: Prediction, t: torch.Tensor,
              s: torch.Tensor, noise: Optional[torch.Tensor], state: Any):
         c_x, c_0, var = posterior_coefficients(self.process, t, s)
-        x_s = coef(c_x, x_t) * x_t + coef(c_0, x_t) * pred.x0
+        x_s = per_sample(c_x, x_t) * x_t + per_sample(c_0, x_t) * pred.x0
         if noise is not None:
             if pred.noise_variance is not None:  # a noise-composing hook already brought part of it
                 var = pred.noise_variance
-            x_s = x_s + coef(var.sqrt(), x_t) * noise
+            x_s = x_s + per_sample(var.sqrt(), x_t) * noise
         return x_s, state

@@ -6,8 +6,9 @@ from typing import Any, Optional
 
 import torch
 
+from ...checks import per_sample
 from ...errors import InputError
-from .base import Prediction, Sampler, coef
+from .base import Prediction, Sampler
 
 __all__ = ["DPMSolverPPSampler"]
 
@@ -53,8 +54,8 @@ class DPMSolverPPSampler(Sampler):
         if self.order == 2 and state is not None and i < n - 1:
             x0_prev, lam_prev = state
             r = (lam_t - lam_prev) / h
-            d = x0 + coef(0.5 / r, x0) * (x0 - x0_prev)
+            d = x0 + per_sample(0.5 / r, x0) * (x0 - x0_prev)
         else:
             d = x0
-        x_s = coef(ratio, x_t) * x_t + coef(proc.alpha(s) * phi, x_t) * d
+        x_s = per_sample(ratio, x_t) * x_t + per_sample(proc.alpha(s) * phi, x_t) * d
         return x_s, (x0, lam_t)

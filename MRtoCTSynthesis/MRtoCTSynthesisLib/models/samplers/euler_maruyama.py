@@ -6,7 +6,8 @@ from typing import Any, Optional
 
 import torch
 
-from .base import Prediction, Sampler, coef
+from ...checks import per_sample
+from .base import Prediction, Sampler
 
 __all__ = ["EulerMaruyamaSampler", "em_step"]
 
@@ -21,9 +22,9 @@ def em_step(process, x_t: torch.Tensor, eps: torch.Tensor, t: torch.Tensor, s: t
     f, g2 = process.sde(t)
     h = t - s
     score = process.score_from_eps(eps, t)
-    x_s = x_t - (coef(f * h, x_t) * x_t - coef(g2 * h, x_t) * score)
+    x_s = x_t - (per_sample(f * h, x_t) * x_t - per_sample(g2 * h, x_t) * score)
     if noise is not None:
-        x_s = x_s + coef((g2 * h).sqrt(), x_t) * noise
+        x_s = x_s + per_sample((g2 * h).sqrt(), x_t) * noise
     return x_s
 
 

@@ -6,9 +6,10 @@ from typing import Optional
 
 import torch
 
-from ..diffusion.process import work_dtype
+from ...checks import check_int, check_real, per_sample
 from ...errors import InputError
-from .base import SampleResult, Sampler, SamplingRun, check_positive_int, check_real, coef
+from ..diffusion.process import work_dtype
+from .base import SAMPLER_OPTION, Sampler, SampleResult, SamplingRun
 
 __all__ = ["ProbabilityFlowODESampler", "DOPRI5"]
 
@@ -82,15 +83,15 @@ class ProbabilityFlowODESampler(Sampler):
     def __init__(self, process, steps, rtol: float = 1e-4, atol: float = 1e-4,
                  t_end: Optional[float] = None, variable: str = "logsnr", check_every: int = 1, **kwargs):
         super().__init__(process, steps, **kwargs)
-        self.rtol = check_real(rtol, "rtol", lo=0.0, lo_open=True, fix="use e.g. rtol=1e-4")
-        self.atol = check_real(atol, "atol", lo=0.0, lo_open=True, fix="use e.g. atol=1e-4")
-        self.check_every = check_positive_int(check_every, "check_every")
+        self.rtol = check_real(rtol, "rtol", lo=0.0, lo_open=True, fix="use e.g. rtol=1e-4", what=SAMPLER_OPTION)
+        self.atol = check_real(atol, "atol", lo=0.0, lo_open=True, fix="use e.g. atol=1e-4", what=SAMPLER_OPTION)
+        self.check_every = check_int(check_every, "check_every", what=SAMPLER_OPTION)
         if variable not in ODE_VARIABLES:
             raise InputError(f"unknown ODE integration variable {variable!r}", f"use one of {list(ODE_VARIABLES)}")
         self.variable = variable
         if t_end is None:
             t_end = float(process.t_floor)
-        t_end = check_real(t_end, "t_end", lo=float(process.t_min), hi=1.0)
+        t_end = check_real(t_end, "t_end", lo=float(process.t_min), hi=1.0, what=SAMPLER_OPTION)
         sig = float(process.sigma(torch.tensor(t_end, dtype=torch.float64)))
         if t_end >= 1.0 or not sig > 0.0:
             raise InputError(f"ODE end time t_end={t_end} must lie in [t_min, 1) with sigma(t_end) > 0",
@@ -115,10 +116,10 @@ class ProbabilityFlowODESampler(Sampler):
         sig = proc.sigma(t)
         if self.variable == "logsnr":
             # dx/dlambda = (dlog alpha/dlambda) x - sigma eps,  dlog alpha/dlambda = -2 f sigma^2 / g^2
-            d = coef(-2.0 * f * sig ** 2 / g2, x) * x - coef(sig, x) * pred.eps
+            d = per_sample(-2.0 * f * sig ** 2 / g2, x) * x - per_sample(sig, x) * pred.eps
         else:
             # dx/dt = f x - 1/2 g^2 score = f x + 1/2 g^2 eps / sigma   (Lyu & Wang Eq. 32)
-            d = coef(f, x) * x + coef(0.5 * g2 / sig, x) * pred.eps
+            d = per_sample(f, x) * x + per_sample(0.5 * g2 / sig, x) * pred.eps
         return d, pred.x0
 
     def _run(self, run: SamplingRun, x: torch.Tensor) -> SampleResult:

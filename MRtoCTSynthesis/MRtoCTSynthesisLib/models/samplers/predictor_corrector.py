@@ -1,4 +1,5 @@
-"""Predictor-corrector sampling: reverse-SDE predictor + annealed Langevin corrector (Lyu & Wang Eq. 31, Algorithm 3)."""
+"""Predictor-corrector sampling: reverse-SDE predictor + annealed Langevin corrector (Lyu & Wang Eq. 31,
+Algorithm 3)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from typing import Any, Optional
 
 import torch
 
+from ...checks import check_int, check_real, per_sample
 from ...errors import InputError
-from .base import Prediction, Sampler, SamplingRun, check_positive_int, check_real, coef
+from .base import SAMPLER_OPTION, Prediction, Sampler, SamplingRun
 from .euler_maruyama import em_step
 
 __all__ = ["PredictorCorrectorSampler", "langevin_step", "reverse_diffusion_step"]
@@ -29,7 +31,7 @@ def langevin_step(x: torch.Tensor, score: torch.Tensor, z: torch.Tensor, snr: fl
     z_norm = z.reshape(b, -1).norm(dim=1)
     s_norm = score.reshape(b, -1).norm(dim=1).clamp_min(torch.finfo(score.dtype).tiny)
     e = 2.0 * scale.to(x.dtype) * (snr * z_norm / s_norm) ** 2  # [B]
-    e = e.reshape(b, *([1] * (x.dim() - 1)))
+    e = per_sample(e, x)
     return x + e * score + (2.0 * e).sqrt() * z
 
 
@@ -42,9 +44,9 @@ def reverse_diffusion_step(process, x_t: torch.Tensor, eps: torch.Tensor, t: tor
     """
     a_ts, var_ts = process.transition(t, s)
     score = process.score_from_eps(eps, t)
-    x_s = coef(2.0 - a_ts, x_t) * x_t + coef(var_ts, x_t) * score
+    x_s = per_sample(2.0 - a_ts, x_t) * x_t + per_sample(var_ts, x_t) * score
     if noise is not None:
-        x_s = x_s + coef(var_ts.sqrt(), x_t) * noise
+        x_s = x_s + per_sample(var_ts.sqrt(), x_t) * noise
     return x_s
 
 
@@ -80,8 +82,9 @@ class PredictorCorrectorSampler(Sampler):
     def __init__(self, process, steps, snr: float = 0.16, corrector_steps: int = 1,
                  predictor: str = "em", **kwargs):
         super().__init__(process, steps, **kwargs)
-        self.snr = check_real(snr, "snr", lo=0.0, lo_open=True, fix="use a small positive ratio, e.g. 0.16")
-        self.corrector_steps = check_positive_int(corrector_steps, "corrector_steps", minimum=0)
+        self.snr = check_real(snr, "snr", lo=0.0, lo_open=True, fix="use a small positive ratio, e.g. 0.16",
+                              what=SAMPLER_OPTION)
+        self.corrector_steps = check_int(corrector_steps, "corrector_steps", minimum=0, what=SAMPLER_OPTION)
         if predictor not in PREDICTORS:
             raise InputError(f"unknown PC predictor {predictor!r}", f"use one of {list(PREDICTORS)}")
         self.predictor = predictor

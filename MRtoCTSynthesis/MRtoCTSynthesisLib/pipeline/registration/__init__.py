@@ -66,8 +66,15 @@ from . import quality as _quality
 from .deformable import antspyx_available, bspline_stage, syn_stage
 from .linear import STILL_MM, StageOptions, run_stage
 from .pyramid import plan_levels
-from .transforms import (TRANSFORM_SUFFIXES, check_transform_suffix, load_transform, resample_moving,
-                         save_transform, target_registration_error, transform_summary)
+from .transforms import (
+    TRANSFORM_SUFFIXES,
+    check_transform_suffix,
+    load_transform,
+    resample_moving,
+    save_transform,
+    target_registration_error,
+    transform_summary,
+)
 
 __all__ = [
     "MODES", "INITS", "TRANSFORM_SUFFIXES", "RegistrationResult", "RegistrationWarning", "register",

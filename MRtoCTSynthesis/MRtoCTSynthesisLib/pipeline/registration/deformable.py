@@ -72,7 +72,8 @@ def syn_stage(rigid: sitk.Transform, fixed: sitk.Image, moving: sitk.Image, seed
         import ants  # optional, heavy: imported only for this mode
     except ImportError:
         raise InputError("registration mode 'syn' needs antspyx, which is not installed.",
-                         "install it (pip install antspyx==0.6.3, the project's `bench` extra) or use mode 'bspline'.") from None
+                         "install it (pip install antspyx==0.6.3, the project's `bench` extra) or use mode "
+                         "'bspline'.") from None
     import time
 
     t0 = time.perf_counter()

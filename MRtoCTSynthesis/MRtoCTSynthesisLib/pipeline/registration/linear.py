@@ -47,7 +47,8 @@ def level_sampling(fixed: sitk.Image, moving: sitk.Image, transform: sitk.Transf
     return float(min(1.0, want / n_overlap))
 
 
-def make_method(opts: StageOptions, sampling: float, iterations: int, kind: str = "linear") -> sitk.ImageRegistrationMethod:
+def make_method(opts: StageOptions, sampling: float, iterations: int,
+                kind: str = "linear") -> sitk.ImageRegistrationMethod:
     """Mattes MI with central-difference image gradients and a fixed random sample set (seeded).
 
     ``kind="linear"``: conjugate gradients with a short golden-section line search and parameter scales

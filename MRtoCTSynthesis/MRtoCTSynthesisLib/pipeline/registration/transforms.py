@@ -68,7 +68,8 @@ def load_transform(path: str | os.PathLike) -> sitk.Transform:
     except RuntimeError as exc:
         last = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unknown reason"
         raise InputError(f"transform file {p} could not be read ({last}).",
-                         "give an ITK transform file (.tfm, .txt, .h5) such as one written by `mrtoct register`.") from None
+                         "give an ITK transform file (.tfm, .txt, .h5) such as one written by `mrtoct register`."
+                         ) from None
     return t.Downcast() if hasattr(t, "Downcast") else t
 
 

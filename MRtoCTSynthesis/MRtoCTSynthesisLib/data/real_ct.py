@@ -96,7 +96,8 @@ def fetch_totalsegmentator_sdist(fetch: bool = True, cache: Path | None = None) 
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
                f"TotalSegmentator=={TOTALSEG_VERSION}", "-d", str(cache)]
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
+                                  errors="replace", timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise InputError(f"pip could not download TotalSegmentator {TOTALSEG_VERSION} ({e}).",
                              "check the network access to PyPI, then run scripts/fetch_real_data.py again.") from e

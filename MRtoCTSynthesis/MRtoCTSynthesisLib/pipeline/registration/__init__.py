@@ -23,7 +23,11 @@ Modes, each with its use:
 Recipe (:mod:`.linear`, :mod:`.pyramid`): the starting transform is centred on the images (``init``:
 ``"moments"`` = centres of mass of the Otsu body masks, robust to different fields of view;
 ``"geometry"`` = image centres; ``"none"`` = the images' physical positions as given, e.g. after a
-manual alignment in Slicer, with the rotation centre at the CT's centre of mass). Mattes mutual
+manual alignment in Slicer, with the rotation centre at the CT's centre of mass). With the default
+``"moments"`` the other two are candidates too, and so is, when the MRI covers only a slab of the CT's body
+(a partial field of view), the slab slid along the body in steps of half its extent: every candidate is
+scored by the metric on the coarsest level, the best is optimised, and the next ones only if that run fails;
+``stages[0]["start"]`` and ``["start_metrics"]`` record the choice. Mattes mutual
 information (50 bins) with central-difference image gradients (ITK's smoothed gradient filters off:
 they froze the optimiser on thick slices) on a fixed random subset of the fixed voxels (15 %, at least
 20 000 and at most 60 000 per level; seeded, so a run is repeatable); conjugate gradients with a
@@ -64,8 +68,8 @@ from ...errors import InputError
 from ...io.volume import Volume
 from . import quality as _quality
 from .deformable import antspyx_available, bspline_stage, syn_stage
-from .linear import STILL_MM, StageOptions, run_stage
-from .pyramid import plan_levels
+from .linear import STILL_MM, StageOptions, level_sampling, make_method, run_stage
+from .pyramid import level_image, plan_levels
 from .transforms import (
     TRANSFORM_SUFFIXES,
     check_transform_suffix,
@@ -184,6 +188,76 @@ def _initial_rigid(f_img: sitk.Image, m_img: sitk.Image, init: str) -> sitk.Eule
         f_mask, m_mask, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
 
 
+#: the moving body counts as a partial field of view when its extent along one of its axes is below this
+#: fraction of the fixed body's extent along the same direction
+PARTIAL_FOV = 0.7
+#: how many of the best-ranked starts are optimised in turn when a run fails (e.g. loses the overlap)
+MAX_TRIES = 3
+#: at most this many positions of a partial field of view along the fixed body are tried as starts
+MAX_SLIDES = 9
+
+
+def _mask_points(mask: sitk.Image, limit: int = 20000) -> np.ndarray:
+    """Physical positions (mm) of up to ``limit`` voxels of the binary ``mask`` (an even subsample)."""
+    idx = np.argwhere(sitk.GetArrayViewFromImage(mask) > 0)[:, ::-1].astype(float)  # (i, j, k)
+    if len(idx) > limit:
+        idx = idx[:: len(idx) // limit + 1]
+    d = np.asarray(mask.GetDirection(), float).reshape(3, 3)
+    return np.asarray(mask.GetOrigin(), float) + (idx * np.asarray(mask.GetSpacing(), float)) @ d.T
+
+
+def _candidate_starts(f_img: sitk.Image, m_img: sitk.Image, init: str) -> list[tuple[str, sitk.Euler3DTransform]]:
+    """Starting transforms worth trying for ``init``: the one asked for and, for the default ``"moments"``,
+    the positions as given, the image centres and, when the MRI covers only a slab of the CT's body (a
+    partial field of view, where matching whole-body centres of mass puts the slab in the middle of the
+    body), the slab slid along the body in steps of half its extent. :func:`_rank_starts` picks by metric."""
+    starts = [(init, _initial_rigid(f_img, m_img, init))]
+    if init != "moments":
+        return starts  # the user chose a start: keep it
+    starts += [("none", _initial_rigid(f_img, m_img, "none")), ("geometry", _initial_rigid(f_img, m_img, "geometry"))]
+    f_pts = _mask_points(sitk.OtsuThreshold(f_img, 0, 1))
+    m_pts = _mask_points(sitk.OtsuThreshold(m_img, 0, 1))
+    if len(f_pts) < 10 or len(m_pts) < 10:
+        return starts
+    c_m = m_pts.mean(0)
+    dirs = np.asarray(m_img.GetDirection(), float).reshape(3, 3).T  # rows: the MRI's axis directions
+    for axis, d in enumerate(dirs):
+        m_proj, f_proj = m_pts @ d, f_pts @ d
+        m_ext = float(m_proj.max() - m_proj.min()) + m_img.GetSpacing()[axis]
+        lo, hi = float(f_proj.min()), float(f_proj.max())
+        if m_ext >= PARTIAL_FOV * (hi - lo):
+            continue
+        c_f = f_pts.mean(0)
+        step = max(m_ext / 2.0, 10.0)
+        positions = np.arange(lo + m_ext / 2.0, hi - m_ext / 2.0 + 1e-6, step)
+        if len(positions) > MAX_SLIDES:
+            positions = np.linspace(positions[0], positions[-1], MAX_SLIDES)
+        for pos in positions:
+            p = c_f + (pos - float(c_f @ d)) * d  # the fixed point that the slab's centre of mass maps from
+            t = sitk.Euler3DTransform()
+            t.SetCenter(tuple(map(float, p)))
+            t.SetTranslation(tuple(map(float, c_m - p)))
+            starts.append((f"slab axis {axis} at {pos - float(c_f @ d):+.0f} mm", t))
+    return starts
+
+
+def _rank_starts(starts, f_img: sitk.Image, m_img: sitk.Image, level, opts: StageOptions) -> list[tuple]:
+    """``starts`` as ``(name, transform, metric)`` sorted by the Mattes MI at the coarsest pyramid level
+    (lower is better; a start without overlap scores +inf and goes last)."""
+    f_lv = level_image(f_img, level.fixed_shrink, level.fixed_sigma_mm)
+    m_lv = level_image(m_img, level.moving_shrink, level.moving_sigma_mm)
+    ranked = []
+    for name, t in starts:
+        try:
+            method = make_method(opts, level_sampling(f_lv, m_lv, t, opts.sampling), 1)
+            method.SetInitialTransform(t, inPlace=False)
+            value = float(method.MetricEvaluate(f_lv, m_lv))
+        except RuntimeError:  # no overlap at all
+            value = float("inf")
+        ranked.append((name, t, value if np.isfinite(value) else float("inf")))
+    return sorted(ranked, key=lambda r: r[2])
+
+
 def _affine_from(rigid: sitk.Euler3DTransform) -> sitk.AffineTransform:
     a = sitk.AffineTransform(3)
     a.SetCenter(rigid.GetCenter())
@@ -221,8 +295,10 @@ def register(fixed: Volume, moving: Volume, mode: str = DEFAULT_MODE, seed: int 
     ``seed`` fixes the metric's random sampling, so a run is repeatable (SimpleITK receives
     ``seed + 1``: it reads 0 as "use the clock"). ``progress(fraction, message)`` is called at every
     optimiser iteration; it may raise :class:`CancelledError` to stop (the error propagates after the
-    current iteration). ``init``: ``"moments"`` (centres of mass of the Otsu body masks),
-    ``"geometry"`` (image centres) or ``"none"`` (positions as given). ``sampling``: fraction of the
+    current iteration). ``init``: ``"moments"`` (centres of mass of the Otsu body masks, ranked against
+    the positions as given, the image centres and, for a partial field of view, slab positions along the
+    body; see the module docstring), ``"geometry"`` (image centres only) or ``"none"`` (positions as given
+    only). ``sampling``: fraction of the
     fixed voxels the metric samples per level (kept within 20 000 - 60 000 voxels); ``bins``: Mattes
     histogram bins; ``iterations``: the most optimiser iterations per level (0 only evaluates).
 
@@ -244,10 +320,20 @@ def register(fixed: Volume, moving: Volume, mode: str = DEFAULT_MODE, seed: int 
     opts = StageOptions(seed=int(seed), sampling=float(sampling), bins=int(bins), iterations=int(iterations))
     levels = plan_levels(f_img, m_img)
 
-    rigid0 = _initial_rigid(f_img, m_img, init_l)
     weight = {"rigid": 1.0, "affine": 0.5, "rigid+affine": 0.5, "bspline": 0.4, "syn": 0.5}[mode_l]
+    ranked = _rank_starts(_candidate_starts(f_img, m_img, init_l), f_img, m_img, levels[0], opts)
     stages = []
-    rigid, info = run_stage("rigid", rigid0, f_img, m_img, levels, opts, progress, 0.0, weight)
+    failure = None
+    for start_name, rigid0, _ in ranked[:MAX_TRIES]:  # the best-scoring start; the next ones only if it fails
+        try:
+            rigid, info = run_stage("rigid", rigid0, f_img, m_img, levels, opts, progress, 0.0, weight)
+            break
+        except InputError as exc:  # e.g. the optimiser walked off the overlap
+            failure = failure or exc
+    else:
+        raise failure
+    info["start"] = start_name
+    info["start_metrics"] = {name: (None if not np.isfinite(v) else round(v, 5)) for name, _, v in ranked}
     stages.append(info)
     finer = levels[1:] or levels  # affine refinement: not on the coarse level, where it drifts into scale/shear
     if mode_l == "rigid":

@@ -29,7 +29,6 @@ from slicer.parameterNodeWrapper import (
     Choice,
     GuiConnector,
     WithinRange,
-    parameterNodeGuiConnector,
     parameterNodeWrapper,
 )
 from slicer.ScriptedLoadableModule import (
@@ -132,7 +131,7 @@ class MRtoCTSynthesisParameterNode:
     """Everything the module's GUI shows; saved with the scene.
 
     ``method`` and ``sampler`` are plain strings whose choices come from the engine at run time (see
-    ``_DynamicChoiceComboBoxConnector``). ``steps`` 0 and ``projections`` 0 mean "the engine's default".
+    ``DynamicChoiceComboBoxConnector``). ``steps`` 0 and ``projections`` 0 mean "the engine's default".
     """
 
     inputMRI: vtkMRMLScalarVolumeNode
@@ -163,24 +162,29 @@ def _plainType(datatype):
     return datatype
 
 
-@parameterNodeGuiConnector
-class _DynamicChoiceComboBoxConnector(GuiConnector):
-    """Connects a ``ctkComboBox`` to a ``str`` parameter whose choices the widget fills at run time.
+class DynamicChoiceComboBoxConnector(GuiConnector):
+    """Connects a combo box to a ``str`` parameter whose choices the module fills at run time.
 
-    Slicer's own QComboBox connector needs the choices when the class is defined (a ``Choice``
-    annotation). The methods and samplers come from the engine's registries and the sampler list depends
-    on the chosen method, so the module fills the combo box itself: each item's data is the value, and
-    its text is a label for people.
+    The methods and samplers come from the engine (``mrtoct info --json``) and the sampler list depends on
+    the chosen method, so the module fills these combo boxes itself: each item's data is the value, and its
+    text is a label for people.
+
+    This connector is deliberately *not* registered with ``@parameterNodeGuiConnector``: from Slicer 5.8.0
+    on, Slicer's own ``QComboBoxToStringableConnector`` claims every (Q|ctk)ComboBox bound to a ``str`` and
+    raises "requires the Choice annotation" without one. It is registered before any module's connector and
+    the first ``canRepresent`` wins, so a registered connector of ours would never be reached. The widget
+    passes an instance of this class to ``connectParametersToGui`` instead (see
+    :func:`connectParameterNodeToGui`), which every Slicer from 5.6 to 5.12 accepts as it is.
     """
 
     @staticmethod
     def canRepresent(widget, datatype) -> bool:
-        return type(widget) is ctk.ctkComboBox and _plainType(datatype) is str
+        return type(widget) in (qt.QComboBox, ctk.ctkComboBox) and _plainType(datatype) is str
 
     @staticmethod
     def create(widget, datatype):
-        if _DynamicChoiceComboBoxConnector.canRepresent(widget, datatype):
-            return _DynamicChoiceComboBoxConnector(widget)
+        if DynamicChoiceComboBoxConnector.canRepresent(widget, datatype):
+            return DynamicChoiceComboBoxConnector(widget)
         return None
 
     def __init__(self, widget):
@@ -209,6 +213,40 @@ class _DynamicChoiceComboBoxConnector(GuiConnector):
             self._widget.currentIndex = self._widget.findData(value) if value else -1
         finally:
             self._widget.blockSignals(wasBlocked)
+
+
+#: parameters bound to combo boxes that the module fills itself (see DynamicChoiceComboBoxConnector)
+DYNAMIC_CHOICE_PARAMETERS = ("method", "sampler")
+
+
+def boundWidgets(ui) -> dict:
+    """``{parameter name: widget}`` for every widget of ``ui`` whose ``SlicerParameterName`` property is set.
+
+    ``ui`` is the object from ``slicer.util.childWidgetVariables``; this is the lookup that Slicer's own
+    ``connectGui`` does on such an object.
+    """
+    out = {}
+    for widget in vars(ui).values():
+        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if name:
+            out[str(name)] = widget
+    return out
+
+
+def connectParameterNodeToGui(parameterNode, ui):
+    """Bind every widget of ``ui`` that names a parameter; returns the tag for ``disconnectGui``.
+
+    Works the same in Slicer 5.6 to 5.12, whatever order the GUI connectors were registered in: the combo
+    boxes of :data:`DYNAMIC_CHOICE_PARAMETERS` get a :class:`DynamicChoiceComboBoxConnector` instance, and
+    every other widget gets the connector Slicer picks for its type. (Slicer 5.6's ``connectGui`` also
+    returns None instead of the tag, so ``disconnectGui`` could not undo it; ``connectParametersToGui``
+    returns the tag in every release.)
+    """
+    mapping = boundWidgets(ui)
+    for name in DYNAMIC_CHOICE_PARAMETERS:
+        if name in mapping:
+            mapping[name] = DynamicChoiceComboBoxConnector(mapping[name])
+    return parameterNode.connectParametersToGui(mapping)
 
 
 #
@@ -291,7 +329,7 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectParameterNodeToGui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
             self._samplerItemsMethod = None
             self._updateWidgets()

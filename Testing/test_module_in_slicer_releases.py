@@ -1,0 +1,167 @@
+"""The Slicer module run against Slicer's own Python sources of 5.6.2, 5.8.1, 5.10.0 and 5.12.3.
+
+``slicer_harness`` loads each release's ``parameterNodeWrapper``, ``ScriptedLoadableModule``, ``util`` and
+``i18n`` (``packaging`` in 5.12) from ``../shared/slicer-reference``, with slicer-core's real MRML scene and
+small doubles for qt/ctk/Slicer widgets. These tests import ``MRtoCTSynthesis.py``, build its panel from the
+real ``.ui`` file, bind the parameter node, and press Apply on the bundled demo case: the engine runs for real
+(2 steps, 2 samples) and the outputs are loaded into the scene.
+
+Skipped, with the reason, when ``../shared/slicer-reference`` or slicer-core is not there (a user's clone).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import slicer_harness as harness
+
+from MRtoCTSynthesisLib.slicer import bridge as sb
+from MRtoCTSynthesisLib.slicer import mrml as glue
+
+UI_FILE = harness.MODULE_DIR / "Resources" / "UI" / "MRtoCTSynthesis.ui"
+
+
+def _require(release):
+    if harness.reference_sources(release) is None:
+        pytest.skip(f"Slicer {release} sources not found in {harness.REFERENCE_DIR} (they live beside the "
+                    "repository in ../shared/slicer-reference, which a user's clone does not have)")
+    try:
+        importlib.metadata.version("slicer-core")
+        import slicer_core  # noqa: F401
+    except (importlib.metadata.PackageNotFoundError, ImportError) as exc:
+        pytest.skip(f"slicer-core is not installed (pip install slicer-core==5.13.31053.0): {exc}")
+
+
+@pytest.fixture(params=harness.RELEASES)
+def slicer_release(request, tmp_path, monkeypatch):
+    release = request.param
+    _require(release)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with harness.slicer_environment(release, temp_dir=str(tmp_path)) as slicer:
+        yield slicer
+
+
+def _ui_bindings():
+    """{parameter: (widget name, class)} from the .ui file itself."""
+    out = {}
+    for w in ET.parse(UI_FILE).getroot().iter("widget"):
+        for prop in w.findall("property"):
+            if prop.get("name") == "SlicerParameterName":
+                out[prop.findtext("string")] = (w.get("name"), w.get("class"))
+    return out
+
+
+def _panel():
+    module = harness.import_module_file()
+    return module, harness.make_module_widget(module)
+
+
+def _load_demo_case(slicer):
+    nodes = []
+    for (name, label), cls in zip(sb.DEMO_CASE_FILES, ("vtkMRMLScalarVolumeNode", "vtkMRMLScalarVolumeNode",
+                                                       "vtkMRMLLabelMapVolumeNode")):
+        array, matrix = sb.array_and_ijk_to_ras_from_sitk(sitk.ReadImage(str(sb.DEMO_CASE_DIR / name)))
+        nodes.append(glue.volume_node_from_array(slicer.mrmlScene, array, matrix, name=label, class_name=cls))
+    return nodes
+
+
+def _wait(slicer, logic, timeout=300):
+    deadline = time.monotonic() + timeout
+    while logic.isRunning():
+        assert time.monotonic() < deadline, "the engine did not finish in time"
+        slicer.app.processEvents()
+        time.sleep(0.05)
+
+
+# ------------------------------------------------------------------------------------------------ tests
+def test_every_bound_widget_gets_a_connector(slicer_release):
+    module, widget = _panel()
+    p = widget._parameterNode
+    connectors = harness.bound_connectors(p)
+    expected = _ui_bindings()
+    assert len(expected) == 20
+    assert set(connectors) == set(expected), sorted(set(expected) ^ set(connectors))
+    for name, connector in connectors.items():
+        widget_name, cls = expected[name]
+        assert connector.widget() is getattr(widget.ui, widget_name), name
+        assert type(connector.widget()).__name__ == cls, name  # the .ui class, exactly (connectors compare types)
+    assert type(connectors["method"]) is module.DynamicChoiceComboBoxConnector
+    assert type(connectors["sampler"]) is module.DynamicChoiceComboBoxConnector
+
+
+def test_widgets_and_parameter_node_follow_each_other(slicer_release):
+    _, widget = _panel()
+    p, ui = widget._parameterNode, widget.ui
+    ui.samplesSpinBox.value = 7
+    assert p.samples == 7
+    p.seed = 1234
+    assert ui.seedSpinBox.value == 1234
+    ui.keepTemporaryFilesCheckBox.checked = True
+    assert p.keepTemporaryFiles is True
+    # the method combo drives the sampler list: only samplers that work with the method are offered
+    for method in ("ddmm_synth", "ddpm"):
+        ui.methodComboBox.currentIndex = ui.methodComboBox.findData(method)
+        assert p.method == method
+        offered = [ui.samplerComboBox.itemData(i) for i in range(ui.samplerComboBox.count)]
+        assert offered == sb.valid_samplers(method, use_engine=False)
+        assert p.sampler in offered
+    # disconnecting (leaving the module) stops the binding
+    widget.exit()
+    ui.samplesSpinBox.value = 3
+    assert p.samples == 7
+
+
+@pytest.mark.slow
+def test_apply_runs_the_engine_and_loads_the_outputs(slicer_release):
+    slicer = slicer_release
+    _, widget = _panel()
+    p, ui = widget._parameterNode, widget.ui
+    mri, ct, mask = _load_demo_case(slicer)
+    assert not ui.applyButton.enabled or p.inputMRI is None
+    ui.inputMRISelector.setCurrentNode(mri)
+    ui.referenceCTSelector.setCurrentNode(ct)
+    ui.bodyMaskSelector.setCurrentNode(mask)
+    assert (p.inputMRI, p.referenceCT, p.bodyMask) == (mri, ct, mask)
+    ui.methodComboBox.currentIndex = ui.methodComboBox.findData("ddpm")
+    ui.samplerComboBox.currentIndex = ui.samplerComboBox.findData("dpmpp")
+    ui.stepsSpinBox.value = 2
+    ui.samplesSpinBox.value = 2
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    assert (p.method, p.sampler, p.steps, p.samples, p.device) == ("ddpm", "dpmpp", 2, 2, "cpu")
+    assert ui.applyButton.enabled, ui.applyButton.toolTip
+
+    ui.applyButton.click()
+    assert widget.logic.isRunning()
+    assert ui.applyButton.text == "Cancel"
+    _wait(slicer, widget.logic)
+    assert ui.applyButton.text == "Apply"
+    status, message = widget.logic._lastResult
+    assert status == "ok", message + "\n" + ui.logTextEdit.plainText
+
+    # outputs: on the MRI's grid, std >= 0 and not all zero, difference = sCT - CT, a metrics table
+    mri_array, mri_matrix = glue.array_and_matrix_from_node(mri)
+    for node in (p.outputSCT, p.outputStd, p.outputDifference):
+        assert node is not None and slicer.mrmlScene.IsNodePresent(node)
+        array, matrix = glue.array_and_matrix_from_node(node)
+        assert array.shape == mri_array.shape
+        np.testing.assert_array_equal(matrix, mri_matrix)
+    sct, _ = glue.array_and_matrix_from_node(p.outputSCT)
+    std, _ = glue.array_and_matrix_from_node(p.outputStd)
+    diff, _ = glue.array_and_matrix_from_node(p.outputDifference)
+    ct_array, _ = glue.array_and_matrix_from_node(ct)
+    assert np.isfinite(sct).all() and std.min() >= 0 and std.max() > 0
+    np.testing.assert_allclose(diff, sct - ct_array.astype(np.float32), atol=1e-3)
+    # the sCT is a CT: air around the body, soft tissue inside (independent of the engine: the phantom's mask)
+    mask_array, _ = glue.array_and_matrix_from_node(mask)
+    assert np.median(sct[mask_array == 0]) < -500 and -300 < np.median(sct[mask_array > 0]) < 400
+    rows = dict(glue.table_rows(p.metricsTable))
+    assert {"MAE (HU)", "ME (HU)", "PSNR (dB)", "SSIM"} <= set(rows)
+    inside = mask_array > 0
+    mae = float(np.abs(sct[inside] - ct_array[inside]).mean())
+    assert float(rows["MAE (HU)"]) == pytest.approx(mae, abs=0.1)  # the engine's MAE, recomputed here
+    assert "Synthetic CT done." in ui.statusLabel.text

@@ -13,6 +13,7 @@ import logging
 import os
 import pathlib
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
@@ -44,7 +45,10 @@ from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 RESOURCES_DIR = MODULE_DIR / "Resources"
-TORCH_REQUIREMENT = ">=2.1"
+#: the torch the engine supports (pyproject.toml's range); installed into Slicer's Python, never imported by Slicer
+TORCH_REQUIREMENT = "torch>=2.1,<2.14"
+#: PyTorch's own index of CPU-only wheels (no multi-GB CUDA libraries) for a CPU-only device choice
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 #
 # MRtoCTSynthesis
@@ -58,7 +62,7 @@ class MRtoCTSynthesis(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "MR to CT Synthesis"
         self.parent.categories = ["Image Synthesis"]
-        self.parent.dependencies = []  # PyTorch (PyTorchUtils) is checked at run time, with a clear message
+        self.parent.dependencies = []  # torch is installed on first use (ensureDependencies), after confirmation
         self.parent.contributors = ["MRtoCTSynthesis developers"]
         self.parent.helpText = """
 <p>Synthesises a CT (sCT, in Hounsfield units) from an MRI volume with conditional diffusion models, and a
@@ -130,8 +134,9 @@ def registerSampleData():
 class MRtoCTSynthesisParameterNode:
     """Everything the module's GUI shows; saved with the scene.
 
-    ``method`` and ``sampler`` are plain strings whose choices come from the engine at run time (see
-    ``DynamicChoiceComboBoxConnector``). ``steps`` 0 and ``projections`` 0 mean "the engine's default".
+    ``method``, ``sampler`` and ``device`` are plain strings whose choices come from the engine at run time
+    (``mrtoct info --json``, ``mrtoct devices --json``; see ``DynamicChoiceComboBoxConnector``). ``steps`` 0
+    and ``projections`` 0 mean "the engine's default".
     """
 
     inputMRI: vtkMRMLScalarVolumeNode
@@ -148,7 +153,7 @@ class MRtoCTSynthesisParameterNode:
     noiseSigma: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     nsmi: Annotated[str, Choice(list(slicer_bridge.NSMI_CHOICES))] = "auto"
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    device: Annotated[str, Choice(list(slicer_bridge.DEVICE_CHOICES))] = "auto"
+    device: str = "auto"
     keepTemporaryFiles: bool = False
     outputSCT: vtkMRMLScalarVolumeNode
     outputStd: vtkMRMLScalarVolumeNode
@@ -216,7 +221,7 @@ class DynamicChoiceComboBoxConnector(GuiConnector):
 
 
 #: parameters bound to combo boxes that the module fills itself (see DynamicChoiceComboBoxConnector)
-DYNAMIC_CHOICE_PARAMETERS = ("method", "sampler")
+DYNAMIC_CHOICE_PARAMETERS = ("method", "sampler", "device")
 
 
 def boundWidgets(ui) -> dict:
@@ -335,23 +340,40 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateWidgets()
 
     # ------------------------------------------------------------------------------- dynamic widgets
-    def _populateMethods(self) -> None:
+    def _populateMethods(self, refresh: bool = False) -> None:
+        """Fill the method and device lists from the engine process (``mrtoct info/devices --json``)."""
+        info = self.logic.engineInfo(refresh=refresh)
+        devices = self.logic.engineDevices(refresh=refresh)
         combo = self.ui.methodComboBox
         wasBlocked = combo.blockSignals(True)
         try:
             combo.clear()
-            for name in slicer_bridge.methods():
-                combo.addItem(slicer_bridge.method_label(name), name)
+            for name in slicer_bridge.methods(info):
+                combo.addItem(slicer_bridge.method_label(name, info), name)
         finally:
             combo.blockSignals(wasBlocked)
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for value, label in slicer_bridge.device_choices(devices):
+                combo.addItem(label, value)
+        finally:
+            combo.blockSignals(wasBlocked)
+        self._samplerItemsMethod = None
+        problem = self.logic.engineProblem()
+        if problem:
+            self.ui.statusLabel.text = problem
 
     def _populateSamplers(self, method: str) -> None:
+        info = self.logic.engineInfo()
+        labels = (info or {}).get("sampler_labels") or slicer_bridge.SAMPLER_LABELS
         combo = self.ui.samplerComboBox
         wasBlocked = combo.blockSignals(True)
         try:
             combo.clear()
-            for name in slicer_bridge.valid_samplers(method):
-                combo.addItem(f"{slicer_bridge.SAMPLER_LABELS.get(name, name)} ({name})", name)
+            for name in slicer_bridge.valid_samplers(method, info):
+                combo.addItem(f"{labels.get(name, name)} ({name})", name)
         finally:
             combo.blockSignals(wasBlocked)
         self._samplerItemsMethod = method
@@ -385,14 +407,19 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             method = p.method if p.method in available else (available[0] if available else p.method)
             if self._samplerItemsMethod != method:
                 self._populateSamplers(method)
-            samplers = slicer_bridge.valid_samplers(method)
-            sampler = p.sampler if p.sampler in samplers else slicer_bridge.default_sampler(method)
+            info = self.logic.engineInfo()
+            samplers = slicer_bridge.valid_samplers(method, info)
+            sampler = p.sampler if p.sampler in samplers else slicer_bridge.default_sampler(method, info)
             if p.method != method:
                 p.method = method
             if sampler and p.sampler != sampler:
                 p.sampler = sampler
             self._select(self.ui.methodComboBox, method)
             self._select(self.ui.samplerComboBox, sampler)
+            devices = [self.ui.deviceComboBox.itemData(i) for i in range(self.ui.deviceComboBox.count)]
+            if devices and p.device not in devices:
+                p.device = "auto"
+            self._select(self.ui.deviceComboBox, p.device)
 
             self.ui.stepsSpinBox.enabled = slicer_bridge.sampler_takes_steps(sampler)
             ddmm = slicer_bridge.uses_measurements(method)
@@ -436,28 +463,49 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.cancel()
             self._onStage("Cancelling...")
             return
+        if not self._dependenciesReady(needTorch=True):
+            return
         with slicer.util.tryWithErrorDisplay("Could not start the synthesis.", waitCursor=True):
-            if not self.logic.ensureDependencies(self._parameterNode.device, needTorch=True):
-                return
             self.ui.logTextEdit.clear()
             self.logic.synthesize(self._parameterNode, **self._callbacks())
             self._setRunning(True)
 
     def onRegisterButton(self) -> None:
+        if not self._dependenciesReady(needTorch=False):
+            return
         with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
-            if not self.logic.ensureDependencies(self._parameterNode.device, needTorch=False):
-                return
             self.ui.logTextEdit.clear()
             self.logic.register(self._parameterNode, **self._callbacks())
             self._setRunning(True)
 
+    def _dependenciesReady(self, needTorch: bool, askConfirmation: bool = True) -> bool:
+        """Install what is missing (after the user agrees); any failure is shown in the panel, not raised."""
+        try:
+            with slicer.util.WaitCursor():
+                ready, installed = self.logic.ensureDependencies(self._parameterNode.device, needTorch=needTorch,
+                                                                 askConfirmation=askConfirmation)
+        except Exception as exc:  # pip errors, no network, declined restart... all end up here as a message
+            logging.exception("MRtoCTSynthesis: installing the dependencies failed")
+            message = f"Installing the Python packages the engine needs failed:\n{exc}"
+            self.ui.statusLabel.text = message
+            slicer.util.errorDisplay(message, windowTitle="MR to CT Synthesis")
+            return False
+        if not ready:
+            self.ui.statusLabel.text = "The engine's Python packages are not installed; nothing was run."
+            return False
+        if installed:  # torch (or another package) is new: ask the engine again what it offers
+            self._populateMethods(refresh=True)
+            self._updateWidgets()
+        return True
+
     def onInstallDependenciesButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not install the dependencies.", waitCursor=True):
-            if self.logic.ensureDependencies(self._parameterNode.device, needTorch=True, askConfirmation=True):
-                self._populateMethods()
-                self._samplerItemsMethod = None
-                self._updateWidgets()
-                self.ui.statusLabel.text = "All dependencies are installed."
+        if self._dependenciesReady(needTorch=True):
+            self._populateMethods(refresh=True)
+            self._updateWidgets()
+            info = self.logic.engineInfo()
+            self.ui.statusLabel.text = ("All dependencies are installed." if info is None else
+                                        f"All dependencies are installed (engine {info.get('engine_version')}, "
+                                        f"torch {info.get('torch')}).")
 
     def onCompareLayoutButton(self) -> None:
         p = self._parameterNode
@@ -544,43 +592,105 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         torchMissing = needTorch and importlib.util.find_spec("torch") is None
         return missing, torchMissing
 
-    def ensureDependencies(self, device: str = "auto", needTorch: bool = True, askConfirmation: bool = True) -> bool:
-        """Install what the engine needs into Slicer's Python on first use; True when all is there.
+    def ensureDependencies(self, device: str = "auto", needTorch: bool = True, askConfirmation: bool = True):
+        """Install what the engine needs into Slicer's Python; returns ``(ready, installedSomething)``.
 
-        Python packages come from ``Resources/requirements.txt`` through ``slicer.util.pip_install``
-        (numpy and SimpleITK ship with Slicer). torch comes from the PyTorch extension's PyTorchUtils,
-        as a CPU build when the device is ``cpu``.
+        Packages come from ``Resources/requirements.txt`` plus torch (:data:`TORCH_REQUIREMENT`). They are
+        installed with ``slicer.packaging.pip_ensure`` where Slicer has it (5.12 on) and with
+        ``slicer.util.pip_install`` otherwise; a CPU-only device choice takes torch from PyTorch's CPU wheel
+        index. Nothing is installed unless the user agrees (``askConfirmation``). torch is only installed here,
+        never imported: the engine runs it in its own process. Errors propagate (the widget shows them).
         """
         missing, torchMissing = self.missingDependencies(needTorch)
         if not missing and not torchMissing:
-            return True
-        if torchMissing and not hasattr(slicer.modules, "pytorchutils"):
-            raise RuntimeError(
-                "MR to CT Synthesis needs PyTorch, which is installed through the 'PyTorch' extension.\n"
-                "Fix: open View > Extensions Manager, install the 'PyTorch' extension, restart Slicer and try again.")
-        what = missing + (["torch (through the PyTorch extension" + (", CPU build)" if device == "cpu" else ")")]
-                          if torchMissing else [])
+            return True, False
+        torchArgs = []
+        if torchMissing:
+            torchArgs = [TORCH_REQUIREMENT] + (["--index-url", TORCH_CPU_INDEX] if device == "cpu" else [])
+        what = missing + ([" ".join(torchArgs)] if torchArgs else [])
         if askConfirmation and not slicer.app.commandOptions().testingEnabled:
             if not slicer.util.confirmOkCancelDisplay(
-                    "MR to CT Synthesis needs these Python packages, which will be downloaded and installed now "
-                    "(this may take several minutes):\n\n  " + "\n  ".join(what), windowTitle="MR to CT Synthesis"):
-                return False
-        for requirement in missing:
-            slicer.util.pip_install(requirement)
-        if torchMissing:
-            import PyTorchUtils
-
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=False, forceComputationBackend=slicer_bridge.torch_backend(device),
-                torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                return False
+                    "MR to CT Synthesis needs these Python packages, which will be downloaded and installed into "
+                    "Slicer's Python now (this may take several minutes):\n\n  " + "\n  ".join(what),
+                    windowTitle="MR to CT Synthesis"):
+                return False, False
+        packaging = getattr(slicer, "packaging", None)
+        if missing:
+            if packaging is not None and hasattr(packaging, "pip_ensure"):
+                packaging.pip_ensure(missing, prompt_install=False, requester="MR to CT Synthesis")
+            else:
+                slicer.util.pip_install(missing)
+        if torchArgs:
+            if packaging is not None and hasattr(packaging, "pip_ensure") and len(torchArgs) == 1:
+                packaging.pip_ensure(torchArgs, prompt_install=False, requester="MR to CT Synthesis")
+            else:
+                slicer.util.pip_install(torchArgs)
         missing, torchMissing = self.missingDependencies(needTorch)
         if missing or torchMissing:
-            raise RuntimeError("Some dependencies are still missing after installation: "
+            raise RuntimeError("Some packages are still missing after the installation: "
                                + ", ".join(missing + (["torch"] if torchMissing else []))
-                               + "\nFix: restart Slicer and try again.")
-        return True
+                               + "\nFix: restart Slicer and try again; if it persists, install them from the Python "
+                               "console with slicer.util.pip_install(...) and read pip's message.")
+        type(self)._engineCache.clear()
+        return True, True
+
+    # ------------------------------------------------------------------------------- asking the engine
+    #: {(python, query): (document or None, problem or None)}; shared by every logic of this Slicer session
+    _engineCache: dict = {}
+
+    def _launch(self, argv):
+        """Start the engine like Slicer starts any console process (stdout and stderr in one text pipe)."""
+        # PythonSlicer is a launcher that sets up Slicer's environment itself, so it starts from the environment
+        # Slicer was started with. A bare interpreter (the fallback) needs Slicer's current environment.
+        launcher = pathlib.Path(argv[0]).name.lower().startswith("pythonslicer")
+        env = slicer_bridge.engine_environment(slicer.util.startupEnvironment() if launcher else None)
+        try:
+            return slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env,
+                                                    cwd=str(MODULE_DIR))
+        except TypeError:  # Slicer without the cwd argument
+            return slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env)
+
+    def _queryEngine(self, query: str, argv, expectedFormat: str, refresh: bool, timeout: float = 180.0):
+        key = (self.pythonExecutable, query)
+        if refresh or key not in self._engineCache:
+            doc, problem = None, None
+            try:
+                popen = self._launch(argv)
+                try:
+                    output, _ = popen.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    slicer_bridge.kill_process_tree(popen.pid, popen=popen)
+                    output = ""
+                    problem = f"the engine did not answer `mrtoct {query}` within {timeout:.0f} s"
+                if problem is None:
+                    doc = slicer_bridge.parse_json_output(output, expectedFormat)
+                    if popen.returncode != 0 or doc is None:
+                        doc = None
+                        problem = slicer_bridge.describe_exit(popen.returncode, output, what="The engine")[1]
+            except Exception as exc:  # the interpreter cannot be started at all
+                problem = f"the engine could not be started: {exc}"
+            self._engineCache[key] = (doc, problem)
+        return self._engineCache[key][0]
+
+    def engineInfo(self, refresh: bool = False):
+        """``mrtoct info --json`` of the engine process (methods, samplers, models, versions), or None."""
+        return self._queryEngine("info --json", slicer_bridge.build_info_command(self.pythonExecutable),
+                                 "mrtoct-engine-info", refresh)
+
+    def engineDevices(self, refresh: bool = False):
+        """``mrtoct devices --json`` of the engine process (CUDA GPUs, MPS, CPU), or None."""
+        return self._queryEngine("devices --json", slicer_bridge.build_devices_command(self.pythonExecutable),
+                                 "mrtoct-devices", refresh)
+
+    def engineProblem(self):
+        """Why the engine could not list its methods (for the panel), or None when it could."""
+        doc, problem = self._engineCache.get((self.pythonExecutable, "info --json"), (None, None))
+        if doc is not None or problem is None:
+            return None
+        if importlib.util.find_spec("torch") is None:
+            return ("PyTorch is not installed in Slicer's Python yet, so the built-in method list is shown. "
+                    "Press 'Check / install dependencies' (Advanced) or Apply to install it.")
+        return f"The engine could not list its methods ({problem}); the built-in list is shown."
 
     # --------------------------------------------------------------------------------------- file I/O
     @staticmethod
@@ -784,15 +894,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             job.onStage(description)
         if job.onProgress:
             job.onProgress(0.0, "")
-        # PythonSlicer is a launcher that sets up Slicer's environment itself, so it starts from the environment
-        # Slicer was started with. A bare interpreter (the fallback) needs Slicer's current environment.
-        launcher = pathlib.Path(argv[0]).name.lower().startswith("pythonslicer")
-        env = slicer_bridge.engine_environment(slicer.util.startupEnvironment() if launcher else None)
-        try:
-            popen = slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env,
-                                                     cwd=str(MODULE_DIR))
-        except TypeError:  # Slicer without the cwd argument
-            popen = slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env)
+        popen = self._launch(argv)
         self._process = slicer_bridge.EngineProcess(popen)
         self._timer.start()
 
@@ -1002,8 +1104,13 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
     def test_dependencies(self):
         self.delayDisplay("Checking dependencies")
         logic = MRtoCTSynthesisLogic()
-        self.assertTrue(logic.ensureDependencies("cpu", needTorch=True, askConfirmation=False))
-        self.assertIn("ddpm", slicer_bridge.methods())
+        ready, _ = logic.ensureDependencies("cpu", needTorch=True, askConfirmation=False)
+        self.assertTrue(ready)
+        info = logic.engineInfo(refresh=True)
+        self.assertIsNotNone(info, logic.engineProblem())
+        self.assertIn("ddpm", slicer_bridge.methods(info))
+        self.assertIn("cpu", [value for value, _ in slicer_bridge.device_choices(logic.engineDevices(refresh=True))])
+        self.assertNotIn("torch", __import__("sys").modules, "Slicer's process imported torch")
         self.assertTrue(slicer_bridge.DEMO_MODEL.is_file(), "bundled demo model is missing")
 
     def test_registration(self):
@@ -1072,7 +1179,7 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
                           if a.__class__.__name__ == "_SubParsersAction").choices["synthesize"]
         if "--projections" not in synthesize._option_string_actions:
             self.skipTest("this engine's `mrtoct synthesize` has no DDMM-Synth options yet")
-        self.assertIn("ddmm_synth", slicer_bridge.methods())
+        self.assertIn("ddmm_synth", slicer_bridge.methods(MRtoCTSynthesisLogic().engineInfo()))
         mri, ct, mask = self._loadDemoCase()
         logic, p = self._parameters(mri, ct, mask, method="ddmm_synth", sampler="ddim", steps=3, samples=1,
                                     projections=10, noiseSigma=0.0, nsmi="noiseless")

@@ -1041,11 +1041,18 @@ def slicer_environment(release: str, temp_dir: str | None = None):
             tmp.cleanup()
 
 
+#: the answers of ``mrtoct info/devices --json``, kept for the whole test session like Slicer keeps them for its
+#: session (the first test that builds a panel runs the real engine queries; later imports reuse them)
+ENGINE_CACHE: dict = {}
+
+
 def import_module_file():
     """Import ``MRtoCTSynthesis.py`` (inside :func:`slicer_environment`) as Slicer does: its folder on sys.path."""
     if str(MODULE_DIR) not in sys.path:
         sys.path.insert(0, str(MODULE_DIR))
-    return _load("MRtoCTSynthesis", MODULE_PY)
+    module = _load("MRtoCTSynthesis", MODULE_PY)
+    module.MRtoCTSynthesisLogic._engineCache = ENGINE_CACHE
+    return module
 
 
 def make_module_widget(module):

@@ -12,6 +12,9 @@ Skipped, with the reason, when ``../shared/slicer-reference`` or slicer-core is 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 
@@ -108,7 +111,7 @@ def test_widgets_and_parameter_node_follow_each_other(slicer_release):
         ui.methodComboBox.currentIndex = ui.methodComboBox.findData(method)
         assert p.method == method
         offered = [ui.samplerComboBox.itemData(i) for i in range(ui.samplerComboBox.count)]
-        assert offered == sb.valid_samplers(method, use_engine=False)
+        assert offered == sb.valid_samplers(method, widget.logic.engineInfo())
         assert p.sampler in offered
     # disconnecting (leaving the module) stops the binding
     widget.exit()
@@ -131,7 +134,7 @@ def test_apply_runs_the_engine_and_loads_the_outputs(slicer_release):
     ui.samplerComboBox.currentIndex = ui.samplerComboBox.findData("dpmpp")
     ui.stepsSpinBox.value = 2
     ui.samplesSpinBox.value = 2
-    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findText("cpu")
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findData("cpu")
     assert (p.method, p.sampler, p.steps, p.samples, p.device) == ("ddpm", "dpmpp", 2, 2, "cpu")
     assert ui.applyButton.enabled, ui.applyButton.toolTip
 
@@ -165,3 +168,23 @@ def test_apply_runs_the_engine_and_loads_the_outputs(slicer_release):
     mae = float(np.abs(sct[inside] - ct_array[inside]).mean())
     assert float(rows["MAE (HU)"]) == pytest.approx(mae, abs=0.1)  # the engine's MAE, recomputed here
     assert "Synthetic CT done." in ui.statusLabel.text
+
+
+def test_slicers_process_never_imports_torch():
+    """Import the module, build the panel (which asks the engine for its methods and devices) and read the lists:
+    torch loads only in the engine's own process, never in Slicer's (here: a fresh interpreter)."""
+    release = harness.RELEASES[-1]
+    _require(release)
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import slicer_harness as h\n"
+        f"with h.slicer_environment({release!r}) as slicer:\n"
+        "    w = h.make_module_widget(h.import_module_file())\n"
+        "    methods = [w.ui.methodComboBox.itemData(i) for i in range(w.ui.methodComboBox.count)]\n"
+        "    devices = [w.ui.deviceComboBox.itemData(i) for i in range(w.ui.deviceComboBox.count)]\n"
+        "    info = w.logic.engineInfo()\n"
+        "    print('RESULT', info is not None, 'ddpm' in methods, devices[0], devices[-1], 'torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(harness.REPO / "Testing")], capture_output=True, text=True,
+                         timeout=600, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=str(harness.REPO))
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
+    assert line, out.stdout[-2000:] + out.stderr[-2000:]
+    assert line[0].split()[1:] == ["True", "True", "auto", "cpu", "False"], line[0]

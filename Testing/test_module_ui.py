@@ -153,9 +153,16 @@ def _connector_widget_class(annotation: str) -> str:
         return "QSpinBox"
     if base == "float":
         return "QDoubleSpinBox"
-    if base == "str":
-        return "QComboBox" if "Choice(" in annotation else "ctkComboBox"
+    if base == "str":  # a Choice: Slicer's combo box connector; a plain str: the module's run-time-filled combo
+        return "QComboBox" if "Choice(" in annotation else "QComboBox|ctkComboBox"
     raise AssertionError(f"no known widget for field type {annotation}")
+
+
+def _dynamic_choice_parameters(tree):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "DYNAMIC_CHOICE_PARAMETERS":
+            return ast.literal_eval(node.value)
+    raise AssertionError("the module defines no DYNAMIC_CHOICE_PARAMETERS")
 
 
 def test_widget_types_fit_the_field_types(tree, ui):
@@ -163,7 +170,9 @@ def test_widget_types_fit_the_field_types(tree, ui):
     bound = _parameter_widgets(ui)
     for field, (annotation, _) in fields.items():
         name, cls, props = bound[field]
-        assert cls == _connector_widget_class(annotation), f"{field}: {annotation} bound to {cls} {name}"
+        assert cls in _connector_widget_class(annotation).split("|"), f"{field}: {annotation} bound to {cls} {name}"
+        if annotation == "str":
+            assert field in _dynamic_choice_parameters(tree), f"{field}: a plain str combo must be filled by the module"
         if cls == "qMRMLNodeComboBox":
             assert annotation in _text(props["nodeTypes"]), f"{name}: nodeTypes must include {annotation}"
     # the run-time-filled combo boxes get an instance of the module's connector, which is NOT registered

@@ -41,6 +41,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from MRtoCTSynthesisLib.slicer import bridge as slicer_bridge
+from MRtoCTSynthesisLib.slicer import downloads as model_downloads
 from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
@@ -269,6 +270,10 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._samplerItemsMethod = None
+        self._modelItemsMethod = None
+        self._pendingModel = None  # a catalog model the user picked that is not on this computer yet
+        self._download = None
+        self._downloadTimer = None
         self._updatingWidgets = False
         self._modelSummaryCache = (None, None, None)
 
@@ -285,6 +290,11 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.nameFilters = ["Checkpoints (*.safetensors *.pt *.pth)", "All files (*)"]
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.hide()
+        self.ui.downloadProgressBar.setRange(0, 1000)
+        self.ui.downloadProgressBar.hide()
+        self._downloadTimer = qt.QTimer()
+        self._downloadTimer.setInterval(200)
+        self._downloadTimer.connect("timeout()", self._pollDownload)
         with slicer.util.WaitCursor():
             self._populateMethods()
 
@@ -295,12 +305,17 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
         self.ui.compareLayoutButton.connect("clicked(bool)", self.onCompareLayoutButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModelButton)
+        self.ui.addLocalModelButton.connect("clicked(bool)", self.onAddLocalModelButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel(wait=True)
+        if self._download is not None and not self._download.finished:
+            self._download.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -396,8 +411,116 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._modelSummaryCache = (str(path), mtime, slicer_bridge.read_checkpoint_summary(path))
         return self._modelSummaryCache[2]
 
+    # -------------------------------------------------------------------------------------- model manager
+    def _populateModels(self, method: str) -> None:
+        """The catalog's models that fit ``method`` (bundled, downloaded or downloadable), then 'Other file'."""
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for entry in self.logic.modelsForMethod(method):
+                combo.addItem(self.logic.modelLabel(entry), entry["name"])
+            combo.addItem("Other file (chosen below)", "")
+        finally:
+            combo.blockSignals(wasBlocked)
+        self._modelItemsMethod = method
+
+    def onModelSelected(self, index) -> None:
+        if self._updatingWidgets or self._parameterNode is None:
+            return
+        name = self.ui.modelComboBox.itemData(index)
+        entry = self.logic.modelEntry(name) if name else None
+        if entry is None:
+            self._pendingModel = None
+            self._updateWidgets()
+            return
+        path = self.logic.modelFile(entry)
+        if path is not None:
+            self._pendingModel = None
+            self._parameterNode.modelPath = path
+        else:
+            self._pendingModel = name
+        self._updateWidgets()
+
+    def onDownloadModelButton(self) -> None:
+        if self._download is not None and not self._download.finished:
+            self._download.cancel()
+            return
+        entry = self.logic.modelEntry(self._pendingModel) if self._pendingModel else None
+        if entry is None:
+            return
+        self._download = self.logic.startModelDownload(entry)
+        self.ui.downloadProgressBar.value = 0
+        self.ui.downloadProgressBar.show()
+        self.ui.statusLabel.text = f"Downloading {entry['title']}..."
+        self._downloadTimer.start()
+        self._updateWidgets()
+
+    def _pollDownload(self) -> None:
+        d = self._download
+        if d is None:
+            self._downloadTimer.stop()
+            return
+        total = max(1, d.total)
+        self.ui.downloadProgressBar.value = int(1000 * min(d.done, total) / total)
+        self.ui.downloadProgressBar.format = f"%p%   {d.done / 1e6:.1f} of {total / 1e6:.1f} MB"
+        if not d.finished:
+            return
+        self._downloadTimer.stop()
+        self._download = None
+        self.ui.downloadProgressBar.hide()
+        if d.path is not None:
+            self._pendingModel = None
+            self._modelItemsMethod = None  # relabel: the model is now "downloaded"
+            self.ui.statusLabel.text = f"Downloaded and verified (SHA-256): {d.path}"
+            self._parameterNode.modelPath = d.path
+        else:
+            self.ui.statusLabel.text = d.error or "The download did not finish."
+        self._updateWidgets()
+
+    def onAddLocalModelButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, "Choose a model file", "",
+                                              "Checkpoints (*.safetensors *.pt *.pth);;All files (*)")
+        if path:
+            self.addLocalModel(path)
+
+    def addLocalModel(self, path) -> None:
+        """Use a model file the user has; one with a catalog model's SHA-256 becomes that model in the cache."""
+        try:
+            file, entry = self.logic.addLocalModel(path)
+        except (model_downloads.DownloadError, OSError) as exc:
+            self.ui.statusLabel.text = f"The file cannot be used as a model: {exc}"
+            return
+        self._pendingModel = None
+        self._modelItemsMethod = None
+        self._parameterNode.modelPath = file
+        self.ui.statusLabel.text = (f"Added as catalog model '{entry['name']}' (SHA-256 matches)." if entry else
+                                    f"Using the model file {file}.")
+        self._updateWidgets()
+
+    def _updateModelManager(self, p, method: str) -> None:
+        if self._modelItemsMethod != method:
+            self._populateModels(method)
+        names = [self.ui.modelComboBox.itemData(i) for i in range(self.ui.modelComboBox.count)]
+        if self._pendingModel not in names:
+            self._pendingModel = None
+        current = self.logic.entryForFile(p.modelPath)
+        selected = self._pendingModel or (current["name"] if current and current["name"] in names else "")
+        self._select(self.ui.modelComboBox, selected)
+        pending = self.logic.modelEntry(self._pendingModel) if self._pendingModel else None
+        downloading = self._download is not None and not self._download.finished
+        button = self.ui.downloadModelButton
+        button.visible = pending is not None or downloading
+        if downloading:
+            button.text, button.enabled = "Cancel download", True
+        elif pending is not None:
+            button.text = f"Download ({pending['size'] / 1e6:.1f} MB)"
+            button.enabled = bool(pending.get("url"))
+            button.toolTip = pending.get("url") or pending.get("availability") or "not published yet"
+        self.ui.addLocalModelButton.enabled = not downloading
+
     def _updateWidgets(self, caller=None, event=None) -> None:
-        """Keep method/sampler consistent, enable DDMM-Synth options only for DDMM-Synth, update buttons."""
+        """Keep method/sampler/model consistent, enable DDMM-Synth options only for DDMM-Synth, update buttons."""
         p = self._parameterNode
         if p is None or self._updatingWidgets:
             return
@@ -426,29 +549,35 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             for w in (self.ui.projectionsSpinBox, self.ui.noiseSigmaSpinBox, self.ui.nsmiComboBox):
                 w.enabled = ddmm
 
+            self._updateModelManager(p, method)
             summary = self._modelSummary(p.modelPath)
+            entry = self.logic.entryForFile(p.modelPath)
             if not p.modelPath or not pathlib.Path(p.modelPath).is_file():
                 info = "Model file not found."
             elif summary is None:
                 info = "Not an mrtoct .safetensors checkpoint (legacy .pt files are checked when run)."
             else:
                 info = f"{summary.get('method')} checkpoint, {summary.get('image_size')} px slices"
-                if not slicer_bridge.checkpoint_matches_method(method, summary.get("method")):
-                    info += f" -- does not fit method '{method}'"
+            if entry is not None:
+                spacing = entry.get("training_spacing_mm")
+                info += (f"; {entry['anatomy']}, {entry['mr_contrast']}; trained at "
+                         + ("each slice resized" if not spacing else
+                            " x ".join("any" if v is None else f"{v:g}" for v in spacing) + " mm")
+                         + f"; licence: {entry['licence']}")
             self.ui.modelInfoLabel.text = info
 
             running = self.logic.isRunning()
-            canApply = bool(p.inputMRI) and pathlib.Path(p.modelPath).is_file() and (not ddmm or bool(p.referenceCT))
+            reason = self.logic.whyCannotApply(p, summary=summary, pendingModel=self._pendingModel)
+            self.ui.applyReasonLabel.text = "" if running else reason
+            self.ui.applyReasonLabel.visible = bool(reason) and not running
             if running:
                 self.ui.applyButton.text = "Cancel"
                 self.ui.applyButton.toolTip = "Stop the engine; nothing is written."
                 self.ui.applyButton.enabled = True
             else:
                 self.ui.applyButton.text = "Apply"
-                self.ui.applyButton.enabled = canApply
-                self.ui.applyButton.toolTip = ("Synthesise a CT from the MRI." if canApply else
-                                               "Select an MRI and a model file"
-                                               + (" and a reference CT (DDMM-Synth)." if ddmm else "."))
+                self.ui.applyButton.enabled = not reason
+                self.ui.applyButton.toolTip = reason or "Synthesise a CT from the MRI."
             self.ui.registerButton.enabled = (not running) and bool(p.inputMRI) and bool(p.referenceCT)
             self.ui.compareLayoutButton.enabled = (not running) and bool(p.outputSCT)
         finally:
@@ -692,6 +821,94 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
                     "Press 'Check / install dependencies' (Advanced) or Apply to install it.")
         return f"The engine could not list its methods ({problem}); the built-in list is shown."
 
+    # ------------------------------------------------------------------------------------- model manager
+    def modelCatalog(self) -> list:
+        """The checked entries of ``Resources/models.json`` (read once per logic; [] with a log line if broken)."""
+        if getattr(self, "_catalog", None) is None:
+            try:
+                self._catalog = slicer_bridge.load_model_catalog(RESOURCES_DIR / "models.json")
+            except Exception as exc:  # the panel still works with 'Other file'
+                logging.error("MRtoCTSynthesis: %s", exc)
+                self._catalog = []
+        return self._catalog
+
+    def modelCacheDir(self) -> pathlib.Path:
+        """Where downloaded models go: the MRtoCTSynthesis/ModelCacheDir setting, else the user's cache folder."""
+        custom = qt.QSettings().value("MRtoCTSynthesis/ModelCacheDir")
+        return pathlib.Path(custom) if custom else model_downloads.model_cache_dir()
+
+    def modelEntry(self, name):
+        return next((e for e in self.modelCatalog() if e["name"] == name), None)
+
+    def modelsForMethod(self, method: str) -> list:
+        """Catalog models whose checkpoint the method can run (DDMM-Synth runs on DDPM checkpoints)."""
+        return [e for e in self.modelCatalog() if slicer_bridge.checkpoint_matches_method(method, e["method"])]
+
+    def modelFile(self, entry):
+        """The local file of a catalog entry (bundled, or downloaded and verified), or None."""
+        return model_downloads.model_file(entry, MODULE_DIR, self.modelCacheDir())
+
+    def entryForFile(self, path):
+        """The catalog entry whose local file is ``path``, or None."""
+        if not path:
+            return None
+        try:
+            target = pathlib.Path(path).resolve()
+        except OSError:
+            return None
+        for entry in self.modelCatalog():
+            local = self.modelFile(entry)
+            if local is not None and local.resolve() == target:
+                return entry
+        return None
+
+    def modelLabel(self, entry) -> str:
+        if entry.get("bundled"):
+            where = "bundled"
+        elif self.modelFile(entry) is not None:
+            where = "downloaded"
+        elif entry.get("url"):
+            where = f"download, {entry['size'] / 1e6:.1f} MB"
+        else:
+            where = entry.get("availability") or "not published yet"
+        return f"{entry['title']} ({where})"
+
+    def startModelDownload(self, entry):
+        """Download a catalog model into the cache on a background thread; returns the ModelDownload to poll."""
+        return model_downloads.ModelDownload(entry, self.modelCacheDir()).start()
+
+    def addLocalModel(self, path):
+        return model_downloads.add_local_model(path, self.modelCatalog(), self.modelCacheDir())
+
+    def whyCannotApply(self, p, summary=None, pendingModel=None) -> str:
+        """The reason Apply is disabled (shown next to it), or "" when the synthesis can run.
+
+        The method picked is the method run: a checkpoint trained for another method blocks Apply.
+        """
+        method = p.method
+        ddmm = slicer_bridge.uses_measurements(method)
+        if not p.inputMRI:
+            return "Select an input MRI."
+        if pendingModel:
+            entry = self.modelEntry(pendingModel)
+            title = entry["title"] if entry else pendingModel
+            return (f"Download the model '{title}' first" + (" (it is not published yet)" if entry and not
+                                                              entry.get("url") else "") + ", or choose another one.")
+        if not p.modelPath or not pathlib.Path(p.modelPath).is_file():
+            return f"Choose a model: the file {p.modelPath} does not exist."
+        if summary is None:
+            summary = slicer_bridge.read_checkpoint_summary(p.modelPath)
+        checkpointMethod = (summary or {}).get("method")
+        if not slicer_bridge.checkpoint_matches_method(method, checkpointMethod):
+            needs = ", ".join(sorted(slicer_bridge.COMPATIBLE_CHECKPOINTS.get(method, {method})))
+            return (f"The model is a '{checkpointMethod}' checkpoint, but the method is '{method}' (it needs a "
+                    f"{needs} checkpoint). Choose a model of that method, or the method '{checkpointMethod}'.")
+        if p.sampler and p.sampler not in slicer_bridge.valid_samplers(method, self.engineInfo()):
+            return f"The sampler '{p.sampler}' does not work with the method '{method}'."
+        if ddmm and not p.referenceCT:
+            return "DDMM-Synth needs a reference CT: its sparse-view projections are simulated from it."
+        return ""
+
     # --------------------------------------------------------------------------------------- file I/O
     @staticmethod
     def writeVolume(node, path) -> None:
@@ -753,8 +970,9 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         if not pathlib.Path(s["modelPath"]).is_file():
             raise ValueError(f"The model file {s['modelPath']} does not exist.\nFix: choose a .safetensors checkpoint.")
         ddmm = slicer_bridge.uses_measurements(s["method"])
-        if ddmm and ct is None:
-            raise ValueError("DDMM-Synth needs a reference CT: its sparse-view projections are simulated from it.")
+        reason = self.whyCannotApply(parameterNode)
+        if reason:
+            raise ValueError(reason)
 
         inputs = {node.GetID() for node in (mri, ct, s["bodyMask"]) if node is not None}
         for name in ("outputSCT", "outputStd", "outputDifference"):
@@ -783,7 +1001,13 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             noise_sigma=s["noiseSigma"] if ddmm else None, nsmi=s["nsmi"] if ddmm else None)
 
         def loadSynthesis():
+            import json
+
             p = s["_parameterNode"]
+            ran = json.loads((d / "run.json").read_text(encoding="utf-8")).get("method")
+            if not slicer_bridge.method_run_matches(s["method"], ran):
+                raise RuntimeError(f"the engine ran the method '{ran}', not the chosen '{s['method']}'; "
+                                   "nothing was loaded")
             base = mri.GetName()
             sct = self.readVolumeOntoGrid(d / "sct.nii.gz", mri, s["outputSCT"], f"{base}_sCT")
             std = self.readVolumeOntoGrid(d / "sct_std.nii.gz", mri, s["outputStd"], f"{base}_sCT_std")

@@ -188,3 +188,87 @@ def test_slicers_process_never_imports_torch():
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT")]
     assert line, out.stdout[-2000:] + out.stderr[-2000:]
     assert line[0].split()[1:] == ["True", "True", "auto", "cpu", "False"], line[0]
+
+
+def test_the_method_picked_is_the_method_run(slicer_release):
+    """The method combo filters the models; a checkpoint of another method disables Apply and says why."""
+    slicer = slicer_release
+    _, widget = _panel()
+    p, ui = widget._parameterNode, widget.ui
+    mri, _, _ = _load_demo_case(slicer)
+    ui.inputMRISelector.setCurrentNode(mri)
+    ui.methodComboBox.currentIndex = ui.methodComboBox.findData("ddpm")
+    assert ui.applyButton.enabled and not ui.applyReasonLabel.text
+    models = [ui.modelComboBox.itemData(i) for i in range(ui.modelComboBox.count)]
+    assert models == ["demo_ddpm", "default_ddpm", ""]  # the ddpm models of the catalog, then 'Other file'
+    assert ui.modelComboBox.currentData() == "demo_ddpm"
+    # SynDiff with the DDPM demo model: Apply is disabled and the reason names both methods
+    ui.methodComboBox.currentIndex = ui.methodComboBox.findData("syndiff")
+    assert [ui.modelComboBox.itemData(i) for i in range(ui.modelComboBox.count)] == ["demo_syndiff", ""]
+    assert not ui.applyButton.enabled
+    assert "'ddpm' checkpoint" in ui.applyReasonLabel.text and "'syndiff'" in ui.applyReasonLabel.text
+    assert ui.applyButton.toolTip == ui.applyReasonLabel.text
+    with pytest.raises(ValueError, match="checkpoint"):  # scripts get the same check
+        widget.logic.synthesize(p)
+    # picking the SynDiff model fixes it; its samplers are SynDiff's only
+    ui.modelComboBox.currentIndex = ui.modelComboBox.findData("demo_syndiff")
+    assert p.modelPath == sb.ASSETS_DIR / "demo_syndiff.safetensors"
+    assert ui.applyButton.enabled and ui.applyReasonLabel.text == ""
+    assert [ui.samplerComboBox.itemData(i) for i in range(ui.samplerComboBox.count)] == ["syndiff"]
+    # DDMM-Synth runs on DDPM checkpoints but needs a reference CT
+    ui.methodComboBox.currentIndex = ui.methodComboBox.findData("ddmm_synth")
+    ui.modelComboBox.currentIndex = ui.modelComboBox.findData("demo_ddpm")
+    assert not ui.applyButton.enabled and "reference CT" in ui.applyReasonLabel.text
+    assert sb.method_run_matches("ddmm_synth", "ddmm_synth_noise") and not sb.method_run_matches("ddpm", "syndiff")
+
+
+@pytest.fixture
+def model_server():
+    import functools
+    import http.server
+    import threading
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    handler = functools.partial(Quiet, directory=str(sb.ASSETS_DIR))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_model_manager_downloads_into_the_cache(slicer_release, model_server, tmp_path):
+    """A downloadable catalog model: Apply waits for it, Download fetches and verifies it, then it is the model."""
+    import qt
+
+    slicer = slicer_release
+    qt.QSettings().setValue("MRtoCTSynthesis/ModelCacheDir", str(tmp_path / "cache"))
+    module, widget = _panel()
+    p, ui, logic = widget._parameterNode, widget.ui, widget.logic
+    entry = dict(logic.modelEntry("demo_ddpm"), name="remote_ddpm", title="Remote DDPM", bundled=False,
+                 url=f"{model_server}/demo_ddpm.safetensors", availability="downloadable")
+    entry.pop("path")
+    logic._catalog = logic.modelCatalog() + [entry]
+    widget._modelItemsMethod = None
+    mri, _, _ = _load_demo_case(slicer)
+    ui.inputMRISelector.setCurrentNode(mri)
+    index = ui.modelComboBox.findData("remote_ddpm")
+    assert "download, 2.4 MB" in ui.modelComboBox.itemText(index)
+    ui.modelComboBox.currentIndex = index
+    assert not ui.applyButton.enabled and "Download the model 'Remote DDPM' first" in ui.applyReasonLabel.text
+    assert ui.downloadModelButton.visible and ui.downloadModelButton.enabled
+    ui.downloadModelButton.click()
+    assert ui.downloadModelButton.text == "Cancel download" and ui.downloadProgressBar.visible
+    deadline = time.monotonic() + 60
+    while widget._download is not None:
+        assert time.monotonic() < deadline
+        slicer.app.processEvents()
+        time.sleep(0.05)
+    cached = tmp_path / "cache" / f"remote_ddpm-{entry['sha256'][:12]}.safetensors"
+    assert p.modelPath == cached and cached.read_bytes() == sb.DEMO_MODEL.read_bytes()
+    assert ui.applyButton.enabled and "Downloaded and verified" in ui.statusLabel.text
+    assert ui.modelComboBox.currentData() == "remote_ddpm" and "(downloaded)" in ui.modelComboBox.currentText
+    assert not ui.downloadModelButton.visible

@@ -637,6 +637,14 @@ def checkpoint_matches_method(method: str, checkpoint_method: str | None) -> boo
     return checkpoint_method in COMPATIBLE_CHECKPOINTS.get(method, frozenset({method}))
 
 
+def method_run_matches(chosen: str, ran: str | None) -> bool:
+    """Whether the run record's method (``info['method']``) is the chosen one; DDMM-Synth reports its block
+    (``ddmm_synth`` noiseless, ``ddmm_synth_noise`` noisy)."""
+    if not ran or not chosen:
+        return False
+    return ran == chosen or (uses_measurements(chosen) and ran.startswith(chosen))
+
+
 def read_checkpoint_summary(path) -> dict | None:
     """The ``mrtoct`` metadata of a ``.safetensors`` checkpoint, read from its header without torch.
 

@@ -337,7 +337,11 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        fresh = self.logic.parameterNodeIsNew()
+        parameterNode = self.logic.getParameterNode()
+        if fresh:  # a new scene: start from the choices of the last session (a saved scene's own values win)
+            self.logic.restoreSettings(parameterNode)  # before binding, which saves what the panel shows
+        self.setParameterNode(parameterNode)
         if not self._parameterNode.inputMRI:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -550,6 +554,7 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 w.enabled = ddmm
 
             self._updateModelManager(p, method)
+            self.logic.saveSettings(p)
             summary = self._modelSummary(p.modelPath)
             entry = self.logic.entryForFile(p.modelPath)
             if not p.modelPath or not pathlib.Path(p.modelPath).is_file():
@@ -713,6 +718,42 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     def isRunning(self) -> bool:
         return self._job is not None
 
+    # --------------------------------------------------------------------------------- remembered choices
+    #: parameters remembered across Slicer sessions (qt.QSettings, key "MRtoCTSynthesis/<name>")
+    REMEMBERED = ("modelPath", "method", "sampler", "steps", "samples", "device")
+
+    def parameterNodeIsNew(self) -> bool:
+        """True when the scene has no parameter node of this module yet (a new scene)."""
+        return slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode") is None
+
+    def saveSettings(self, p) -> None:
+        settings = qt.QSettings()
+        for name in self.REMEMBERED:
+            value = str(getattr(p, name))
+            if settings.value(f"MRtoCTSynthesis/{name}") != value:
+                settings.setValue(f"MRtoCTSynthesis/{name}", value)
+
+    def restoreSettings(self, p) -> None:
+        """Put the remembered choices into ``p``; values that no longer make sense (a deleted model file, a
+        method this engine lacks, a number out of range) are skipped."""
+        settings = qt.QSettings()
+        for name in self.REMEMBERED:
+            value = settings.value(f"MRtoCTSynthesis/{name}")
+            if value in (None, ""):
+                continue
+            try:
+                if name == "modelPath":
+                    if not pathlib.Path(value).is_file():
+                        continue
+                    value = pathlib.Path(value)
+                elif name in ("steps", "samples"):
+                    value = int(value)
+                elif name == "method" and value not in slicer_bridge.methods(self.engineInfo()):
+                    continue
+                setattr(p, name, value)
+            except (TypeError, ValueError):  # out of range for the parameter (WithinRange) or not a number
+                logging.info("MRtoCTSynthesis: remembered %s=%r skipped", name, value)
+
     # ------------------------------------------------------------------------------------ dependencies
     def missingDependencies(self, needTorch: bool = True):
         """``(pip requirements to install, torch missing)``; nothing is imported."""
@@ -771,13 +812,22 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         """Start the engine like Slicer starts any console process (stdout and stderr in one text pipe)."""
         # PythonSlicer is a launcher that sets up Slicer's environment itself, so it starts from the environment
         # Slicer was started with. A bare interpreter (the fallback) needs Slicer's current environment.
+        # This is slicer.util.launchConsoleProcess with one change: the pipe is decoded as UTF-8 (the engine writes
+        # UTF-8, see engine_environment), where launchConsoleProcess uses the locale's code page (cp1252 on most
+        # Windows machines), which garbles or drops lines with sigma, umlauts or non-ASCII file names.
         launcher = pathlib.Path(argv[0]).name.lower().startswith("pythonslicer")
-        env = slicer_bridge.engine_environment(slicer.util.startupEnvironment() if launcher else None)
-        try:
-            return slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env,
-                                                    cwd=str(MODULE_DIR))
-        except TypeError:  # Slicer without the cwd argument
-            return slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env)
+        base = slicer.util.startupEnvironment() if launcher else dict(os.environ)
+        env = dict(base)
+        env.update(slicer_bridge.engine_environment(base))
+        kwargs = {}
+        if os.name == "nt":  # hide the console window, as launchConsoleProcess does
+            info = subprocess.STARTUPINFO()
+            info.dwFlags = 1
+            info.wShowWindow = 0
+            kwargs["startupinfo"] = info
+        return subprocess.Popen([str(a) for a in argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
+                                cwd=str(MODULE_DIR), **kwargs)
 
     def _queryEngine(self, query: str, argv, expectedFormat: str, refresh: bool, timeout: float = 180.0):
         key = (self.pythonExecutable, query)

@@ -808,6 +808,14 @@ class qSlicerWidget(qMRMLWidget):  # noqa: N801
     pass
 
 
+class qSlicerScriptedLoadableModuleWidget(qSlicerWidget):  # noqa: N801
+    """The panel's parent in Slicer: ``isEntered`` is True while the module is shown."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.isEntered = False
+
+
 class qMRMLNodeComboBox(qMRMLWidget):  # noqa: N801
     """The node selector: ``nodeTypes``, ``currentNode()``/``setCurrentNode``, ``currentNodeChanged``.
     Like the real one, with ``noneEnabled`` false it selects the first matching node of its scene."""
@@ -874,7 +882,8 @@ QT_CLASSES = {c.__name__: c for c in (
     QToolButton, QRadioButton, QCheckBox, QLabel, QLineEdit, QPlainTextEdit, QTextEdit, QProgressBar, QSpinBox,
     QDoubleSpinBox, QSlider, QComboBox, QTimer, QSettings, QFile, Qt, QMessageBox, QApplication, QIcon, QUiLoader)}
 CTK_CLASSES = {c.__name__: c for c in (ctkComboBox, ctkPathLineEdit, ctkCollapsibleButton, ctkCheckBox)}
-SLICER_WIDGETS = {c.__name__: c for c in (qMRMLWidget, qSlicerWidget, qMRMLNodeComboBox, qMRMLSubjectHierarchyComboBox)}
+SLICER_WIDGETS = {c.__name__: c for c in (qMRMLWidget, qSlicerWidget, qSlicerScriptedLoadableModuleWidget,
+                                          qMRMLNodeComboBox, qMRMLSubjectHierarchyComboBox)}
 
 
 def _module_with_auto_classes(name: str, classes: dict, base, prefixes: tuple) -> types.ModuleType:
@@ -1061,13 +1070,14 @@ def make_module_widget(module):
     import qt
     import slicer
 
-    parent = slicer.qMRMLWidget()
+    parent = slicer.qSlicerScriptedLoadableModuleWidget()
     parent.setLayout(qt.QVBoxLayout())
     parent.setMRMLScene(slicer.mrmlScene)
     description = types.SimpleNamespace(path=str(MODULE_PY))
     module.MRtoCTSynthesis(description)
     widget = module.MRtoCTSynthesisWidget(parent)
     widget.setup()
+    parent.isEntered = True
     widget.enter()
     return widget
 

@@ -272,3 +272,69 @@ def test_model_manager_downloads_into_the_cache(slicer_release, model_server, tm
     assert ui.applyButton.enabled and "Downloaded and verified" in ui.statusLabel.text
     assert ui.modelComboBox.currentData() == "remote_ddpm" and "(downloaded)" in ui.modelComboBox.currentText
     assert not ui.downloadModelButton.visible
+
+
+def test_choices_are_remembered_across_sessions(slicer_release):
+    """Model, method, sampler, steps, samples and device come back in a new scene (qt.QSettings)."""
+    slicer = slicer_release
+    _, widget = _panel()
+    ui = widget.ui
+    ui.methodComboBox.currentIndex = ui.methodComboBox.findData("ddmm_synth")
+    ui.samplerComboBox.currentIndex = ui.samplerComboBox.findData("dpmpp")
+    ui.stepsSpinBox.value = 7
+    ui.samplesSpinBox.value = 9
+    ui.deviceComboBox.currentIndex = ui.deviceComboBox.findData("cpu")
+    widget.exit()
+    widget.parent.isEntered = False
+    slicer.mrmlScene.Clear(1)  # singletons too: no parameter node, as after restarting Slicer
+    _, again = _panel()
+    p = again._parameterNode
+    assert (p.method, p.sampler, p.steps, p.samples, p.device) == ("ddmm_synth", "dpmpp", 7, 9, "cpu")
+    assert again.ui.samplesSpinBox.value == 9 and again.ui.methodComboBox.currentData() == "ddmm_synth"
+    # a remembered value that no longer makes sense is skipped, the rest still comes back
+    import qt
+
+    qt.QSettings().setValue("MRtoCTSynthesis/samples", "100000")  # outside WithinRange(1, 1000)
+    qt.QSettings().setValue("MRtoCTSynthesis/modelPath", "/no/such/model.safetensors")
+    again.exit()
+    again.parent.isEntered = False
+    slicer.mrmlScene.Clear(1)
+    _, third = _panel()
+    assert third._parameterNode.samples == 5 and third._parameterNode.steps == 7
+    assert third._parameterNode.modelPath == sb.DEMO_MODEL
+
+
+def test_engine_output_is_read_as_utf8(slicer_release):
+    module, widget = _panel()
+    popen = widget.logic._launch([sys.executable, "-c", "import sys; sys.stdout.buffer.write("
+                                  "'σ_n = 0.05, Özbey ✓\\n'.encode('utf-8'))"])
+    proc = sb.EngineProcess(popen)
+    assert proc.wait(60) == 0
+    assert proc.output() == "σ_n = 0.05, Özbey ✓"
+
+
+@pytest.mark.slow
+def test_cancel_kills_the_engine_and_loads_nothing(slicer_release):
+    slicer = slicer_release
+    _, widget = _panel()
+    p, ui, logic = widget._parameterNode, widget.ui, widget.logic
+    mri, _, _ = _load_demo_case(slicer)
+    ui.inputMRISelector.setCurrentNode(mri)
+    ui.samplerComboBox.currentIndex = ui.samplerComboBox.findData("ddpm")
+    ui.stepsSpinBox.value = 1000
+    ui.samplesSpinBox.value = 4
+    ui.applyButton.click()
+    process = logic._process
+    deadline = time.monotonic() + 15  # let the engine load torch and the model and start sampling
+    while ui.progressBar.value == 0 and time.monotonic() < deadline:
+        slicer.app.processEvents()
+        time.sleep(0.05)
+    assert logic.isRunning()
+    ui.applyButton.click()  # the Apply button is Cancel while running
+    _wait(slicer, logic, timeout=60)
+    status, message = logic._lastResult
+    assert status == "cancelled", message
+    assert p.outputSCT is None and p.outputStd is None
+    assert slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 3  # the inputs only
+    assert process.popen.poll() is not None
+    assert not list((harness.Path(slicer.app.temporaryPath) / "MRtoCTSynthesis").glob("synthesize-*"))

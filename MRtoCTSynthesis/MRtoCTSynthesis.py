@@ -18,14 +18,14 @@ import tempfile
 import threading
 import time
 import typing
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import ctk
 import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import (
     Choice,
     GuiConnector,
@@ -142,7 +142,7 @@ class MRtoCTSynthesisParameterNode:
 
     inputMRI: vtkMRMLScalarVolumeNode
     referenceCT: vtkMRMLScalarVolumeNode
-    bodyMask: vtkMRMLScalarVolumeNode
+    bodyMask: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]  # a label map or a segmentation
     registrationMode: Annotated[str, Choice(list(slicer_bridge.REGISTRATION_MODES))] = "rigid+affine"
     registeredMRI: vtkMRMLScalarVolumeNode
     modelPath: pathlib.Path = slicer_bridge.DEMO_MODEL
@@ -306,6 +306,13 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
         self.ui.compareLayoutButton.connect("clicked(bool)", self.onCompareLayoutButton)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        for name, (window, level) in slicer_bridge.CT_WINDOW_PRESETS.items():
+            self.ui.ctWindowComboBox.addItem(f"{name.capitalize()} (W {window:.0f} / L {level:.0f})", name)
+        remembered = qt.QSettings().value("MRtoCTSynthesis/ctWindow")
+        if remembered in slicer_bridge.CT_WINDOW_PRESETS:
+            self.ui.ctWindowComboBox.currentIndex = self.ui.ctWindowComboBox.findData(remembered)
+        self.logic.ctWindow = self.ui.ctWindowComboBox.currentData() or "soft tissue"
+        self.ui.ctWindowComboBox.connect("currentIndexChanged(int)", self.onCtWindowChanged)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModelButton)
         self.ui.addLocalModelButton.connect("clicked(bool)", self.onAddLocalModelButton)
 
@@ -641,6 +648,16 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         f"All dependencies are installed (engine {info.get('engine_version')}, "
                                         f"torch {info.get('torch')}).")
 
+    def onCtWindowChanged(self, index) -> None:
+        """Soft tissue / bone: applied to the sCT and the reference CT at once, and remembered."""
+        preset = self.ui.ctWindowComboBox.itemData(index) or "soft tissue"
+        self.logic.ctWindow = preset
+        qt.QSettings().setValue("MRtoCTSynthesis/ctWindow", preset)
+        p = self._parameterNode
+        for node in (p.outputSCT, p.referenceCT) if p else ():
+            if node is not None:
+                self.logic.showSyntheticCT(node, preset)
+
     def onCompareLayoutButton(self) -> None:
         p = self._parameterNode
         self.logic.showCompareLayout(p.inputMRI, p.outputSCT, p.referenceCT, p.outputStd)
@@ -710,6 +727,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
+        self.ctWindow = "soft tissue"  # a key of slicer_bridge.CT_WINDOW_PRESETS
         self.pythonExecutable = slicer_bridge.python_executable()
 
     def getParameterNode(self):
@@ -1061,9 +1079,10 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             base = mri.GetName()
             sct = self.readVolumeOntoGrid(d / "sct.nii.gz", mri, s["outputSCT"], f"{base}_sCT")
             std = self.readVolumeOntoGrid(d / "sct_std.nii.gz", mri, s["outputStd"], f"{base}_sCT_std")
-            self.showSyntheticCT(sct)
+            self.showSyntheticCT(sct, self.ctWindow)
             self.showUncertainty(std)
             p.outputSCT, p.outputStd = sct, std
+            self.placeResults(mri, [sct, std])
             if ct is None:
                 self.showCompareLayout(mri, sct, None, std)
                 return
@@ -1075,12 +1094,11 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             mask = s["bodyMask"]
             maskPath = None
             if mask is not None:
-                if slicer_bridge.same_grid(mrml_glue.volume_shape(mask), mrml_glue.world_ijk_to_ras(mask),
-                                           mrml_glue.volume_shape(mri), mrml_glue.world_ijk_to_ras(mri), tol_mm=1e-3):
+                if self.maskOnGrid(mask, mri, d / "mask.nii.gz"):
                     maskPath = d / "mask.nii.gz"
-                    self.writeVolume(mask, maskPath)
                 else:
-                    job.notes.append("The body mask is on another grid; metrics use the whole volume.")
+                    job.notes.append("The body mask is on another grid (or an empty segmentation); metrics use "
+                                     "the whole volume.")
             evaluate = slicer_bridge.build_evaluate_command(self.pythonExecutable, d / "sct.nii.gz", d / "ct.nii.gz",
                                                             mask=maskPath, json_out=d / "metrics.json")
             job.stages.append(("Computing metrics against the reference CT...", evaluate, loadMetrics))
@@ -1105,6 +1123,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             diff.SetAndObserveTransformNodeID(sct.GetTransformNodeID())
             self.showDifference(diff)
             p.outputDifference = diff
+            self.placeResults(mri, [diff, table])
             self.showCompareLayout(mri, sct, ct, std)
             job.notes.append(", ".join(f"{name} {value}" for name, value in rows[:4]))
 
@@ -1255,32 +1274,80 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
                 return node.GetID()
         return None
 
-    def showSyntheticCT(self, node) -> None:
+    def showSyntheticCT(self, node, preset: str = "soft tissue") -> None:
+        """Grey CT window (:data:`slicer_bridge.CT_WINDOW_PRESETS`: soft tissue or bone)."""
         display = node.GetDisplayNode()
+        if display is None:
+            return
         display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
         display.SetAutoWindowLevel(False)
-        window, level = slicer_bridge.CT_WINDOW_LEVEL
+        window, level = slicer_bridge.CT_WINDOW_PRESETS.get(preset, slicer_bridge.CT_WINDOW_LEVEL)
         display.SetWindowLevel(window, level)
 
+    @staticmethod
+    def _addColorLegend(node, title: str) -> None:
+        """A scalar bar (colour legend) in the views, where Slicer's Colors module can make one (Slicer >= 5.0)."""
+        colors = getattr(slicer.modules, "colors", None)
+        if colors is None:
+            return
+        try:
+            legend = colors.logic().AddDefaultColorLegendDisplayNode(node)
+            legend.SetTitleText(title)
+            legend.SetLabelFormat("%.0f")
+        except Exception as exc:  # a missing scalar bar must not fail the run
+            logging.warning("MRtoCTSynthesis: no colour legend for %s: %s", node.GetName(), exc)
+
     def showUncertainty(self, node) -> None:
+        """Sequential colour table from 0 to the 99th percentile of the std, with a scalar bar in HU."""
         display = node.GetDisplayNode()
-        colorID = self._colorNodeID("Inferno", "Plasma", "Magma", "Viridis", "Iron")
-        if colorID:
-            display.SetAndObserveColorNodeID(colorID)
+        colorID = self._colorNodeID("Inferno") or mrml_glue.color_table(
+            slicer.mrmlScene, "MRtoCT std (HU)", mrml_glue.SEQUENTIAL_POINTS).GetID()
+        display.SetAndObserveColorNodeID(colorID)
         array, _ = mrml_glue.array_and_matrix_from_node(node)
         positive = array[array > 0]
         top = float(np.percentile(positive, 99)) if positive.size else 1.0
         display.SetAutoWindowLevel(False)
         display.SetWindowLevelMinMax(0.0, max(top, 1e-3))
+        self._addColorLegend(node, "MC std (HU)")
 
     def showDifference(self, node) -> None:
+        """Diverging colour table (blue below, white at 0, red above) over +-DIFFERENCE_RANGE_HU."""
         display = node.GetDisplayNode()
-        colorID = self._colorNodeID("DivergingBlueRed", "ColdToHotRainbow")
-        if colorID:
-            display.SetAndObserveColorNodeID(colorID)
+        colorID = self._colorNodeID("DivergingBlueRed") or mrml_glue.color_table(
+            slicer.mrmlScene, "MRtoCT difference (HU)", mrml_glue.DIVERGING_POINTS).GetID()
+        display.SetAndObserveColorNodeID(colorID)
         display.SetAutoWindowLevel(False)
         r = slicer_bridge.DIFFERENCE_RANGE_HU
         display.SetWindowLevelMinMax(-r, r)
+        self._addColorLegend(node, "sCT - CT (HU)")
+
+    def placeResults(self, mri, nodes) -> int:
+        """Outputs into a subject-hierarchy folder "<MRI> synthetic CT" under the MRI's study."""
+        try:
+            return mrml_glue.place_in_study(slicer.mrmlScene, slicer.vtkMRMLSubjectHierarchyNode, mri, nodes,
+                                            f"{mri.GetName()} synthetic CT")
+        except Exception as exc:  # the hierarchy is a convenience; never lose results over it
+            logging.warning("MRtoCTSynthesis: outputs not placed in the subject hierarchy: %s", exc)
+            return 0
+
+    def maskOnGrid(self, mask, mri, path) -> bool:
+        """Write ``mask`` on the MRI's grid to ``path``: a label map/scalar volume already on that grid, or a
+        segmentation (its visible segments, exported onto the MRI's grid). False when it cannot be used."""
+        if mask.IsA("vtkMRMLSegmentationNode"):
+            labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MRtoCT mask (temporary)")
+            try:
+                if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(mask, labelmap,
+                                                                                                     mri):
+                    return False
+                self.writeVolume(labelmap, path)
+                return True
+            finally:
+                slicer.mrmlScene.RemoveNode(labelmap)
+        if slicer_bridge.same_grid(mrml_glue.volume_shape(mask), mrml_glue.world_ijk_to_ras(mask),
+                                   mrml_glue.volume_shape(mri), mrml_glue.world_ijk_to_ras(mri), tol_mm=1e-3):
+            self.writeVolume(mask, path)
+            return True
+        return False
 
     def showCompareLayout(self, mri, sct, ct, std) -> None:
         """MRI | sCT | reference CT | std in one row of linked axial views (views without a volume are left out)."""

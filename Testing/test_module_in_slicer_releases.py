@@ -125,11 +125,18 @@ def test_apply_runs_the_engine_and_loads_the_outputs(slicer_release):
     _, widget = _panel()
     p, ui = widget._parameterNode, widget.ui
     mri, ct, mask = _load_demo_case(slicer)
+    # the MRI sits in a patient/study of the subject hierarchy; the body mask is a segmentation (as from
+    # TotalSegmentator), made from the phantom's label map
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "Phantom patient"), "MR study")
+    sh.CreateItem(study, mri)
+    segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode", "Body")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(mask, segmentation)
     assert not ui.applyButton.enabled or p.inputMRI is None
     ui.inputMRISelector.setCurrentNode(mri)
     ui.referenceCTSelector.setCurrentNode(ct)
-    ui.bodyMaskSelector.setCurrentNode(mask)
-    assert (p.inputMRI, p.referenceCT, p.bodyMask) == (mri, ct, mask)
+    ui.bodyMaskSelector.setCurrentNode(segmentation)
+    assert (p.inputMRI, p.referenceCT, p.bodyMask) == (mri, ct, segmentation)
     ui.methodComboBox.currentIndex = ui.methodComboBox.findData("ddpm")
     ui.samplerComboBox.currentIndex = ui.samplerComboBox.findData("dpmpp")
     ui.stepsSpinBox.value = 2
@@ -168,6 +175,29 @@ def test_apply_runs_the_engine_and_loads_the_outputs(slicer_release):
     mae = float(np.abs(sct[inside] - ct_array[inside]).mean())
     assert float(rows["MAE (HU)"]) == pytest.approx(mae, abs=0.1)  # the engine's MAE, recomputed here
     assert "Synthetic CT done." in ui.statusLabel.text
+    # read at once: outputs named after the MRI in a folder under its study; CT window; colour tables
+    folder = sh.GetItemParent(sh.GetItemByDataNode(p.outputSCT))
+    assert sh.GetItemName(folder) == f"{mri.GetName()} synthetic CT" and sh.GetItemParent(folder) == study
+    for node in (p.outputStd, p.outputDifference, p.metricsTable):
+        assert sh.GetItemParent(sh.GetItemByDataNode(node)) == folder
+    assert p.outputSCT.GetName().startswith(mri.GetName())
+    display = p.outputSCT.GetDisplayNode()
+    assert (display.GetWindow(), display.GetLevel()) == sb.CT_WINDOW_PRESETS["soft tissue"]
+    ui.ctWindowComboBox.currentIndex = ui.ctWindowComboBox.findData("bone")
+    assert (display.GetWindow(), display.GetLevel()) == sb.CT_WINDOW_PRESETS["bone"]
+    assert (ct.GetDisplayNode().GetWindow(), ct.GetDisplayNode().GetLevel()) == sb.CT_WINDOW_PRESETS["bone"]
+    diverging = slicer.mrmlScene.GetNodeByID(p.outputDifference.GetDisplayNode().GetColorNodeID())
+    low, mid, high = ([0.0] * 4 for _ in range(3))
+    diverging.GetColor(0, low)
+    diverging.GetColor(diverging.GetNumberOfColors() // 2, mid)
+    diverging.GetColor(diverging.GetNumberOfColors() - 1, high)
+    assert low[2] > low[0] and high[0] > high[2] and min(mid[:3]) > 0.9  # blue, white at 0 HU, red
+    assert p.outputDifference.GetDisplayNode().GetWindowLevelMin() == -sb.DIFFERENCE_RANGE_HU
+    sequential = slicer.mrmlScene.GetNodeByID(p.outputStd.GetDisplayNode().GetColorNodeID())
+    first, last = [0.0] * 4, [0.0] * 4
+    sequential.GetColor(0, first)
+    sequential.GetColor(sequential.GetNumberOfColors() - 1, last)
+    assert sum(first[:3]) < 0.1 < 2.5 < sum(last[:3])  # dark for small std, bright for large
 
 
 def test_slicers_process_never_imports_torch():

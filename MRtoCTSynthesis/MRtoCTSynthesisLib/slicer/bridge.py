@@ -90,8 +90,10 @@ SAMPLER_LABELS = dict(SAMPLER_LABEL_NAMES)  # the engine's labels (names.py), fo
 #: packages Slicer already ships; never pip-install them into Slicer (torch comes from the PyTorch extension)
 SLICER_SHIPPED = frozenset({"numpy", "simpleitk", "torch"})
 
-#: CT display preset for the sCT: (window, level) in HU
-CT_WINDOW_LEVEL = (400.0, 40.0)
+#: CT display presets for the sCT and the reference CT: name -> (window, level) in HU. Soft tissue is the usual
+#: abdomen/pelvis window; bone is Slicer's own "CT-Bone" preset (vtkMRMLScalarVolumeDisplayNode).
+CT_WINDOW_PRESETS = {"soft tissue": (400.0, 40.0), "bone": (1000.0, 400.0)}
+CT_WINDOW_LEVEL = CT_WINDOW_PRESETS["soft tissue"]
 #: difference (sCT - CT) display range in HU, symmetric
 DIFFERENCE_RANGE_HU = 300.0
 

@@ -101,8 +101,8 @@ Medical Imaging, 2023.</li>
 <li>S. Sharma et al., "Image modality translation between MRI and CT using diffusion and score-matching
 algorithms", 2025.</li>
 </ul>
-<p>The subprocess runner follows the design of the SlicerMONAIAuto3DSeg extension. PyTorch is installed
-through the SlicerPyTorch extension.</p>
+<p>The subprocess runner follows the design of the SlicerMONAIAuto3DSeg extension. PyTorch is installed into
+Slicer's Python on first use (after you agree) and runs only in the engine's own process.</p>
 """
         slicer.app.connect("startupCompleted()", registerSampleData)
 

@@ -368,3 +368,27 @@ def test_cancel_kills_the_engine_and_loads_nothing(slicer_release):
     assert slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode").GetNumberOfItems() == 3  # the inputs only
     assert process.popen.poll() is not None
     assert not list((harness.Path(slicer.app.temporaryPath) / "MRtoCTSynthesis").glob("synthesize-*"))
+
+
+def test_a_failed_install_is_a_message_in_the_panel(slicer_release, monkeypatch):
+    """pip failing (no network, a conflict...) must end as text in the panel, not as an exception or a run."""
+    slicer = slicer_release
+    _, widget = _panel()
+    ui, logic = widget.ui, widget.logic
+    mri, _, _ = _load_demo_case(slicer)
+    ui.inputMRISelector.setCurrentNode(mri)
+    calls = []
+
+    def failing_install(*args, **kwargs):
+        calls.append(args)
+        raise subprocess.CalledProcessError(1, ["pip", "install"], "ERROR: No matching distribution found")
+
+    monkeypatch.setattr(logic, "missingDependencies", lambda needTorch=True: (["scipy>=99"], needTorch))
+    monkeypatch.setattr(slicer.util, "pip_install", failing_install)
+    if hasattr(slicer, "packaging"):  # 5.12: pip_ensure is the way in
+        monkeypatch.setattr(slicer.packaging, "pip_ensure", failing_install)
+    ui.applyButton.click()
+    assert calls, "nothing was installed"
+    assert not logic.isRunning()
+    assert "Installing the Python packages the engine needs failed" in ui.statusLabel.text
+    assert "returned non-zero exit status 1" in ui.statusLabel.text

@@ -280,3 +280,7 @@ def test_extensions_index_catalog_entry():
     assert entry["category"] == category
     assert entry["build_dependencies"] == ([d for d in depends.group(1).split() if d != "NA"] if depends else [])
     assert entry["scm_url"].rstrip("/") == homepage.rstrip("/")
+    # no placeholder addresses: every EXTENSION_* URL field is a real https address or says it is not published
+    for field in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
+        value = re.search(rf'set\(EXTENSION_{field} "([^"]*)"\)', top).group(1)
+        assert value == "not published yet" or (value.startswith("https://") and "example" not in value), field

@@ -87,7 +87,8 @@ COMPATIBLE_CHECKPOINTS: dict[str, frozenset] = {
 
 SAMPLER_LABELS = dict(SAMPLER_LABEL_NAMES)  # the engine's labels (names.py), for the sampler combo box
 
-#: packages Slicer already ships; never pip-install them into Slicer (torch comes from the PyTorch extension)
+#: packages never installed from requirements.txt: Slicer ships numpy and SimpleITK; torch is installed separately
+#: (the module's ensureDependencies, with the CPU wheel index for a CPU-only choice)
 SLICER_SHIPPED = frozenset({"numpy", "simpleitk", "torch"})
 
 #: CT display presets for the sCT and the reference CT: name -> (window, level) in HU. Soft tissue is the usual

@@ -272,6 +272,8 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._samplerItemsMethod = None
         self._modelItemsMethod = None
         self._pendingModel = None  # a catalog model the user picked that is not on this computer yet
+        self._queue = []  # MRIs still to synthesise after the current one ("Apply to all MRIs")
+        self._queueTotal = 0
         self._download = None
         self._downloadTimer = None
         self._updatingWidgets = False
@@ -300,8 +302,12 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # the queue button counts the loaded MRIs
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self._onSceneNodesChanged)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.queueButton.connect("clicked(bool)", self.onQueueButton)
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
         self.ui.compareLayoutButton.connect("clicked(bool)", self.onCompareLayoutButton)
@@ -333,6 +339,10 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
+
+    def _onSceneNodesChanged(self, caller=None, event=None) -> None:
+        if self._parameterNode is not None and not slicer.mrmlScene.IsClosing():
+            self._updateWidgets()
 
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic is not None and self.logic.isRunning():
@@ -590,6 +600,11 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.applyButton.text = "Apply"
                 self.ui.applyButton.enabled = not reason
                 self.ui.applyButton.toolTip = reason or "Synthesise a CT from the MRI."
+            candidates = self.logic.queueCandidates(p)
+            self.ui.queueButton.text = f"Apply to all {len(candidates)} MRIs (queue)"
+            self.ui.queueButton.enabled = (not running and len(candidates) > 1
+                                           and not self.logic.whyCannotApply(p, summary=summary, needInput=False,
+                                                                             pendingModel=self._pendingModel))
             self.ui.registerButton.enabled = (not running) and bool(p.inputMRI) and bool(p.referenceCT)
             self.ui.compareLayoutButton.enabled = (not running) and bool(p.outputSCT)
         finally:
@@ -601,6 +616,7 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
+            self._queue = []  # Cancel stops the whole queue
             self.logic.cancel()
             self._onStage("Cancelling...")
             return
@@ -610,6 +626,32 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.logTextEdit.clear()
             self.logic.synthesize(self._parameterNode, **self._callbacks())
             self._setRunning(True)
+
+    def onQueueButton(self) -> None:
+        """Synthesise every loaded MRI in turn, with the panel's settings; each gets its own new outputs."""
+        mris = self.logic.queueCandidates(self._parameterNode)
+        if len(mris) < 2 or self.logic.isRunning():
+            return
+        self._queue, self._queueTotal = mris, len(mris)
+        self._startNextInQueue()
+
+    def _startNextInQueue(self) -> None:
+        p = self._parameterNode
+        mri = self._queue.pop(0)
+        with slicer.util.NodeModify(p):
+            p.inputMRI = mri
+            p.outputSCT = p.outputStd = p.outputDifference = p.metricsTable = None
+        done = self._queueTotal - len(self._queue)
+        reason = self.logic.whyCannotApply(p)
+        if reason:
+            self._queue = []
+            self.ui.statusLabel.text = f"Queue stopped at {mri.GetName()} ({done} of {self._queueTotal}): {reason}"
+            return
+        self.onApplyButton()
+        if self.logic.isRunning():
+            self.ui.statusLabel.text = f"Queue: {done} of {self._queueTotal}: {mri.GetName()}"
+        else:
+            self._queue = []
 
     def onRegisterButton(self) -> None:
         if not self._dependenciesReady(needTorch=False):
@@ -685,6 +727,12 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onFinished(self, status: str, message: str) -> None:
         self._setRunning(False)
         self.ui.statusLabel.text = message
+        if self._queue and status != "cancelled":  # a failed MRI is reported in the log; the queue goes on
+            if status != "ok":
+                self.ui.logTextEdit.appendPlainText(f"{self._parameterNode.inputMRI.GetName()}: {message}")
+            self._startNextInQueue()
+            return
+        self._queue = []
         if status in ("input_error", "failed"):
             slicer.util.errorDisplay(message, windowTitle="MR to CT Synthesis")
 
@@ -948,14 +996,32 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
     def addLocalModel(self, path):
         return model_downloads.add_local_model(path, self.modelCatalog(), self.modelCacheDir())
 
-    def whyCannotApply(self, p, summary=None, pendingModel=None) -> str:
+    #: node attribute that marks the module's outputs (they are never queued as inputs)
+    OUTPUT_ATTRIBUTE = "MRtoCTSynthesis.Output"
+
+    def queueCandidates(self, p) -> list:
+        """Loaded MRIs for 'Apply to all': scalar volumes that are not label maps, not the reference CT and not
+        outputs of this module, in scene order."""
+        out = []
+        nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for i in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(i)
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(self.OUTPUT_ATTRIBUTE):
+                continue
+            if p.referenceCT is not None and node.GetID() == p.referenceCT.GetID():
+                continue
+            out.append(node)
+        return out
+
+    def whyCannotApply(self, p, summary=None, pendingModel=None, needInput: bool = True) -> str:
         """The reason Apply is disabled (shown next to it), or "" when the synthesis can run.
 
         The method picked is the method run: a checkpoint trained for another method blocks Apply.
+        ``needInput`` False leaves out the input MRI (the queue brings its own).
         """
         method = p.method
         ddmm = slicer_bridge.uses_measurements(method)
-        if not p.inputMRI:
+        if needInput and not p.inputMRI:
             return "Select an input MRI."
         if pendingModel:
             entry = self.modelEntry(pendingModel)
@@ -1008,6 +1074,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
                                                             slicer.mrmlScene.GenerateUniqueName(name))
         mrml_glue.volume_node_from_array(slicer.mrmlScene, array.astype(np.float32, copy=False),
                                          mrml_glue.get_ijk_to_ras(gridNode), node=outputNode)
+        outputNode.SetAttribute(MRtoCTSynthesisLogic.OUTPUT_ATTRIBUTE, name)
         outputNode.SetAndObserveTransformNodeID(gridNode.GetTransformNodeID())
         return outputNode
 
@@ -1121,6 +1188,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             mrml_glue.volume_node_from_array(slicer.mrmlScene, sctArray.astype(np.float32) - ctArray.astype(np.float32),
                                              mrml_glue.get_ijk_to_ras(sct), node=diff)
             diff.SetAndObserveTransformNodeID(sct.GetTransformNodeID())
+            diff.SetAttribute(self.OUTPUT_ATTRIBUTE, "difference")
             self.showDifference(diff)
             p.outputDifference = diff
             self.placeResults(mri, [diff, table])
@@ -1158,6 +1226,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             p = s["_parameterNode"]
             registered = self.readVolumeOntoGrid(d / "mri_registered.nii.gz", ct, s["registeredMRI"],
                                                  f"{mri.GetName()}_on_{ct.GetName()}")
+            registered.RemoveAttribute(self.OUTPUT_ATTRIBUTE)  # an MRI again: it may be synthesised, also in a queue
             displayNode = registered.GetDisplayNode()
             mriDisplay = mri.GetDisplayNode()
             if displayNode and mriDisplay:

@@ -392,3 +392,36 @@ def test_a_failed_install_is_a_message_in_the_panel(slicer_release, monkeypatch)
     assert not logic.isRunning()
     assert "Installing the Python packages the engine needs failed" in ui.statusLabel.text
     assert "returned non-zero exit status 1" in ui.statusLabel.text
+
+
+@pytest.mark.slow
+def test_apply_to_all_mris_runs_a_queue(slicer_release):
+    """Two loaded MRIs, one press: each gets its own sCT and std, named after it; outputs are never queued."""
+    slicer = slicer_release
+    if slicer.release != harness.RELEASES[-1]:
+        pytest.skip("the queue is the module's own logic; one release (the newest) is enough for two engine runs")
+    _, widget = _panel()
+    p, ui, logic = widget._parameterNode, widget.ui, widget.logic
+    mri, ct, _ = _load_demo_case(slicer)
+    array, matrix = glue.array_and_matrix_from_node(mri)
+    second = glue.volume_node_from_array(slicer.mrmlScene, array[::-1].copy(), matrix, name="Second MRI")
+    ui.referenceCTSelector.setCurrentNode(ct)
+    ui.samplerComboBox.currentIndex = ui.samplerComboBox.findData("dpmpp")
+    ui.stepsSpinBox.value = 2
+    ui.samplesSpinBox.value = 2
+    assert logic.queueCandidates(p) == [mri, second]  # not the CT, not the label map
+    assert ui.queueButton.enabled and "2 MRIs" in ui.queueButton.text
+    ui.queueButton.click()
+    assert "Queue: 1 of 2" in ui.statusLabel.text
+    deadline = time.monotonic() + 600
+    while logic.isRunning() or widget._queue:
+        assert time.monotonic() < deadline
+        slicer.app.processEvents()
+        time.sleep(0.05)
+    assert logic._lastResult[0] == "ok", logic._lastResult
+    for source in (mri, second):
+        sct = slicer.mrmlScene.GetFirstNodeByName(f"{source.GetName()}_sCT")
+        std = slicer.mrmlScene.GetFirstNodeByName(f"{source.GetName()}_sCT_std")
+        assert sct is not None and std is not None, source.GetName()
+        assert glue.array_and_matrix_from_node(sct)[0].shape == array.shape
+    assert logic.queueCandidates(p) == [mri, second]  # the four outputs are not MRIs to queue

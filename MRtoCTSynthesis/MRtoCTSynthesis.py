@@ -73,17 +73,23 @@ per-voxel uncertainty map: the standard deviation over several Monte-Carlo sampl
 <li>Load an MRI (or click <i>MRtoCTPhantom</i> in Sample Data for a demo case with MRI, CT and body mask).</li>
 <li>Optional: choose a reference CT. <i>Register MRI to CT</i> resamples the MRI onto the CT grid
 (rigid, then affine), so that the sCT can be compared with the CT voxel by voxel.</li>
-<li>Choose a model (the bundled demo model is preselected), a method and a sampler, the number of steps
-and of Monte-Carlo samples. The methods the engine offers are listed: conditional DDPM, VE-SDE score model,
-DDMM-Synth, SynDiff and deterministic CNN/GAN baselines, and the model file must have been trained for the
-chosen method. DDMM-Synth samples a DDPM model and also uses sparse-view projections (N<sub>p</sub>, noise
-&sigma;<sub>n</sub>) simulated from the reference CT.</li>
-<li>Click <i>Apply</i>. The engine runs in a separate process, so Slicer stays responsive. The progress
-bar shows the slices done and the time left, and <i>Cancel</i> stops the run.</li>
+<li>Choose the method, then a model of that method from the list (bundled, downloaded, or <i>Download</i> for a
+downloadable one; <i>Add local file...</i> for your own), a sampler, the number of steps and of Monte-Carlo
+samples, and the device (the GPUs the engine reports). The methods come from the engine: conditional DDPM,
+VE-SDE score model, DDMM-Synth, SynDiff and deterministic CNN/GAN baselines. DDMM-Synth samples a DDPM model and
+also uses sparse-view projections (N<sub>p</sub>, noise &sigma;<sub>n</sub>) simulated from the reference CT.
+The body mask may be a label map or a segmentation.</li>
+<li>Click <i>Apply</i>; when it is disabled, the reason is written under it (for example a model trained for
+another method). The engine runs in a separate process, so Slicer stays responsive. The progress bar shows the
+slices done and the time left, and <i>Cancel</i> stops the run and loads nothing. <i>Apply to all MRIs</i> runs
+every loaded MRI in turn.</li>
 </ol>
-<p>Outputs: the sCT (CT window), the uncertainty map (colour map) and, when a reference CT on the same
-grid is given, the difference sCT &minus; CT, a table with MAE/ME (HU), PSNR and SSIM, and a layout
+<p>Outputs, in a folder named after the MRI under its study: the sCT (CT window, soft tissue or bone), the
+uncertainty map (Monte-Carlo std in HU, colour table and scalar bar) and, when a reference CT on the same grid
+is given, the difference sCT &minus; CT (blue-white-red), a table with MAE/ME (HU), PSNR and SSIM, and a layout
 that shows MRI | sCT | CT | std side by side with linked views.</p>
+<p>PyTorch: the module installs it into Slicer's Python on first use, after asking; only the engine process
+imports it.</p>
 <p>The same engine runs without Slicer: <code>mrtoct demo</code>, or for example
 <code>mrtoct synthesize --mri mr.nii.gz --model model.safetensors --out-ct sct.nii.gz
 --out-std sct_std.nii.gz --samples 10</code>; see <code>mrtoct --help</code>.</p>

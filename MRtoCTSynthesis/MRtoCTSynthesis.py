@@ -323,7 +323,8 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         remembered = qt.QSettings().value("MRtoCTSynthesis/ctWindow")
         if remembered in slicer_bridge.CT_WINDOW_PRESETS:
             self.ui.ctWindowComboBox.currentIndex = self.ui.ctWindowComboBox.findData(remembered)
-        self.logic.ctWindow = self.ui.ctWindowComboBox.currentData() or "soft tissue"
+        # itemData(currentIndex), not currentData: PythonQt exposes QComboBox.currentData as a property
+        self.logic.ctWindow = self.ui.ctWindowComboBox.itemData(self.ui.ctWindowComboBox.currentIndex) or "soft tissue"
         self.ui.ctWindowComboBox.connect("currentIndexChanged(int)", self.onCtWindowChanged)
         self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModelButton)
         self.ui.addLocalModelButton.connect("clicked(bool)", self.onAddLocalModelButton)

@@ -577,7 +577,8 @@ class QComboBox(QWidget):
     def currentText(self, text):
         self._setCurrent(self.findText(text))
 
-    def currentData(self, role=None):
+    @property
+    def currentData(self):  # a Q_PROPERTY: PythonQt gives an attribute, not a method
         return self.itemData(self._current)
 
 

@@ -231,7 +231,7 @@ def test_the_method_picked_is_the_method_run(slicer_release):
     assert ui.applyButton.enabled and not ui.applyReasonLabel.text
     models = [ui.modelComboBox.itemData(i) for i in range(ui.modelComboBox.count)]
     assert models == ["demo_ddpm", "default_ddpm", ""]  # the ddpm models of the catalog, then 'Other file'
-    assert ui.modelComboBox.currentData() == "demo_ddpm"
+    assert ui.modelComboBox.currentData == "demo_ddpm"
     # SynDiff with the DDPM demo model: Apply is disabled and the reason names both methods
     ui.methodComboBox.currentIndex = ui.methodComboBox.findData("syndiff")
     assert [ui.modelComboBox.itemData(i) for i in range(ui.modelComboBox.count)] == ["demo_syndiff", ""]
@@ -300,7 +300,7 @@ def test_model_manager_downloads_into_the_cache(slicer_release, model_server, tm
     cached = tmp_path / "cache" / f"remote_ddpm-{entry['sha256'][:12]}.safetensors"
     assert p.modelPath == cached and cached.read_bytes() == sb.DEMO_MODEL.read_bytes()
     assert ui.applyButton.enabled and "Downloaded and verified" in ui.statusLabel.text
-    assert ui.modelComboBox.currentData() == "remote_ddpm" and "(downloaded)" in ui.modelComboBox.currentText
+    assert ui.modelComboBox.currentData == "remote_ddpm" and "(downloaded)" in ui.modelComboBox.currentText
     assert not ui.downloadModelButton.visible
 
 
@@ -320,7 +320,7 @@ def test_choices_are_remembered_across_sessions(slicer_release):
     _, again = _panel()
     p = again._parameterNode
     assert (p.method, p.sampler, p.steps, p.samples, p.device) == ("ddmm_synth", "dpmpp", 7, 9, "cpu")
-    assert again.ui.samplesSpinBox.value == 9 and again.ui.methodComboBox.currentData() == "ddmm_synth"
+    assert again.ui.samplesSpinBox.value == 9 and again.ui.methodComboBox.currentData == "ddmm_synth"
     # a remembered value that no longer makes sense is skipped, the rest still comes back
     import qt
 

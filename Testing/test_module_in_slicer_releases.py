@@ -315,6 +315,7 @@ def test_choices_are_remembered_across_sessions(slicer_release):
     ui.samplesSpinBox.value = 9
     ui.deviceComboBox.currentIndex = ui.deviceComboBox.findData("cpu")
     widget.exit()
+    widget.cleanup()  # as when Slicer unloads the module: its scene observers go (one panel per module in Slicer)
     widget.parent.isEntered = False
     slicer.mrmlScene.Clear(1)  # singletons too: no parameter node, as after restarting Slicer
     _, again = _panel()
@@ -327,6 +328,7 @@ def test_choices_are_remembered_across_sessions(slicer_release):
     qt.QSettings().setValue("MRtoCTSynthesis/samples", "100000")  # outside WithinRange(1, 1000)
     qt.QSettings().setValue("MRtoCTSynthesis/modelPath", "/no/such/model.safetensors")
     again.exit()
+    again.cleanup()
     again.parent.isEntered = False
     slicer.mrmlScene.Clear(1)
     _, third = _panel()

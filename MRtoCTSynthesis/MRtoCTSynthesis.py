@@ -1474,6 +1474,8 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_dependencies()
         self.setUp()
+        self.test_method_and_model_must_agree()
+        self.setUp()
         self.test_registration()
         self.setUp()
         self.test_synthesis_with_metrics()
@@ -1521,14 +1523,31 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
     def test_dependencies(self):
         self.delayDisplay("Checking dependencies")
         logic = MRtoCTSynthesisLogic()
+        import sys
+
+        torchBefore = "torch" in sys.modules  # another extension may have imported it; we must not
         ready, _ = logic.ensureDependencies("cpu", needTorch=True, askConfirmation=False)
         self.assertTrue(ready)
         info = logic.engineInfo(refresh=True)
         self.assertIsNotNone(info, logic.engineProblem())
         self.assertIn("ddpm", slicer_bridge.methods(info))
         self.assertIn("cpu", [value for value, _ in slicer_bridge.device_choices(logic.engineDevices(refresh=True))])
-        self.assertNotIn("torch", __import__("sys").modules, "Slicer's process imported torch")
+        if not torchBefore:
+            self.assertNotIn("torch", sys.modules, "asking the engine imported torch into Slicer's process")
         self.assertTrue(slicer_bridge.DEMO_MODEL.is_file(), "bundled demo model is missing")
+
+    def test_method_and_model_must_agree(self):
+        self.delayDisplay("A model of another method blocks the run, with the reason")
+        mri, _, _ = self._loadDemoCase()
+        logic, p = self._parameters(mri, method="syndiff", sampler="syndiff")
+        reason = logic.whyCannotApply(p)
+        self.assertIn("'ddpm' checkpoint", reason)
+        with self.assertRaises(ValueError):
+            logic.synthesize(p)
+        self.assertFalse(logic.isRunning())
+        self.assertEqual([e["name"] for e in logic.modelsForMethod("syndiff")], ["demo_syndiff"])
+        p.modelPath = logic.modelFile(logic.modelEntry("demo_syndiff"))
+        self.assertEqual(logic.whyCannotApply(p), "")
 
     def test_registration(self):
         self.delayDisplay("Registering the phantom MRI to its CT")

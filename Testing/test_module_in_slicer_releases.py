@@ -427,3 +427,14 @@ def test_apply_to_all_mris_runs_a_queue(slicer_release):
         assert sct is not None and std is not None, source.GetName()
         assert glue.array_and_matrix_from_node(sct)[0].shape == array.shape
     assert logic.queueCandidates(p) == [mri, second]  # the four outputs are not MRIs to queue
+
+
+def test_the_modules_self_test_runs_here_where_it_can(slicer_release):
+    """MRtoCTSynthesisTest is meant for a running Slicer; its steps that need no layout or Sample Data run here."""
+    slicer = slicer_release
+    module = harness.import_module_file()
+    test = module.MRtoCTSynthesisTest()
+    test.delayDisplay = lambda *args, **kwargs: None
+    test._loadDemoCase = lambda: tuple(_load_demo_case(slicer))
+    test.setUp()
+    test.test_method_and_model_must_agree()

@@ -13,23 +13,23 @@ import logging
 import os
 import pathlib
 import shutil
+import subprocess
 import tempfile
 import threading
 import time
 import typing
-from typing import Annotated, Optional
+from typing import Annotated, Optional, Union
 
 import ctk
 import numpy as np
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLTableNode
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode, vtkMRMLTableNode
 from slicer.parameterNodeWrapper import (
     Choice,
     GuiConnector,
     WithinRange,
-    parameterNodeGuiConnector,
     parameterNodeWrapper,
 )
 from slicer.ScriptedLoadableModule import (
@@ -41,11 +41,15 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 from MRtoCTSynthesisLib.slicer import bridge as slicer_bridge
+from MRtoCTSynthesisLib.slicer import downloads as model_downloads
 from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 
 MODULE_DIR = pathlib.Path(__file__).resolve().parent
 RESOURCES_DIR = MODULE_DIR / "Resources"
-TORCH_REQUIREMENT = ">=2.1"
+#: the torch the engine supports (pyproject.toml's range); installed into Slicer's Python, never imported by Slicer
+TORCH_REQUIREMENT = "torch>=2.1,<2.14"
+#: PyTorch's own index of CPU-only wheels (no multi-GB CUDA libraries) for a CPU-only device choice
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 #
 # MRtoCTSynthesis
@@ -59,7 +63,7 @@ class MRtoCTSynthesis(ScriptedLoadableModule):
         ScriptedLoadableModule.__init__(self, parent)
         self.parent.title = "MR to CT Synthesis"
         self.parent.categories = ["Image Synthesis"]
-        self.parent.dependencies = []  # PyTorch (PyTorchUtils) is checked at run time, with a clear message
+        self.parent.dependencies = []  # torch is installed on first use (ensureDependencies), after confirmation
         self.parent.contributors = ["MRtoCTSynthesis developers"]
         self.parent.helpText = """
 <p>Synthesises a CT (sCT, in Hounsfield units) from an MRI volume with conditional diffusion models, and a
@@ -69,17 +73,23 @@ per-voxel uncertainty map: the standard deviation over several Monte-Carlo sampl
 <li>Load an MRI (or click <i>MRtoCTPhantom</i> in Sample Data for a demo case with MRI, CT and body mask).</li>
 <li>Optional: choose a reference CT. <i>Register MRI to CT</i> resamples the MRI onto the CT grid
 (rigid, then affine), so that the sCT can be compared with the CT voxel by voxel.</li>
-<li>Choose a model (the bundled demo model is preselected), a method and a sampler, the number of steps
-and of Monte-Carlo samples. The methods the engine offers are listed: conditional DDPM, VE-SDE score model,
-DDMM-Synth, SynDiff and deterministic CNN/GAN baselines, and the model file must have been trained for the
-chosen method. DDMM-Synth samples a DDPM model and also uses sparse-view projections (N<sub>p</sub>, noise
-&sigma;<sub>n</sub>) simulated from the reference CT.</li>
-<li>Click <i>Apply</i>. The engine runs in a separate process, so Slicer stays responsive. The progress
-bar shows the slices done and the time left, and <i>Cancel</i> stops the run.</li>
+<li>Choose the method, then a model of that method from the list (bundled, downloaded, or <i>Download</i> for a
+downloadable one; <i>Add local file...</i> for your own), a sampler, the number of steps and of Monte-Carlo
+samples, and the device (the GPUs the engine reports). The methods come from the engine: conditional DDPM,
+VE-SDE score model, DDMM-Synth, SynDiff and deterministic CNN/GAN baselines. DDMM-Synth samples a DDPM model and
+also uses sparse-view projections (N<sub>p</sub>, noise &sigma;<sub>n</sub>) simulated from the reference CT.
+The body mask may be a label map or a segmentation.</li>
+<li>Click <i>Apply</i>; when it is disabled, the reason is written under it (for example a model trained for
+another method). The engine runs in a separate process, so Slicer stays responsive. The progress bar shows the
+slices done and the time left, and <i>Cancel</i> stops the run and loads nothing. <i>Apply to all MRIs</i> runs
+every loaded MRI in turn.</li>
 </ol>
-<p>Outputs: the sCT (CT window), the uncertainty map (colour map) and, when a reference CT on the same
-grid is given, the difference sCT &minus; CT, a table with MAE/ME (HU), PSNR and SSIM, and a layout
+<p>Outputs, in a folder named after the MRI under its study: the sCT (CT window, soft tissue or bone), the
+uncertainty map (Monte-Carlo std in HU, colour table and scalar bar) and, when a reference CT on the same grid
+is given, the difference sCT &minus; CT (blue-white-red), a table with MAE/ME (HU), PSNR and SSIM, and a layout
 that shows MRI | sCT | CT | std side by side with linked views.</p>
+<p>PyTorch: the module installs it into Slicer's Python on first use, after asking; only the engine process
+imports it.</p>
 <p>The same engine runs without Slicer: <code>mrtoct demo</code>, or for example
 <code>mrtoct synthesize --mri mr.nii.gz --model model.safetensors --out-ct sct.nii.gz
 --out-std sct_std.nii.gz --samples 10</code>; see <code>mrtoct --help</code>.</p>
@@ -97,8 +107,8 @@ Medical Imaging, 2023.</li>
 <li>S. Sharma et al., "Image modality translation between MRI and CT using diffusion and score-matching
 algorithms", 2025.</li>
 </ul>
-<p>The subprocess runner follows the design of the SlicerMONAIAuto3DSeg extension. PyTorch is installed
-through the SlicerPyTorch extension.</p>
+<p>The subprocess runner follows the design of the SlicerMONAIAuto3DSeg extension. PyTorch is installed into
+Slicer's Python on first use (after you agree) and runs only in the engine's own process.</p>
 """
         slicer.app.connect("startupCompleted()", registerSampleData)
 
@@ -131,13 +141,14 @@ def registerSampleData():
 class MRtoCTSynthesisParameterNode:
     """Everything the module's GUI shows; saved with the scene.
 
-    ``method`` and ``sampler`` are plain strings whose choices come from the engine at run time (see
-    ``_DynamicChoiceComboBoxConnector``). ``steps`` 0 and ``projections`` 0 mean "the engine's default".
+    ``method``, ``sampler`` and ``device`` are plain strings whose choices come from the engine at run time
+    (``mrtoct info --json``, ``mrtoct devices --json``; see ``DynamicChoiceComboBoxConnector``). ``steps`` 0
+    and ``projections`` 0 mean "the engine's default".
     """
 
     inputMRI: vtkMRMLScalarVolumeNode
     referenceCT: vtkMRMLScalarVolumeNode
-    bodyMask: vtkMRMLScalarVolumeNode
+    bodyMask: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]  # a label map or a segmentation
     registrationMode: Annotated[str, Choice(list(slicer_bridge.REGISTRATION_MODES))] = "rigid+affine"
     registeredMRI: vtkMRMLScalarVolumeNode
     modelPath: pathlib.Path = slicer_bridge.DEMO_MODEL
@@ -149,7 +160,7 @@ class MRtoCTSynthesisParameterNode:
     noiseSigma: Annotated[float, WithinRange(0.0, 1000.0)] = 0.0
     nsmi: Annotated[str, Choice(list(slicer_bridge.NSMI_CHOICES))] = "auto"
     seed: Annotated[int, WithinRange(0, 2**31 - 1)] = 0
-    device: Annotated[str, Choice(list(slicer_bridge.DEVICE_CHOICES))] = "auto"
+    device: str = "auto"
     keepTemporaryFiles: bool = False
     outputSCT: vtkMRMLScalarVolumeNode
     outputStd: vtkMRMLScalarVolumeNode
@@ -163,24 +174,29 @@ def _plainType(datatype):
     return datatype
 
 
-@parameterNodeGuiConnector
-class _DynamicChoiceComboBoxConnector(GuiConnector):
-    """Connects a ``ctkComboBox`` to a ``str`` parameter whose choices the widget fills at run time.
+class DynamicChoiceComboBoxConnector(GuiConnector):
+    """Connects a combo box to a ``str`` parameter whose choices the module fills at run time.
 
-    Slicer's own QComboBox connector needs the choices when the class is defined (a ``Choice``
-    annotation). The methods and samplers come from the engine's registries and the sampler list depends
-    on the chosen method, so the module fills the combo box itself: each item's data is the value, and
-    its text is a label for people.
+    The methods and samplers come from the engine (``mrtoct info --json``) and the sampler list depends on
+    the chosen method, so the module fills these combo boxes itself: each item's data is the value, and its
+    text is a label for people.
+
+    This connector is deliberately *not* registered with ``@parameterNodeGuiConnector``: from Slicer 5.8.0
+    on, Slicer's own ``QComboBoxToStringableConnector`` claims every (Q|ctk)ComboBox bound to a ``str`` and
+    raises "requires the Choice annotation" without one. It is registered before any module's connector and
+    the first ``canRepresent`` wins, so a registered connector of ours would never be reached. The widget
+    passes an instance of this class to ``connectParametersToGui`` instead (see
+    :func:`connectParameterNodeToGui`), which every Slicer from 5.6 to 5.12 accepts as it is.
     """
 
     @staticmethod
     def canRepresent(widget, datatype) -> bool:
-        return type(widget) is ctk.ctkComboBox and _plainType(datatype) is str
+        return type(widget) in (qt.QComboBox, ctk.ctkComboBox) and _plainType(datatype) is str
 
     @staticmethod
     def create(widget, datatype):
-        if _DynamicChoiceComboBoxConnector.canRepresent(widget, datatype):
-            return _DynamicChoiceComboBoxConnector(widget)
+        if DynamicChoiceComboBoxConnector.canRepresent(widget, datatype):
+            return DynamicChoiceComboBoxConnector(widget)
         return None
 
     def __init__(self, widget):
@@ -211,6 +227,40 @@ class _DynamicChoiceComboBoxConnector(GuiConnector):
             self._widget.blockSignals(wasBlocked)
 
 
+#: parameters bound to combo boxes that the module fills itself (see DynamicChoiceComboBoxConnector)
+DYNAMIC_CHOICE_PARAMETERS = ("method", "sampler", "device")
+
+
+def boundWidgets(ui) -> dict:
+    """``{parameter name: widget}`` for every widget of ``ui`` whose ``SlicerParameterName`` property is set.
+
+    ``ui`` is the object from ``slicer.util.childWidgetVariables``; this is the lookup that Slicer's own
+    ``connectGui`` does on such an object.
+    """
+    out = {}
+    for widget in vars(ui).values():
+        name = widget.property("SlicerParameterName") if hasattr(widget, "property") else None
+        if name:
+            out[str(name)] = widget
+    return out
+
+
+def connectParameterNodeToGui(parameterNode, ui):
+    """Bind every widget of ``ui`` that names a parameter; returns the tag for ``disconnectGui``.
+
+    Works the same in Slicer 5.6 to 5.12, whatever order the GUI connectors were registered in: the combo
+    boxes of :data:`DYNAMIC_CHOICE_PARAMETERS` get a :class:`DynamicChoiceComboBoxConnector` instance, and
+    every other widget gets the connector Slicer picks for its type. (Slicer 5.6's ``connectGui`` also
+    returns None instead of the tag, so ``disconnectGui`` could not undo it; ``connectParametersToGui``
+    returns the tag in every release.)
+    """
+    mapping = boundWidgets(ui)
+    for name in DYNAMIC_CHOICE_PARAMETERS:
+        if name in mapping:
+            mapping[name] = DynamicChoiceComboBoxConnector(mapping[name])
+    return parameterNode.connectParametersToGui(mapping)
+
+
 #
 # MRtoCTSynthesisWidget
 #
@@ -226,6 +276,12 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._samplerItemsMethod = None
+        self._modelItemsMethod = None
+        self._pendingModel = None  # a catalog model the user picked that is not on this computer yet
+        self._queue = []  # MRIs still to synthesise after the current one ("Apply to all MRIs")
+        self._queueTotal = 0
+        self._download = None
+        self._downloadTimer = None
         self._updatingWidgets = False
         self._modelSummaryCache = (None, None, None)
 
@@ -242,22 +298,44 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelPathLineEdit.nameFilters = ["Checkpoints (*.safetensors *.pt *.pth)", "All files (*)"]
         self.ui.progressBar.setRange(0, 1000)
         self.ui.progressBar.hide()
+        self.ui.downloadProgressBar.setRange(0, 1000)
+        self.ui.downloadProgressBar.hide()
+        self._downloadTimer = qt.QTimer()
+        self._downloadTimer.setInterval(200)
+        self._downloadTimer.connect("timeout()", self._pollDownload)
         with slicer.util.WaitCursor():
             self._populateMethods()
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        # the queue button counts the loaded MRIs
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self._onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self._onSceneNodesChanged)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.queueButton.connect("clicked(bool)", self.onQueueButton)
         self.ui.registerButton.connect("clicked(bool)", self.onRegisterButton)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependenciesButton)
         self.ui.compareLayoutButton.connect("clicked(bool)", self.onCompareLayoutButton)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelSelected)
+        for name, (window, level) in slicer_bridge.CT_WINDOW_PRESETS.items():
+            self.ui.ctWindowComboBox.addItem(f"{name.capitalize()} (W {window:.0f} / L {level:.0f})", name)
+        remembered = qt.QSettings().value("MRtoCTSynthesis/ctWindow")
+        if remembered in slicer_bridge.CT_WINDOW_PRESETS:
+            self.ui.ctWindowComboBox.currentIndex = self.ui.ctWindowComboBox.findData(remembered)
+        # itemData(currentIndex), not currentData: PythonQt exposes QComboBox.currentData as a property
+        self.logic.ctWindow = self.ui.ctWindowComboBox.itemData(self.ui.ctWindowComboBox.currentIndex) or "soft tissue"
+        self.ui.ctWindowComboBox.connect("currentIndexChanged(int)", self.onCtWindowChanged)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModelButton)
+        self.ui.addLocalModelButton.connect("clicked(bool)", self.onAddLocalModelButton)
 
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel(wait=True)
+        if self._download is not None and not self._download.finished:
+            self._download.cancel()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -269,6 +347,10 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNodeGuiTag = None
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
 
+    def _onSceneNodesChanged(self, caller=None, event=None) -> None:
+        if self._parameterNode is not None and not slicer.mrmlScene.IsClosing():
+            self._updateWidgets()
+
     def onSceneStartClose(self, caller, event) -> None:
         if self.logic is not None and self.logic.isRunning():
             self.logic.cancel()
@@ -279,7 +361,11 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.initializeParameterNode()
 
     def initializeParameterNode(self) -> None:
-        self.setParameterNode(self.logic.getParameterNode())
+        fresh = self.logic.parameterNodeIsNew()
+        parameterNode = self.logic.getParameterNode()
+        if fresh:  # a new scene: start from the choices of the last session (a saved scene's own values win)
+            self.logic.restoreSettings(parameterNode)  # before binding, which saves what the panel shows
+        self.setParameterNode(parameterNode)
         if not self._parameterNode.inputMRI:
             first = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
             if first and not first.IsA("vtkMRMLLabelMapVolumeNode"):
@@ -291,29 +377,46 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
-            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self._parameterNodeGuiTag = connectParameterNodeToGui(self._parameterNode, self.ui)
             self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateWidgets)
             self._samplerItemsMethod = None
             self._updateWidgets()
 
     # ------------------------------------------------------------------------------- dynamic widgets
-    def _populateMethods(self) -> None:
+    def _populateMethods(self, refresh: bool = False) -> None:
+        """Fill the method and device lists from the engine process (``mrtoct info/devices --json``)."""
+        info = self.logic.engineInfo(refresh=refresh)
+        devices = self.logic.engineDevices(refresh=refresh)
         combo = self.ui.methodComboBox
         wasBlocked = combo.blockSignals(True)
         try:
             combo.clear()
-            for name in slicer_bridge.methods():
-                combo.addItem(slicer_bridge.method_label(name), name)
+            for name in slicer_bridge.methods(info):
+                combo.addItem(slicer_bridge.method_label(name, info), name)
         finally:
             combo.blockSignals(wasBlocked)
+        combo = self.ui.deviceComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for value, label in slicer_bridge.device_choices(devices):
+                combo.addItem(label, value)
+        finally:
+            combo.blockSignals(wasBlocked)
+        self._samplerItemsMethod = None
+        problem = self.logic.engineProblem()
+        if problem:
+            self.ui.statusLabel.text = problem
 
     def _populateSamplers(self, method: str) -> None:
+        info = self.logic.engineInfo()
+        labels = (info or {}).get("sampler_labels") or slicer_bridge.SAMPLER_LABELS
         combo = self.ui.samplerComboBox
         wasBlocked = combo.blockSignals(True)
         try:
             combo.clear()
-            for name in slicer_bridge.valid_samplers(method):
-                combo.addItem(f"{slicer_bridge.SAMPLER_LABELS.get(name, name)} ({name})", name)
+            for name in slicer_bridge.valid_samplers(method, info):
+                combo.addItem(f"{labels.get(name, name)} ({name})", name)
         finally:
             combo.blockSignals(wasBlocked)
         self._samplerItemsMethod = method
@@ -336,8 +439,116 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._modelSummaryCache = (str(path), mtime, slicer_bridge.read_checkpoint_summary(path))
         return self._modelSummaryCache[2]
 
+    # -------------------------------------------------------------------------------------- model manager
+    def _populateModels(self, method: str) -> None:
+        """The catalog's models that fit ``method`` (bundled, downloaded or downloadable), then 'Other file'."""
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        try:
+            combo.clear()
+            for entry in self.logic.modelsForMethod(method):
+                combo.addItem(self.logic.modelLabel(entry), entry["name"])
+            combo.addItem("Other file (chosen below)", "")
+        finally:
+            combo.blockSignals(wasBlocked)
+        self._modelItemsMethod = method
+
+    def onModelSelected(self, index) -> None:
+        if self._updatingWidgets or self._parameterNode is None:
+            return
+        name = self.ui.modelComboBox.itemData(index)
+        entry = self.logic.modelEntry(name) if name else None
+        if entry is None:
+            self._pendingModel = None
+            self._updateWidgets()
+            return
+        path = self.logic.modelFile(entry)
+        if path is not None:
+            self._pendingModel = None
+            self._parameterNode.modelPath = path
+        else:
+            self._pendingModel = name
+        self._updateWidgets()
+
+    def onDownloadModelButton(self) -> None:
+        if self._download is not None and not self._download.finished:
+            self._download.cancel()
+            return
+        entry = self.logic.modelEntry(self._pendingModel) if self._pendingModel else None
+        if entry is None:
+            return
+        self._download = self.logic.startModelDownload(entry)
+        self.ui.downloadProgressBar.value = 0
+        self.ui.downloadProgressBar.show()
+        self.ui.statusLabel.text = f"Downloading {entry['title']}..."
+        self._downloadTimer.start()
+        self._updateWidgets()
+
+    def _pollDownload(self) -> None:
+        d = self._download
+        if d is None:
+            self._downloadTimer.stop()
+            return
+        total = max(1, d.total)
+        self.ui.downloadProgressBar.value = int(1000 * min(d.done, total) / total)
+        self.ui.downloadProgressBar.format = f"%p%   {d.done / 1e6:.1f} of {total / 1e6:.1f} MB"
+        if not d.finished:
+            return
+        self._downloadTimer.stop()
+        self._download = None
+        self.ui.downloadProgressBar.hide()
+        if d.path is not None:
+            self._pendingModel = None
+            self._modelItemsMethod = None  # relabel: the model is now "downloaded"
+            self.ui.statusLabel.text = f"Downloaded and verified (SHA-256): {d.path}"
+            self._parameterNode.modelPath = d.path
+        else:
+            self.ui.statusLabel.text = d.error or "The download did not finish."
+        self._updateWidgets()
+
+    def onAddLocalModelButton(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(self.parent, "Choose a model file", "",
+                                              "Checkpoints (*.safetensors *.pt *.pth);;All files (*)")
+        if path:
+            self.addLocalModel(path)
+
+    def addLocalModel(self, path) -> None:
+        """Use a model file the user has; one with a catalog model's SHA-256 becomes that model in the cache."""
+        try:
+            file, entry = self.logic.addLocalModel(path)
+        except (model_downloads.DownloadError, OSError) as exc:
+            self.ui.statusLabel.text = f"The file cannot be used as a model: {exc}"
+            return
+        self._pendingModel = None
+        self._modelItemsMethod = None
+        self._parameterNode.modelPath = file
+        self.ui.statusLabel.text = (f"Added as catalog model '{entry['name']}' (SHA-256 matches)." if entry else
+                                    f"Using the model file {file}.")
+        self._updateWidgets()
+
+    def _updateModelManager(self, p, method: str) -> None:
+        if self._modelItemsMethod != method:
+            self._populateModels(method)
+        names = [self.ui.modelComboBox.itemData(i) for i in range(self.ui.modelComboBox.count)]
+        if self._pendingModel not in names:
+            self._pendingModel = None
+        current = self.logic.entryForFile(p.modelPath)
+        selected = self._pendingModel or (current["name"] if current and current["name"] in names else "")
+        self._select(self.ui.modelComboBox, selected)
+        pending = self.logic.modelEntry(self._pendingModel) if self._pendingModel else None
+        downloading = self._download is not None and not self._download.finished
+        button = self.ui.downloadModelButton
+        button.visible = pending is not None or downloading
+        if downloading:
+            button.text, button.enabled = "Cancel download", True
+        elif pending is not None:
+            button.text = f"Download ({pending['size'] / 1e6:.1f} MB)"
+            button.enabled = bool(pending.get("url"))
+            button.toolTip = pending.get("url") or pending.get("availability") or "not published yet"
+        self.ui.addLocalModelButton.enabled = not downloading
+
     def _updateWidgets(self, caller=None, event=None) -> None:
-        """Keep method/sampler consistent, enable DDMM-Synth options only for DDMM-Synth, update buttons."""
+        """Keep method/sampler/model consistent, enable DDMM-Synth options only for DDMM-Synth, update buttons."""
         p = self._parameterNode
         if p is None or self._updatingWidgets:
             return
@@ -347,43 +558,60 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             method = p.method if p.method in available else (available[0] if available else p.method)
             if self._samplerItemsMethod != method:
                 self._populateSamplers(method)
-            samplers = slicer_bridge.valid_samplers(method)
-            sampler = p.sampler if p.sampler in samplers else slicer_bridge.default_sampler(method)
+            info = self.logic.engineInfo()
+            samplers = slicer_bridge.valid_samplers(method, info)
+            sampler = p.sampler if p.sampler in samplers else slicer_bridge.default_sampler(method, info)
             if p.method != method:
                 p.method = method
             if sampler and p.sampler != sampler:
                 p.sampler = sampler
             self._select(self.ui.methodComboBox, method)
             self._select(self.ui.samplerComboBox, sampler)
+            devices = [self.ui.deviceComboBox.itemData(i) for i in range(self.ui.deviceComboBox.count)]
+            if devices and p.device not in devices:
+                p.device = "auto"
+            self._select(self.ui.deviceComboBox, p.device)
 
             self.ui.stepsSpinBox.enabled = slicer_bridge.sampler_takes_steps(sampler)
             ddmm = slicer_bridge.uses_measurements(method)
             for w in (self.ui.projectionsSpinBox, self.ui.noiseSigmaSpinBox, self.ui.nsmiComboBox):
                 w.enabled = ddmm
 
+            self._updateModelManager(p, method)
+            self.logic.saveSettings(p)
             summary = self._modelSummary(p.modelPath)
+            entry = self.logic.entryForFile(p.modelPath)
             if not p.modelPath or not pathlib.Path(p.modelPath).is_file():
                 info = "Model file not found."
             elif summary is None:
                 info = "Not an mrtoct .safetensors checkpoint (legacy .pt files are checked when run)."
             else:
                 info = f"{summary.get('method')} checkpoint, {summary.get('image_size')} px slices"
-                if not slicer_bridge.checkpoint_matches_method(method, summary.get("method")):
-                    info += f" -- does not fit method '{method}'"
+            if entry is not None:
+                spacing = entry.get("training_spacing_mm")
+                info += (f"; {entry['anatomy']}, {entry['mr_contrast']}; trained at "
+                         + ("each slice resized" if not spacing else
+                            " x ".join("any" if v is None else f"{v:g}" for v in spacing) + " mm")
+                         + f"; licence: {entry['licence']}")
             self.ui.modelInfoLabel.text = info
 
             running = self.logic.isRunning()
-            canApply = bool(p.inputMRI) and pathlib.Path(p.modelPath).is_file() and (not ddmm or bool(p.referenceCT))
+            reason = self.logic.whyCannotApply(p, summary=summary, pendingModel=self._pendingModel)
+            self.ui.applyReasonLabel.text = "" if running else reason
+            self.ui.applyReasonLabel.visible = bool(reason) and not running
             if running:
                 self.ui.applyButton.text = "Cancel"
                 self.ui.applyButton.toolTip = "Stop the engine; nothing is written."
                 self.ui.applyButton.enabled = True
             else:
                 self.ui.applyButton.text = "Apply"
-                self.ui.applyButton.enabled = canApply
-                self.ui.applyButton.toolTip = ("Synthesise a CT from the MRI." if canApply else
-                                               "Select an MRI and a model file"
-                                               + (" and a reference CT (DDMM-Synth)." if ddmm else "."))
+                self.ui.applyButton.enabled = not reason
+                self.ui.applyButton.toolTip = reason or "Synthesise a CT from the MRI."
+            candidates = self.logic.queueCandidates(p)
+            self.ui.queueButton.text = f"Apply to all {len(candidates)} MRIs (queue)"
+            self.ui.queueButton.enabled = (not running and len(candidates) > 1
+                                           and not self.logic.whyCannotApply(p, summary=summary, needInput=False,
+                                                                             pendingModel=self._pendingModel))
             self.ui.registerButton.enabled = (not running) and bool(p.inputMRI) and bool(p.referenceCT)
             self.ui.compareLayoutButton.enabled = (not running) and bool(p.outputSCT)
         finally:
@@ -395,31 +623,89 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self.logic.isRunning():
+            self._queue = []  # Cancel stops the whole queue
             self.logic.cancel()
             self._onStage("Cancelling...")
             return
+        if not self._dependenciesReady(needTorch=True):
+            return
         with slicer.util.tryWithErrorDisplay("Could not start the synthesis.", waitCursor=True):
-            if not self.logic.ensureDependencies(self._parameterNode.device, needTorch=True):
-                return
             self.ui.logTextEdit.clear()
             self.logic.synthesize(self._parameterNode, **self._callbacks())
             self._setRunning(True)
 
+    def onQueueButton(self) -> None:
+        """Synthesise every loaded MRI in turn, with the panel's settings; each gets its own new outputs."""
+        mris = self.logic.queueCandidates(self._parameterNode)
+        if len(mris) < 2 or self.logic.isRunning():
+            return
+        self._queue, self._queueTotal = mris, len(mris)
+        self._startNextInQueue()
+
+    def _startNextInQueue(self) -> None:
+        p = self._parameterNode
+        mri = self._queue.pop(0)
+        with slicer.util.NodeModify(p):
+            p.inputMRI = mri
+            p.outputSCT = p.outputStd = p.outputDifference = p.metricsTable = None
+        done = self._queueTotal - len(self._queue)
+        reason = self.logic.whyCannotApply(p)
+        if reason:
+            self._queue = []
+            self.ui.statusLabel.text = f"Queue stopped at {mri.GetName()} ({done} of {self._queueTotal}): {reason}"
+            return
+        self.onApplyButton()
+        if self.logic.isRunning():
+            self.ui.statusLabel.text = f"Queue: {done} of {self._queueTotal}: {mri.GetName()}"
+        else:
+            self._queue = []
+
     def onRegisterButton(self) -> None:
+        if not self._dependenciesReady(needTorch=False):
+            return
         with slicer.util.tryWithErrorDisplay("Could not start the registration.", waitCursor=True):
-            if not self.logic.ensureDependencies(self._parameterNode.device, needTorch=False):
-                return
             self.ui.logTextEdit.clear()
             self.logic.register(self._parameterNode, **self._callbacks())
             self._setRunning(True)
 
+    def _dependenciesReady(self, needTorch: bool, askConfirmation: bool = True) -> bool:
+        """Install what is missing (after the user agrees); any failure is shown in the panel, not raised."""
+        try:
+            with slicer.util.WaitCursor():
+                ready, installed = self.logic.ensureDependencies(self._parameterNode.device, needTorch=needTorch,
+                                                                 askConfirmation=askConfirmation)
+        except Exception as exc:  # pip errors, no network, declined restart... all end up here as a message
+            logging.exception("MRtoCTSynthesis: installing the dependencies failed")
+            message = f"Installing the Python packages the engine needs failed:\n{exc}"
+            self.ui.statusLabel.text = message
+            slicer.util.errorDisplay(message, windowTitle="MR to CT Synthesis")
+            return False
+        if not ready:
+            self.ui.statusLabel.text = "The engine's Python packages are not installed; nothing was run."
+            return False
+        if installed:  # torch (or another package) is new: ask the engine again what it offers
+            self._populateMethods(refresh=True)
+            self._updateWidgets()
+        return True
+
     def onInstallDependenciesButton(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Could not install the dependencies.", waitCursor=True):
-            if self.logic.ensureDependencies(self._parameterNode.device, needTorch=True, askConfirmation=True):
-                self._populateMethods()
-                self._samplerItemsMethod = None
-                self._updateWidgets()
-                self.ui.statusLabel.text = "All dependencies are installed."
+        if self._dependenciesReady(needTorch=True):
+            self._populateMethods(refresh=True)
+            self._updateWidgets()
+            info = self.logic.engineInfo()
+            self.ui.statusLabel.text = ("All dependencies are installed." if info is None else
+                                        f"All dependencies are installed (engine {info.get('engine_version')}, "
+                                        f"torch {info.get('torch')}).")
+
+    def onCtWindowChanged(self, index) -> None:
+        """Soft tissue / bone: applied to the sCT and the reference CT at once, and remembered."""
+        preset = self.ui.ctWindowComboBox.itemData(index) or "soft tissue"
+        self.logic.ctWindow = preset
+        qt.QSettings().setValue("MRtoCTSynthesis/ctWindow", preset)
+        p = self._parameterNode
+        for node in (p.outputSCT, p.referenceCT) if p else ():
+            if node is not None:
+                self.logic.showSyntheticCT(node, preset)
 
     def onCompareLayoutButton(self) -> None:
         p = self._parameterNode
@@ -448,6 +734,12 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onFinished(self, status: str, message: str) -> None:
         self._setRunning(False)
         self.ui.statusLabel.text = message
+        if self._queue and status != "cancelled":  # a failed MRI is reported in the log; the queue goes on
+            if status != "ok":
+                self.ui.logTextEdit.appendPlainText(f"{self._parameterNode.inputMRI.GetName()}: {message}")
+            self._startNextInQueue()
+            return
+        self._queue = []
         if status in ("input_error", "failed"):
             slicer.util.errorDisplay(message, windowTitle="MR to CT Synthesis")
 
@@ -490,6 +782,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         self._timer = qt.QTimer()
         self._timer.setInterval(self.POLL_INTERVAL_MS)
         self._timer.connect("timeout()", self._poll)
+        self.ctWindow = "soft tissue"  # a key of slicer_bridge.CT_WINDOW_PRESETS
         self.pythonExecutable = slicer_bridge.python_executable()
 
     def getParameterNode(self):
@@ -497,6 +790,42 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
 
     def isRunning(self) -> bool:
         return self._job is not None
+
+    # --------------------------------------------------------------------------------- remembered choices
+    #: parameters remembered across Slicer sessions (qt.QSettings, key "MRtoCTSynthesis/<name>")
+    REMEMBERED = ("modelPath", "method", "sampler", "steps", "samples", "device")
+
+    def parameterNodeIsNew(self) -> bool:
+        """True when the scene has no parameter node of this module yet (a new scene)."""
+        return slicer.mrmlScene.GetSingletonNode(self.moduleName, "vtkMRMLScriptedModuleNode") is None
+
+    def saveSettings(self, p) -> None:
+        settings = qt.QSettings()
+        for name in self.REMEMBERED:
+            value = str(getattr(p, name))
+            if settings.value(f"MRtoCTSynthesis/{name}") != value:
+                settings.setValue(f"MRtoCTSynthesis/{name}", value)
+
+    def restoreSettings(self, p) -> None:
+        """Put the remembered choices into ``p``; values that no longer make sense (a deleted model file, a
+        method this engine lacks, a number out of range) are skipped."""
+        settings = qt.QSettings()
+        for name in self.REMEMBERED:
+            value = settings.value(f"MRtoCTSynthesis/{name}")
+            if value in (None, ""):
+                continue
+            try:
+                if name == "modelPath":
+                    if not pathlib.Path(value).is_file():
+                        continue
+                    value = pathlib.Path(value)
+                elif name in ("steps", "samples"):
+                    value = int(value)
+                elif name == "method" and value not in slicer_bridge.methods(self.engineInfo()):
+                    continue
+                setattr(p, name, value)
+            except (TypeError, ValueError):  # out of range for the parameter (WithinRange) or not a number
+                logging.info("MRtoCTSynthesis: remembered %s=%r skipped", name, value)
 
     # ------------------------------------------------------------------------------------ dependencies
     def missingDependencies(self, needTorch: bool = True):
@@ -506,43 +835,220 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         torchMissing = needTorch and importlib.util.find_spec("torch") is None
         return missing, torchMissing
 
-    def ensureDependencies(self, device: str = "auto", needTorch: bool = True, askConfirmation: bool = True) -> bool:
-        """Install what the engine needs into Slicer's Python on first use; True when all is there.
+    def ensureDependencies(self, device: str = "auto", needTorch: bool = True, askConfirmation: bool = True):
+        """Install what the engine needs into Slicer's Python; returns ``(ready, installedSomething)``.
 
-        Python packages come from ``Resources/requirements.txt`` through ``slicer.util.pip_install``
-        (numpy and SimpleITK ship with Slicer). torch comes from the PyTorch extension's PyTorchUtils,
-        as a CPU build when the device is ``cpu``.
+        Packages come from ``Resources/requirements.txt`` plus torch (:data:`TORCH_REQUIREMENT`). They are
+        installed with ``slicer.packaging.pip_ensure`` where Slicer has it (5.12 on) and with
+        ``slicer.util.pip_install`` otherwise; a CPU-only device choice takes torch from PyTorch's CPU wheel
+        index. Nothing is installed unless the user agrees (``askConfirmation``). torch is only installed here,
+        never imported: the engine runs it in its own process. Errors propagate (the widget shows them).
         """
         missing, torchMissing = self.missingDependencies(needTorch)
         if not missing and not torchMissing:
-            return True
-        if torchMissing and not hasattr(slicer.modules, "pytorchutils"):
-            raise RuntimeError(
-                "MR to CT Synthesis needs PyTorch, which is installed through the 'PyTorch' extension.\n"
-                "Fix: open View > Extensions Manager, install the 'PyTorch' extension, restart Slicer and try again.")
-        what = missing + (["torch (through the PyTorch extension" + (", CPU build)" if device == "cpu" else ")")]
-                          if torchMissing else [])
+            return True, False
+        torchArgs = []
+        if torchMissing:
+            torchArgs = [TORCH_REQUIREMENT] + (["--index-url", TORCH_CPU_INDEX] if device == "cpu" else [])
+        what = missing + ([" ".join(torchArgs)] if torchArgs else [])
         if askConfirmation and not slicer.app.commandOptions().testingEnabled:
             if not slicer.util.confirmOkCancelDisplay(
-                    "MR to CT Synthesis needs these Python packages, which will be downloaded and installed now "
-                    "(this may take several minutes):\n\n  " + "\n  ".join(what), windowTitle="MR to CT Synthesis"):
-                return False
-        for requirement in missing:
-            slicer.util.pip_install(requirement)
-        if torchMissing:
-            import PyTorchUtils
-
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=False, forceComputationBackend=slicer_bridge.torch_backend(device),
-                torchVersionRequirement=TORCH_REQUIREMENT)
-            if torch is None:
-                return False
+                    "MR to CT Synthesis needs these Python packages, which will be downloaded and installed into "
+                    "Slicer's Python now (this may take several minutes):\n\n  " + "\n  ".join(what),
+                    windowTitle="MR to CT Synthesis"):
+                return False, False
+        packaging = getattr(slicer, "packaging", None)
+        if missing:
+            if packaging is not None and hasattr(packaging, "pip_ensure"):
+                packaging.pip_ensure(missing, prompt_install=False, requester="MR to CT Synthesis")
+            else:
+                slicer.util.pip_install(missing)
+        if torchArgs:
+            if packaging is not None and hasattr(packaging, "pip_ensure") and len(torchArgs) == 1:
+                packaging.pip_ensure(torchArgs, prompt_install=False, requester="MR to CT Synthesis")
+            else:
+                slicer.util.pip_install(torchArgs)
         missing, torchMissing = self.missingDependencies(needTorch)
         if missing or torchMissing:
-            raise RuntimeError("Some dependencies are still missing after installation: "
+            raise RuntimeError("Some packages are still missing after the installation: "
                                + ", ".join(missing + (["torch"] if torchMissing else []))
-                               + "\nFix: restart Slicer and try again.")
-        return True
+                               + "\nFix: restart Slicer and try again; if it persists, install them from the Python "
+                               "console with slicer.util.pip_install(...) and read pip's message.")
+        type(self)._engineCache.clear()
+        return True, True
+
+    # ------------------------------------------------------------------------------- asking the engine
+    #: {(python, query): (document or None, problem or None)}; shared by every logic of this Slicer session
+    _engineCache: dict = {}
+
+    def _launch(self, argv):
+        """Start the engine like Slicer starts any console process (stdout and stderr in one text pipe)."""
+        # PythonSlicer is a launcher that sets up Slicer's environment itself, so it starts from the environment
+        # Slicer was started with. A bare interpreter (the fallback) needs Slicer's current environment.
+        # This is slicer.util.launchConsoleProcess with one change: the pipe is decoded as UTF-8 (the engine writes
+        # UTF-8, see engine_environment), where launchConsoleProcess uses the locale's code page (cp1252 on most
+        # Windows machines), which garbles or drops lines with sigma, umlauts or non-ASCII file names.
+        launcher = pathlib.Path(argv[0]).name.lower().startswith("pythonslicer")
+        base = slicer.util.startupEnvironment() if launcher else dict(os.environ)
+        env = dict(base)
+        env.update(slicer_bridge.engine_environment(base))
+        kwargs = {}
+        if os.name == "nt":  # hide the console window, as launchConsoleProcess does
+            info = subprocess.STARTUPINFO()
+            info.dwFlags = 1
+            info.wShowWindow = 0
+            kwargs["startupinfo"] = info
+        return subprocess.Popen([str(a) for a in argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, text=True, encoding="utf-8", errors="replace",
+                                cwd=str(MODULE_DIR), **kwargs)
+
+    def _queryEngine(self, query: str, argv, expectedFormat: str, refresh: bool, timeout: float = 180.0):
+        key = (self.pythonExecutable, query)
+        if refresh or key not in self._engineCache:
+            doc, problem = None, None
+            try:
+                popen = self._launch(argv)
+                try:
+                    output, _ = popen.communicate(timeout=timeout)
+                except subprocess.TimeoutExpired:
+                    slicer_bridge.kill_process_tree(popen.pid, popen=popen)
+                    output = ""
+                    problem = f"the engine did not answer `mrtoct {query}` within {timeout:.0f} s"
+                if problem is None:
+                    doc = slicer_bridge.parse_json_output(output, expectedFormat)
+                    if popen.returncode != 0 or doc is None:
+                        doc = None
+                        problem = slicer_bridge.describe_exit(popen.returncode, output, what="The engine")[1]
+            except Exception as exc:  # the interpreter cannot be started at all
+                problem = f"the engine could not be started: {exc}"
+            self._engineCache[key] = (doc, problem)
+        return self._engineCache[key][0]
+
+    def engineInfo(self, refresh: bool = False):
+        """``mrtoct info --json`` of the engine process (methods, samplers, models, versions), or None."""
+        return self._queryEngine("info --json", slicer_bridge.build_info_command(self.pythonExecutable),
+                                 "mrtoct-engine-info", refresh)
+
+    def engineDevices(self, refresh: bool = False):
+        """``mrtoct devices --json`` of the engine process (CUDA GPUs, MPS, CPU), or None."""
+        return self._queryEngine("devices --json", slicer_bridge.build_devices_command(self.pythonExecutable),
+                                 "mrtoct-devices", refresh)
+
+    def engineProblem(self):
+        """Why the engine could not list its methods (for the panel), or None when it could."""
+        doc, problem = self._engineCache.get((self.pythonExecutable, "info --json"), (None, None))
+        if doc is not None or problem is None:
+            return None
+        if importlib.util.find_spec("torch") is None:
+            return ("PyTorch is not installed in Slicer's Python yet, so the built-in method list is shown. "
+                    "Press 'Check / install dependencies' (Advanced) or Apply to install it.")
+        return f"The engine could not list its methods ({problem}); the built-in list is shown."
+
+    # ------------------------------------------------------------------------------------- model manager
+    def modelCatalog(self) -> list:
+        """The checked entries of ``Resources/models.json`` (read once per logic; [] with a log line if broken)."""
+        if getattr(self, "_catalog", None) is None:
+            try:
+                self._catalog = slicer_bridge.load_model_catalog(RESOURCES_DIR / "models.json")
+            except Exception as exc:  # the panel still works with 'Other file'
+                logging.error("MRtoCTSynthesis: %s", exc)
+                self._catalog = []
+        return self._catalog
+
+    def modelCacheDir(self) -> pathlib.Path:
+        """Where downloaded models go: the MRtoCTSynthesis/ModelCacheDir setting, else the user's cache folder."""
+        custom = qt.QSettings().value("MRtoCTSynthesis/ModelCacheDir")
+        return pathlib.Path(custom) if custom else model_downloads.model_cache_dir()
+
+    def modelEntry(self, name):
+        return next((e for e in self.modelCatalog() if e["name"] == name), None)
+
+    def modelsForMethod(self, method: str) -> list:
+        """Catalog models whose checkpoint the method can run (DDMM-Synth runs on DDPM checkpoints)."""
+        return [e for e in self.modelCatalog() if slicer_bridge.checkpoint_matches_method(method, e["method"])]
+
+    def modelFile(self, entry):
+        """The local file of a catalog entry (bundled, or downloaded and verified), or None."""
+        return model_downloads.model_file(entry, MODULE_DIR, self.modelCacheDir())
+
+    def entryForFile(self, path):
+        """The catalog entry whose local file is ``path``, or None."""
+        if not path:
+            return None
+        try:
+            target = pathlib.Path(path).resolve()
+        except OSError:
+            return None
+        for entry in self.modelCatalog():
+            local = self.modelFile(entry)
+            if local is not None and local.resolve() == target:
+                return entry
+        return None
+
+    def modelLabel(self, entry) -> str:
+        if entry.get("bundled"):
+            where = "bundled"
+        elif self.modelFile(entry) is not None:
+            where = "downloaded"
+        elif entry.get("url"):
+            where = f"download, {entry['size'] / 1e6:.1f} MB"
+        else:
+            where = entry.get("availability") or "not published yet"
+        return f"{entry['title']} ({where})"
+
+    def startModelDownload(self, entry):
+        """Download a catalog model into the cache on a background thread; returns the ModelDownload to poll."""
+        return model_downloads.ModelDownload(entry, self.modelCacheDir()).start()
+
+    def addLocalModel(self, path):
+        return model_downloads.add_local_model(path, self.modelCatalog(), self.modelCacheDir())
+
+    #: node attribute that marks the module's outputs (they are never queued as inputs)
+    OUTPUT_ATTRIBUTE = "MRtoCTSynthesis.Output"
+
+    def queueCandidates(self, p) -> list:
+        """Loaded MRIs for 'Apply to all': scalar volumes that are not label maps, not the reference CT and not
+        outputs of this module, in scene order."""
+        out = []
+        nodes = slicer.mrmlScene.GetNodesByClass("vtkMRMLScalarVolumeNode")
+        for i in range(nodes.GetNumberOfItems()):
+            node = nodes.GetItemAsObject(i)
+            if node.IsA("vtkMRMLLabelMapVolumeNode") or node.GetAttribute(self.OUTPUT_ATTRIBUTE):
+                continue
+            if p.referenceCT is not None and node.GetID() == p.referenceCT.GetID():
+                continue
+            out.append(node)
+        return out
+
+    def whyCannotApply(self, p, summary=None, pendingModel=None, needInput: bool = True) -> str:
+        """The reason Apply is disabled (shown next to it), or "" when the synthesis can run.
+
+        The method picked is the method run: a checkpoint trained for another method blocks Apply.
+        ``needInput`` False leaves out the input MRI (the queue brings its own).
+        """
+        method = p.method
+        ddmm = slicer_bridge.uses_measurements(method)
+        if needInput and not p.inputMRI:
+            return "Select an input MRI."
+        if pendingModel:
+            entry = self.modelEntry(pendingModel)
+            title = entry["title"] if entry else pendingModel
+            return (f"Download the model '{title}' first" + (" (it is not published yet)" if entry and not
+                                                              entry.get("url") else "") + ", or choose another one.")
+        if not p.modelPath or not pathlib.Path(p.modelPath).is_file():
+            return f"Choose a model: the file {p.modelPath} does not exist."
+        if summary is None:
+            summary = slicer_bridge.read_checkpoint_summary(p.modelPath)
+        checkpointMethod = (summary or {}).get("method")
+        if not slicer_bridge.checkpoint_matches_method(method, checkpointMethod):
+            needs = ", ".join(sorted(slicer_bridge.COMPATIBLE_CHECKPOINTS.get(method, {method})))
+            return (f"The model is a '{checkpointMethod}' checkpoint, but the method is '{method}' (it needs a "
+                    f"{needs} checkpoint). Choose a model of that method, or the method '{checkpointMethod}'.")
+        if p.sampler and p.sampler not in slicer_bridge.valid_samplers(method, self.engineInfo()):
+            return f"The sampler '{p.sampler}' does not work with the method '{method}'."
+        if ddmm and not p.referenceCT:
+            return "DDMM-Synth needs a reference CT: its sparse-view projections are simulated from it."
+        return ""
 
     # --------------------------------------------------------------------------------------- file I/O
     @staticmethod
@@ -575,6 +1081,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
                                                             slicer.mrmlScene.GenerateUniqueName(name))
         mrml_glue.volume_node_from_array(slicer.mrmlScene, array.astype(np.float32, copy=False),
                                          mrml_glue.get_ijk_to_ras(gridNode), node=outputNode)
+        outputNode.SetAttribute(MRtoCTSynthesisLogic.OUTPUT_ATTRIBUTE, name)
         outputNode.SetAndObserveTransformNodeID(gridNode.GetTransformNodeID())
         return outputNode
 
@@ -605,8 +1112,9 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
         if not pathlib.Path(s["modelPath"]).is_file():
             raise ValueError(f"The model file {s['modelPath']} does not exist.\nFix: choose a .safetensors checkpoint.")
         ddmm = slicer_bridge.uses_measurements(s["method"])
-        if ddmm and ct is None:
-            raise ValueError("DDMM-Synth needs a reference CT: its sparse-view projections are simulated from it.")
+        reason = self.whyCannotApply(parameterNode)
+        if reason:
+            raise ValueError(reason)
 
         inputs = {node.GetID() for node in (mri, ct, s["bodyMask"]) if node is not None}
         for name in ("outputSCT", "outputStd", "outputDifference"):
@@ -635,13 +1143,20 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             noise_sigma=s["noiseSigma"] if ddmm else None, nsmi=s["nsmi"] if ddmm else None)
 
         def loadSynthesis():
+            import json
+
             p = s["_parameterNode"]
+            ran = json.loads((d / "run.json").read_text(encoding="utf-8")).get("method")
+            if not slicer_bridge.method_run_matches(s["method"], ran):
+                raise RuntimeError(f"the engine ran the method '{ran}', not the chosen '{s['method']}'; "
+                                   "nothing was loaded")
             base = mri.GetName()
             sct = self.readVolumeOntoGrid(d / "sct.nii.gz", mri, s["outputSCT"], f"{base}_sCT")
             std = self.readVolumeOntoGrid(d / "sct_std.nii.gz", mri, s["outputStd"], f"{base}_sCT_std")
-            self.showSyntheticCT(sct)
+            self.showSyntheticCT(sct, self.ctWindow)
             self.showUncertainty(std)
             p.outputSCT, p.outputStd = sct, std
+            self.placeResults(mri, [sct, std])
             if ct is None:
                 self.showCompareLayout(mri, sct, None, std)
                 return
@@ -653,12 +1168,11 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             mask = s["bodyMask"]
             maskPath = None
             if mask is not None:
-                if slicer_bridge.same_grid(mrml_glue.volume_shape(mask), mrml_glue.world_ijk_to_ras(mask),
-                                           mrml_glue.volume_shape(mri), mrml_glue.world_ijk_to_ras(mri), tol_mm=1e-3):
+                if self.maskOnGrid(mask, mri, d / "mask.nii.gz"):
                     maskPath = d / "mask.nii.gz"
-                    self.writeVolume(mask, maskPath)
                 else:
-                    job.notes.append("The body mask is on another grid; metrics use the whole volume.")
+                    job.notes.append("The body mask is on another grid (or an empty segmentation); metrics use "
+                                     "the whole volume.")
             evaluate = slicer_bridge.build_evaluate_command(self.pythonExecutable, d / "sct.nii.gz", d / "ct.nii.gz",
                                                             mask=maskPath, json_out=d / "metrics.json")
             job.stages.append(("Computing metrics against the reference CT...", evaluate, loadMetrics))
@@ -681,8 +1195,10 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             mrml_glue.volume_node_from_array(slicer.mrmlScene, sctArray.astype(np.float32) - ctArray.astype(np.float32),
                                              mrml_glue.get_ijk_to_ras(sct), node=diff)
             diff.SetAndObserveTransformNodeID(sct.GetTransformNodeID())
+            diff.SetAttribute(self.OUTPUT_ATTRIBUTE, "difference")
             self.showDifference(diff)
             p.outputDifference = diff
+            self.placeResults(mri, [diff, table])
             self.showCompareLayout(mri, sct, ct, std)
             job.notes.append(", ".join(f"{name} {value}" for name, value in rows[:4]))
 
@@ -717,6 +1233,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             p = s["_parameterNode"]
             registered = self.readVolumeOntoGrid(d / "mri_registered.nii.gz", ct, s["registeredMRI"],
                                                  f"{mri.GetName()}_on_{ct.GetName()}")
+            registered.RemoveAttribute(self.OUTPUT_ATTRIBUTE)  # an MRI again: it may be synthesised, also in a queue
             displayNode = registered.GetDisplayNode()
             mriDisplay = mri.GetDisplayNode()
             if displayNode and mriDisplay:
@@ -746,15 +1263,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             job.onStage(description)
         if job.onProgress:
             job.onProgress(0.0, "")
-        # PythonSlicer is a launcher that sets up Slicer's environment itself, so it starts from the environment
-        # Slicer was started with. A bare interpreter (the fallback) needs Slicer's current environment.
-        launcher = pathlib.Path(argv[0]).name.lower().startswith("pythonslicer")
-        env = slicer_bridge.engine_environment(slicer.util.startupEnvironment() if launcher else None)
-        try:
-            popen = slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env,
-                                                     cwd=str(MODULE_DIR))
-        except TypeError:  # Slicer without the cwd argument
-            popen = slicer.util.launchConsoleProcess(argv, useStartupEnvironment=launcher, updateEnvironment=env)
+        popen = self._launch(argv)
         self._process = slicer_bridge.EngineProcess(popen)
         self._timer.start()
 
@@ -841,32 +1350,80 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
                 return node.GetID()
         return None
 
-    def showSyntheticCT(self, node) -> None:
+    def showSyntheticCT(self, node, preset: str = "soft tissue") -> None:
+        """Grey CT window (:data:`slicer_bridge.CT_WINDOW_PRESETS`: soft tissue or bone)."""
         display = node.GetDisplayNode()
+        if display is None:
+            return
         display.SetAndObserveColorNodeID("vtkMRMLColorTableNodeGrey")
         display.SetAutoWindowLevel(False)
-        window, level = slicer_bridge.CT_WINDOW_LEVEL
+        window, level = slicer_bridge.CT_WINDOW_PRESETS.get(preset, slicer_bridge.CT_WINDOW_LEVEL)
         display.SetWindowLevel(window, level)
 
+    @staticmethod
+    def _addColorLegend(node, title: str) -> None:
+        """A scalar bar (colour legend) in the views, where Slicer's Colors module can make one (Slicer >= 5.0)."""
+        colors = getattr(slicer.modules, "colors", None)
+        if colors is None:
+            return
+        try:
+            legend = colors.logic().AddDefaultColorLegendDisplayNode(node)
+            legend.SetTitleText(title)
+            legend.SetLabelFormat("%.0f")
+        except Exception as exc:  # a missing scalar bar must not fail the run
+            logging.warning("MRtoCTSynthesis: no colour legend for %s: %s", node.GetName(), exc)
+
     def showUncertainty(self, node) -> None:
+        """Sequential colour table from 0 to the 99th percentile of the std, with a scalar bar in HU."""
         display = node.GetDisplayNode()
-        colorID = self._colorNodeID("Inferno", "Plasma", "Magma", "Viridis", "Iron")
-        if colorID:
-            display.SetAndObserveColorNodeID(colorID)
+        colorID = self._colorNodeID("Inferno") or mrml_glue.color_table(
+            slicer.mrmlScene, "MRtoCT std (HU)", mrml_glue.SEQUENTIAL_POINTS).GetID()
+        display.SetAndObserveColorNodeID(colorID)
         array, _ = mrml_glue.array_and_matrix_from_node(node)
         positive = array[array > 0]
         top = float(np.percentile(positive, 99)) if positive.size else 1.0
         display.SetAutoWindowLevel(False)
         display.SetWindowLevelMinMax(0.0, max(top, 1e-3))
+        self._addColorLegend(node, "MC std (HU)")
 
     def showDifference(self, node) -> None:
+        """Diverging colour table (blue below, white at 0, red above) over +-DIFFERENCE_RANGE_HU."""
         display = node.GetDisplayNode()
-        colorID = self._colorNodeID("DivergingBlueRed", "ColdToHotRainbow")
-        if colorID:
-            display.SetAndObserveColorNodeID(colorID)
+        colorID = self._colorNodeID("DivergingBlueRed") or mrml_glue.color_table(
+            slicer.mrmlScene, "MRtoCT difference (HU)", mrml_glue.DIVERGING_POINTS).GetID()
+        display.SetAndObserveColorNodeID(colorID)
         display.SetAutoWindowLevel(False)
         r = slicer_bridge.DIFFERENCE_RANGE_HU
         display.SetWindowLevelMinMax(-r, r)
+        self._addColorLegend(node, "sCT - CT (HU)")
+
+    def placeResults(self, mri, nodes) -> int:
+        """Outputs into a subject-hierarchy folder "<MRI> synthetic CT" under the MRI's study."""
+        try:
+            return mrml_glue.place_in_study(slicer.mrmlScene, slicer.vtkMRMLSubjectHierarchyNode, mri, nodes,
+                                            f"{mri.GetName()} synthetic CT")
+        except Exception as exc:  # the hierarchy is a convenience; never lose results over it
+            logging.warning("MRtoCTSynthesis: outputs not placed in the subject hierarchy: %s", exc)
+            return 0
+
+    def maskOnGrid(self, mask, mri, path) -> bool:
+        """Write ``mask`` on the MRI's grid to ``path``: a label map/scalar volume already on that grid, or a
+        segmentation (its visible segments, exported onto the MRI's grid). False when it cannot be used."""
+        if mask.IsA("vtkMRMLSegmentationNode"):
+            labelmap = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MRtoCT mask (temporary)")
+            try:
+                if not slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(mask, labelmap,
+                                                                                                     mri):
+                    return False
+                self.writeVolume(labelmap, path)
+                return True
+            finally:
+                slicer.mrmlScene.RemoveNode(labelmap)
+        if slicer_bridge.same_grid(mrml_glue.volume_shape(mask), mrml_glue.world_ijk_to_ras(mask),
+                                   mrml_glue.volume_shape(mri), mrml_glue.world_ijk_to_ras(mri), tol_mm=1e-3):
+            self.writeVolume(mask, path)
+            return True
+        return False
 
     def showCompareLayout(self, mri, sct, ct, std) -> None:
         """MRI | sCT | reference CT | std in one row of linked axial views (views without a volume are left out)."""
@@ -917,6 +1474,8 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_dependencies()
         self.setUp()
+        self.test_method_and_model_must_agree()
+        self.setUp()
         self.test_registration()
         self.setUp()
         self.test_synthesis_with_metrics()
@@ -964,9 +1523,31 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
     def test_dependencies(self):
         self.delayDisplay("Checking dependencies")
         logic = MRtoCTSynthesisLogic()
-        self.assertTrue(logic.ensureDependencies("cpu", needTorch=True, askConfirmation=False))
-        self.assertIn("ddpm", slicer_bridge.methods())
+        import sys
+
+        torchBefore = "torch" in sys.modules  # another extension may have imported it; we must not
+        ready, _ = logic.ensureDependencies("cpu", needTorch=True, askConfirmation=False)
+        self.assertTrue(ready)
+        info = logic.engineInfo(refresh=True)
+        self.assertIsNotNone(info, logic.engineProblem())
+        self.assertIn("ddpm", slicer_bridge.methods(info))
+        self.assertIn("cpu", [value for value, _ in slicer_bridge.device_choices(logic.engineDevices(refresh=True))])
+        if not torchBefore:
+            self.assertNotIn("torch", sys.modules, "asking the engine imported torch into Slicer's process")
         self.assertTrue(slicer_bridge.DEMO_MODEL.is_file(), "bundled demo model is missing")
+
+    def test_method_and_model_must_agree(self):
+        self.delayDisplay("A model of another method blocks the run, with the reason")
+        mri, _, _ = self._loadDemoCase()
+        logic, p = self._parameters(mri, method="syndiff", sampler="syndiff")
+        reason = logic.whyCannotApply(p)
+        self.assertIn("'ddpm' checkpoint", reason)
+        with self.assertRaises(ValueError):
+            logic.synthesize(p)
+        self.assertFalse(logic.isRunning())
+        self.assertEqual([e["name"] for e in logic.modelsForMethod("syndiff")], ["demo_syndiff"])
+        p.modelPath = logic.modelFile(logic.modelEntry("demo_syndiff"))
+        self.assertEqual(logic.whyCannotApply(p), "")
 
     def test_registration(self):
         self.delayDisplay("Registering the phantom MRI to its CT")
@@ -1034,7 +1615,7 @@ class MRtoCTSynthesisTest(ScriptedLoadableModuleTest):
                           if a.__class__.__name__ == "_SubParsersAction").choices["synthesize"]
         if "--projections" not in synthesize._option_string_actions:
             self.skipTest("this engine's `mrtoct synthesize` has no DDMM-Synth options yet")
-        self.assertIn("ddmm_synth", slicer_bridge.methods())
+        self.assertIn("ddmm_synth", slicer_bridge.methods(MRtoCTSynthesisLogic().engineInfo()))
         mri, ct, mask = self._loadDemoCase()
         logic, p = self._parameters(mri, ct, mask, method="ddmm_synth", sampler="ddim", steps=3, samples=1,
                                     projections=10, noiseSigma=0.0, nsmi="noiseless")

@@ -143,7 +143,7 @@ def test_parameter_fields_and_ui_bindings_match(tree, ui):
 def _connector_widget_class(annotation: str) -> str:
     """The widget class Slicer's connectGui (plus the module's ctkComboBox connector) needs for a field type."""
     base = re.sub(r"^Annotated\[(.*?),.*\]$", r"\1", annotation).strip()
-    if base.startswith("vtkMRML"):
+    if base.startswith(("vtkMRML", "Union[vtkMRML", "Optional[Union[vtkMRML")):
         return "qMRMLNodeComboBox"
     if base in ("pathlib.Path", "Path"):
         return "ctkPathLineEdit"
@@ -153,9 +153,16 @@ def _connector_widget_class(annotation: str) -> str:
         return "QSpinBox"
     if base == "float":
         return "QDoubleSpinBox"
-    if base == "str":
-        return "QComboBox" if "Choice(" in annotation else "ctkComboBox"
+    if base == "str":  # a Choice: Slicer's combo box connector; a plain str: the module's run-time-filled combo
+        return "QComboBox" if "Choice(" in annotation else "QComboBox|ctkComboBox"
     raise AssertionError(f"no known widget for field type {annotation}")
+
+
+def _dynamic_choice_parameters(tree):
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and ast.unparse(node.targets[0]) == "DYNAMIC_CHOICE_PARAMETERS":
+            return ast.literal_eval(node.value)
+    raise AssertionError("the module defines no DYNAMIC_CHOICE_PARAMETERS")
 
 
 def test_widget_types_fit_the_field_types(tree, ui):
@@ -163,12 +170,17 @@ def test_widget_types_fit_the_field_types(tree, ui):
     bound = _parameter_widgets(ui)
     for field, (annotation, _) in fields.items():
         name, cls, props = bound[field]
-        assert cls == _connector_widget_class(annotation), f"{field}: {annotation} bound to {cls} {name}"
+        assert cls in _connector_widget_class(annotation).split("|"), f"{field}: {annotation} bound to {cls} {name}"
+        if annotation == "str":
+            assert field in _dynamic_choice_parameters(tree), f"{field}: a plain str combo must be filled by the module"
         if cls == "qMRMLNodeComboBox":
-            assert annotation in _text(props["nodeTypes"]), f"{name}: nodeTypes must include {annotation}"
-    # the dynamic ctkComboBox connector is defined and registered by the module
-    connector = _classes(tree)["_DynamicChoiceComboBoxConnector"]
-    assert "parameterNodeGuiConnector" in [ast.unparse(d) for d in connector.decorator_list]
+            for node_type in re.findall(r"vtkMRML\w+", annotation):
+                assert node_type in _text(props["nodeTypes"]), f"{name}: nodeTypes must include {node_type}"
+    # the run-time-filled combo boxes get an instance of the module's connector, which is NOT registered
+    # globally (from Slicer 5.8 on, Slicer's own combo box connector would win and raise; see
+    # Testing/test_module_in_slicer_releases.py, which runs the binding against each release's sources)
+    connector = _classes(tree)["DynamicChoiceComboBoxConnector"]
+    assert "parameterNodeGuiConnector" not in [ast.unparse(d) for d in connector.decorator_list]
     assert "ctk.ctkComboBox" in ast.unparse(connector)
 
 
@@ -208,7 +220,7 @@ def test_names_used_from_the_bridge_glue_and_logic_exist(tree):
         missing = sorted(a for a in _attribute_uses(tree, name) if not hasattr(module, a))
         assert not missing, f"{name} has no {missing}"
     logic_methods = {f.name for f in _classes(tree)["MRtoCTSynthesisLogic"].body if isinstance(f, ast.FunctionDef)}
-    logic_methods |= {"getParameterNode"}
+    logic_methods |= {"getParameterNode", "ctWindow"}  # ctWindow: an attribute set in __init__
     used = _attribute_uses(tree, "self.logic") | _attribute_uses(tree, "logic")
     assert not sorted(used - logic_methods), f"logic methods used but not defined: {sorted(used - logic_methods)}"
     widget_methods = {f.name for f in _classes(tree)["MRtoCTSynthesisWidget"].body if isinstance(f, ast.FunctionDef)}
@@ -268,3 +280,7 @@ def test_extensions_index_catalog_entry():
     assert entry["category"] == category
     assert entry["build_dependencies"] == ([d for d in depends.group(1).split() if d != "NA"] if depends else [])
     assert entry["scm_url"].rstrip("/") == homepage.rstrip("/")
+    # no placeholder addresses: every EXTENSION_* URL field is a real https address or says it is not published
+    for field in ("HOMEPAGE", "ICONURL", "SCREENSHOTURLS"):
+        value = re.search(rf'set\(EXTENSION_{field} "([^"]*)"\)', top).group(1)
+        assert value == "not published yet" or (value.startswith("https://") and "example" not in value), field

@@ -129,7 +129,7 @@ def test_gui_choices_are_engine_choices():
     synth = sub.choices["synthesize"]._option_string_actions
     for method in sb.methods():
         assert set(sb.valid_samplers(method)) <= set(synth["--sampler"].choices)
-    for device in sb.DEVICE_CHOICES:
+    for device, _ in sb.device_choices(None) + [("cuda:1", ""), ("mps", "")]:
         _parse(sb.build_synthesize_command(PY, "a", "b", "c", device=device))
     assert set(sb.SAMPLER_LABELS) >= set(synth["--sampler"].choices)
 
@@ -395,16 +395,49 @@ def test_kill_escalates_to_sigkill(tmp_path):
 
 
 # ======================================================================= methods and checkpoints
-def test_methods_come_from_the_engine_registry():
+def test_methods_come_from_the_engines_info_document():
+    """The module's lists are what ``mrtoct info --json`` says, which is what the registries hold."""
+    from MRtoCTSynthesisLib.apps.commands.info import INFO_FORMAT, engine_info
     from MRtoCTSynthesisLib.models.methods import METHODS
 
-    assert sb.methods() == list(METHODS)
-    assert {"ddpm", "score_sde"} <= set(sb.methods())
+    info = engine_info()
+    assert info["format"] == INFO_FORMAT
+    assert sb.methods(info) == list(METHODS)
+    assert {"ddpm", "score_sde"} <= set(sb.methods(info))
     for name, cls in METHODS.items():
-        assert sb.valid_samplers(name) == list(cls.valid_samplers)
-        assert sb.default_sampler(name) == cls.default_sampler
-        assert sb.default_sampler(name) in sb.valid_samplers(name)
-    assert sb.valid_samplers("no-such-method") == []
+        assert sb.valid_samplers(name, info) == list(cls.valid_samplers)
+        assert sb.default_sampler(name, info) == cls.default_sampler
+        assert sb.default_sampler(name, info) in sb.valid_samplers(name, info)
+    assert sb.valid_samplers("no-such-method", info) == []
+    # an engine that registers fewer methods offers fewer: the document wins over the fallback table
+    one = {"methods": [{"name": "ddpm", "label": "x", "samplers": ["ddim"], "default_sampler": "ddim"}]}
+    assert sb.methods(one) == ["ddpm"] and sb.valid_samplers("ddpm", one) == ["ddim"]
+
+
+def test_info_and_devices_json_from_the_engine_process():
+    """What the module runs: one JSON line on stdout, found even with other lines around it (stderr is merged)."""
+    env = dict(os.environ, PYTHONPATH=str(MODULE_DIR), OMP_NUM_THREADS="1")
+    for argv, fmt in ((sb.build_info_command(sys.executable), "mrtoct-engine-info"),
+                      (sb.build_devices_command(sys.executable), "mrtoct-devices")):
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=str(MODULE_DIR), timeout=120)
+        assert out.returncode == 0, out.stderr
+        doc = sb.parse_json_output("warning: something\n" + out.stdout + "\nPROGRESS 1.0 done\n", fmt)
+        assert doc is not None and doc["format"] == fmt, out.stdout[:300]
+        if fmt == "mrtoct-devices":
+            import torch
+
+            ids = [d["id"] for d in doc["devices"]]
+            assert ids[-1] == "cpu" and ids.count("cpu") == 1
+            assert sum(i.startswith("cuda:") for i in ids) == (torch.cuda.device_count() if torch.cuda.is_available()
+                                                                else 0)
+            assert doc["auto"] in ids
+            values = [v for v, _ in sb.device_choices(doc)]
+            assert values[0] == "auto" and values[1:] == ids
+        else:
+            assert [m["name"] for m in doc["models"]] == [m["name"] for m in sb.load_model_catalog(
+                MODULE_DIR / "Resources" / "models.json")]
+    assert sb.parse_json_output("no json here\n{broken") is None
+    assert sb.parse_json_output('{"format": "a"}\n', "b") is None
 
 
 def test_fallback_table_agrees_with_the_engine():
@@ -416,9 +449,9 @@ def test_fallback_table_agrees_with_the_engine():
         entry = sb.FALLBACK_METHODS[name]
         assert list(entry["samplers"]) == list(cls.valid_samplers), name
         assert entry["default_sampler"] == cls.default_sampler, name
-    assert sb.methods(use_engine=False) == list(sb.FALLBACK_METHODS)
+    assert sb.methods() == list(sb.FALLBACK_METHODS)
     # DDMM-Synth needs samplers that expose x0 at each step
-    assert set(sb.valid_samplers("ddmm_synth", use_engine=False)) == {"ddpm", "ddim", "dpmpp"}
+    assert set(sb.valid_samplers("ddmm_synth")) == {"ddpm", "ddim", "dpmpp"}
     assert sb.uses_measurements("ddmm_synth") and not sb.uses_measurements("ddpm") and not sb.uses_measurements(None)
 
 
@@ -611,20 +644,49 @@ def test_bundled_demo_case_is_registered_when_present():
 
 
 def test_model_catalog():
+    """Every bundled model is there with the size, SHA-256 and method the catalog gives (checked independently:
+    hashlib over the file, the method from the safetensors header); no entry has a made-up URL."""
+    import hashlib
+
     path = MODULE_DIR / "Resources" / "models.json"
     models = sb.load_model_catalog(path)
     assert models and len({m["name"] for m in models}) == len(models)
+    bundled = [m for m in models if m["bundled"]]
+    assert sb.DEMO_MODEL in [(MODULE_DIR / m["path"]).resolve() for m in bundled]
+    for m in bundled:
+        f = (MODULE_DIR / m["path"]).resolve()
+        assert f.is_file(), m["name"]
+        digest, size = hashlib.sha256(f.read_bytes()).hexdigest(), f.stat().st_size
+        assert (m["sha256"], m["size"]) == (digest, size), f'{m["name"]}: "sha256": "{digest}", "size": {size}'
+        assert sb.read_checkpoint_summary(f)["method"] == m["method"], m["name"]
+        assert m["url"] is None
     for m in models:
-        assert {"name", "method", "url", "sha256", "size", "description"} <= set(m), m
-        assert m["method"] in sb.FALLBACK_METHODS
-    (demo,) = [m for m in models if m.get("bundled")]
-    assert (MODULE_DIR / demo["path"]).resolve() == sb.DEMO_MODEL
-    if not sb.DEMO_MODEL.is_file():
-        pytest.skip(f"{sb.DEMO_MODEL} is not there yet; its sha256/size stay null until it is")
-    digest, size = sb.sha256_file(sb.DEMO_MODEL), sb.DEMO_MODEL.stat().st_size
-    assert demo["sha256"] == digest and demo["size"] == size, \
-        f'fill in Resources/models.json: "sha256": "{digest}", "size": {size}'
-    assert sb.read_checkpoint_summary(sb.DEMO_MODEL)["method"] == demo["method"]
+        assert m["url"] is None or (m["url"].startswith("https://") and "example" not in m["url"]), m
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda m: m.pop("sha256"), "lacks sha256"),
+    (lambda m: m.update(method="nope"), "unknown method"),
+    (lambda m: m.update(sha256="ABC"), "sha256"),
+    (lambda m: m.update(bundled=False, url=None, availability=""), "not published yet"),
+    (lambda m: m.update(bundled=False, url="http://insecure.invalid/x"), "https"),
+    (lambda m: m.update(path="/abs/model.safetensors"), "relative"),
+    (lambda m: m.update(training_spacing_mm=[1, 2]), "training_spacing_mm"),
+])
+def test_model_catalog_rejects_bad_entries(tmp_path, change, problem):
+    from MRtoCTSynthesisLib.errors import InputError
+
+    doc = json.loads((MODULE_DIR / "Resources" / "models.json").read_text(encoding="utf-8"))
+    change(doc["models"][0])
+    bad = tmp_path / "models.json"
+    bad.write_text(json.dumps(doc), encoding="utf-8")
+    with pytest.raises(InputError, match=problem):
+        sb.load_model_catalog(bad)
+    unpublished = dict(doc["models"][1], bundled=False, url=None, availability="not published yet")
+    unpublished.pop("path")
+    ok = {"format": "mrtoct-model-catalog", "models": [unpublished]}
+    bad.write_text(json.dumps(ok), encoding="utf-8")
+    assert sb.load_model_catalog(bad)[0]["availability"] == "not published yet"
 
 
 # ====================================================================================== dependencies

@@ -17,10 +17,11 @@ Contents
 * **Process** -- :class:`EngineProcess` reads a running engine's output on a thread, so a QTimer can
   collect it without blocking the GUI. :func:`kill_process_tree` stops the engine together with any
   launcher around it.
-* **Methods and samplers** -- :func:`methods`, :func:`valid_samplers`, :func:`default_sampler` and
-  :func:`uses_measurements` ask the engine's registries (torch is needed for that) and fall back to
-  :data:`FALLBACK_METHODS` before torch is installed. :func:`read_checkpoint_summary` reads a
-  checkpoint's method from its safetensors header without torch.
+* **Methods, samplers, devices** -- :func:`methods`, :func:`valid_samplers`, :func:`default_sampler` read
+  the engine's ``mrtoct info --json`` document (:func:`build_info_command`, :func:`parse_json_output`), and
+  fall back to :data:`FALLBACK_METHODS` before torch is installed; :func:`device_choices` reads
+  ``mrtoct devices --json``. Nothing here imports torch or the engine's registries, so Slicer's process never
+  does. :func:`read_checkpoint_summary` reads a checkpoint's method from its safetensors header.
 * **Geometry** -- :func:`ijk_to_ras_from_geometry` and :func:`geometry_from_ijk_to_ras` convert between
   ITK's LPS geometry (spacing, origin, direction) and Slicer's 4x4 IJK->RAS matrix.
   :func:`sitk_image_from_array` and :func:`array_and_ijk_to_ras_from_sitk` do the same for whole images.
@@ -64,7 +65,6 @@ EXIT_OK = 0
 EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
 
-DEVICE_CHOICES = ("auto", "cpu", "cuda")
 NSMI_CHOICES = ("auto", "noiseless", "noisy")
 REGISTRATION_MODES = ("rigid+affine", "rigid", "affine")
 
@@ -87,11 +87,14 @@ COMPATIBLE_CHECKPOINTS: dict[str, frozenset] = {
 
 SAMPLER_LABELS = dict(SAMPLER_LABEL_NAMES)  # the engine's labels (names.py), for the sampler combo box
 
-#: packages Slicer already ships; never pip-install them into Slicer (torch comes from the PyTorch extension)
+#: packages never installed from requirements.txt: Slicer ships numpy and SimpleITK; torch is installed separately
+#: (the module's ensureDependencies, with the CPU wheel index for a CPU-only choice)
 SLICER_SHIPPED = frozenset({"numpy", "simpleitk", "torch"})
 
-#: CT display preset for the sCT: (window, level) in HU
-CT_WINDOW_LEVEL = (400.0, 40.0)
+#: CT display presets for the sCT and the reference CT: name -> (window, level) in HU. Soft tissue is the usual
+#: abdomen/pelvis window; bone is Slicer's own "CT-Bone" preset (vtkMRMLScalarVolumeDisplayNode).
+CT_WINDOW_PRESETS = {"soft tissue": (400.0, 40.0), "bone": (1000.0, 400.0)}
+CT_WINDOW_LEVEL = CT_WINDOW_PRESETS["soft tissue"]
 #: difference (sCT - CT) display range in HU, symmetric
 DIFFERENCE_RANGE_HU = 300.0
 
@@ -532,51 +535,88 @@ def kill_process_tree(pid: int, timeout: float = 5.0, popen: subprocess.Popen | 
 
 
 # ================================================================================ methods and samplers
-def _engine_methods():
-    """The engine's method registry, or None when it cannot be imported (torch not installed yet)."""
-    try:
-        from ..models.methods import METHODS
-    except ImportError:
-        return None
-    return METHODS
+# The lists come from the engine process (``mrtoct info --json``, read by :func:`parse_json_output`); Slicer's
+# own process never imports the engine's registries, which need torch. ``info`` below is that document, or
+# None before the engine could be asked (torch not installed yet): then :data:`FALLBACK_METHODS` (the
+# torch-free names of :mod:`..names`, which ``Testing/test_names.py`` keeps equal to the registries) is used.
+def _method_entries(info: Mapping | None) -> dict[str, dict]:
+    if info and isinstance(info.get("methods"), list):
+        return {m["name"]: {"samplers": list(m.get("samplers") or ()), "default_sampler": m.get("default_sampler"),
+                            "label": m.get("label") or m["name"]} for m in info["methods"] if m.get("name")}
+    return FALLBACK_METHODS
 
 
-def methods(use_engine: bool = True) -> list[str]:
-    """Names of the synthesis methods: the engine's registry, or :data:`FALLBACK_METHODS` without torch."""
-    registry = _engine_methods() if use_engine else None
-    if registry is None:
-        return list(FALLBACK_METHODS)
-    return list(registry)
+def methods(info: Mapping | None = None) -> list[str]:
+    """Names of the synthesis methods: from the engine's ``info`` document, or :data:`FALLBACK_METHODS`."""
+    return list(_method_entries(info))
 
 
-def method_label(method: str) -> str:
-    return FALLBACK_METHODS.get(method, {}).get("label", method)
+def method_label(method: str, info: Mapping | None = None) -> str:
+    return _method_entries(info).get(method, FALLBACK_METHODS.get(method, {})).get("label", method)
 
 
-def valid_samplers(method: str, use_engine: bool = True) -> list[str]:
+def valid_samplers(method: str, info: Mapping | None = None) -> list[str]:
     """Samplers that work with ``method``, in the engine's order; [] for an unknown method.
 
-    The engine class's ``valid_samplers`` is authoritative. DDMM-Synth needs samplers that expose the
-    x0 prediction at each step (ddpm, ddim, dpmpp).
+    DDMM-Synth needs samplers that expose the x0 prediction at each step (ddpm, ddim, dpmpp).
     """
-    registry = _engine_methods() if use_engine else None
-    if registry is not None and method in registry:
-        return list(getattr(registry[method], "valid_samplers", ()) or ())
-    return list(FALLBACK_METHODS.get(method, {}).get("samplers", ()))
+    return list(_method_entries(info).get(method, {}).get("samplers", ()))
 
 
-def default_sampler(method: str, use_engine: bool = True) -> str | None:
+def default_sampler(method: str, info: Mapping | None = None) -> str | None:
     """The sampler ``method`` uses when none is chosen."""
-    registry = _engine_methods() if use_engine else None
-    if registry is not None and method in registry:
-        name = getattr(registry[method], "default_sampler", None)
-        if name:
-            return name
-    name = FALLBACK_METHODS.get(method, {}).get("default_sampler")
-    if name:
-        return name
-    samplers = valid_samplers(method, use_engine)
+    entry = _method_entries(info).get(method, {})
+    if entry.get("default_sampler"):
+        return entry["default_sampler"]
+    samplers = valid_samplers(method, info)
     return samplers[0] if samplers else None
+
+
+def build_info_command(python_exe, module: str = ENGINE_MODULE) -> list[str]:
+    """argv for ``mrtoct info --json`` (methods, samplers, model catalog, versions)."""
+    return [str(python_exe), "-m", module, "info", "--json"]
+
+
+def build_devices_command(python_exe, module: str = ENGINE_MODULE) -> list[str]:
+    """argv for ``mrtoct devices --json`` (CUDA GPUs with name and memory, MPS, CPU; what ``auto`` picks)."""
+    return [str(python_exe), "-m", module, "devices", "--json"]
+
+
+def parse_json_output(text: str, expected_format: str | None = None) -> dict | None:
+    """The last line of ``text`` that is a JSON object (of ``expected_format`` when given), or None.
+
+    The engine prints its ``--json`` document on one line of stdout. Slicer merges stderr into the same pipe,
+    so warnings may come before or after it; they are skipped.
+    """
+    for line in reversed((text or "").splitlines()):
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and (expected_format is None or doc.get("format") == expected_format):
+            return doc
+    return None
+
+
+def device_choices(devices_doc: Mapping | None) -> list[tuple[str, str]]:
+    """``[(value for --device, label)]`` for the device combo box: ``auto`` first, then what the engine reports.
+
+    Without a report (torch not installed yet) the list is ``auto``, ``cpu`` and ``cuda``.
+    """
+    if not devices_doc or not isinstance(devices_doc.get("devices"), list):
+        return [("auto", "auto (CUDA GPU when available, else CPU)"), ("cpu", "cpu"), ("cuda", "cuda")]
+    auto = devices_doc.get("auto") or "cpu"
+    out = [("auto", f"auto ({auto})")]
+    for d in devices_doc["devices"]:
+        if not isinstance(d, Mapping) or not d.get("id"):
+            continue
+        memory = d.get("memory_bytes")
+        text = f"{d['id']}: {d.get('name') or d['id']}" + (f", {memory / 2**30:.0f} GiB" if memory else "")
+        out.append((str(d["id"]), text))
+    return out
 
 
 #: samplers whose number of steps is fixed by the model (SynDiff's T/k) or that have none (one-call CNN/GANs)
@@ -598,6 +638,14 @@ def checkpoint_matches_method(method: str, checkpoint_method: str | None) -> boo
     if not checkpoint_method or not method:
         return True
     return checkpoint_method in COMPATIBLE_CHECKPOINTS.get(method, frozenset({method}))
+
+
+def method_run_matches(chosen: str, ran: str | None) -> bool:
+    """Whether the run record's method (``info['method']``) is the chosen one; DDMM-Synth reports its block
+    (``ddmm_synth`` noiseless, ``ddmm_synth_noise`` noisy)."""
+    if not ran or not chosen:
+        return False
+    return ran == chosen or (uses_measurements(chosen) and ran.startswith(chosen))
 
 
 def read_checkpoint_summary(path) -> dict | None:
@@ -818,13 +866,10 @@ def sample_data_sources(case_dir=DEMO_CASE_DIR, thumbnail=None) -> list[dict]:
 
 
 def load_model_catalog(path) -> list[dict]:
-    """The ``models`` list of ``Resources/models.json`` (each: name, method, path or url, sha256, size, description)."""
-    with open(path, encoding="utf-8") as fh:
-        doc = json.load(fh)
-    models = doc.get("models") if isinstance(doc, dict) else doc
-    if not isinstance(models, list):
-        raise ValueError(f"{path}: expected a 'models' list")
-    return models
+    """The checked entries of ``Resources/models.json`` (see :mod:`..assets.catalog`; raises InputError)."""
+    from ..assets.catalog import load_catalog
+
+    return load_catalog(path)
 
 
 def parse_requirements(text: str) -> list[str]:

@@ -189,3 +189,62 @@ def world_ijk_to_ras(node) -> np.ndarray:
     to_world = vtk.vtkMatrix4x4()
     transform.GetMatrixTransformToWorld(to_world)
     return matrix_to_numpy(to_world) @ matrix
+
+
+# ======================================================================================= results display
+def _ramp(points, t: float) -> tuple[float, float, float]:
+    """Piecewise-linear colour at ``t`` in [0, 1] through ``points`` = [(t, (r, g, b)), ...]."""
+    for (t0, c0), (t1, c1) in zip(points, points[1:]):
+        if t <= t1:
+            w = 0.0 if t1 == t0 else (t - t0) / (t1 - t0)
+            return tuple(a + w * (b - a) for a, b in zip(c0, c1))
+    return points[-1][1]
+
+
+#: dark -> bright for the Monte-Carlo std (perceptually ordered, close to matplotlib's inferno)
+SEQUENTIAL_POINTS = [(0.0, (0.0, 0.0, 0.016)), (0.25, (0.341, 0.063, 0.431)), (0.5, (0.733, 0.216, 0.329)),
+                     (0.75, (0.976, 0.557, 0.035)), (1.0, (0.988, 1.0, 0.643))]
+#: blue -> white -> red for sCT - CT (white at 0 HU when the window is symmetric)
+DIVERGING_POINTS = [(0.0, (0.019, 0.188, 0.380)), (0.25, (0.263, 0.576, 0.765)), (0.5, (0.969, 0.969, 0.969)),
+                    (0.75, (0.839, 0.376, 0.302)), (1.0, (0.404, 0.0, 0.051))]
+
+
+def color_table(scene, name: str, points, n: int = 256):
+    """A ``vtkMRMLColorTableNode`` called ``name`` with ``n`` colours along ``points`` (made once per scene)."""
+    node = scene.GetFirstNodeByName(name)
+    if node is not None and node.IsA("vtkMRMLColorTableNode"):
+        return node
+    node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", name)
+    node.SetTypeToUser()
+    node.SetNumberOfColors(n)
+    for i in range(n):
+        r, g, b = _ramp(points, i / (n - 1))
+        node.SetColor(i, f"{i}", r, g, b, 1.0)
+    node.SetHideFromEditors(False)
+    return node
+
+
+def place_in_study(scene, subject_hierarchy_class, source, nodes, folder_name: str) -> int:
+    """Put ``nodes`` in a subject-hierarchy folder ``folder_name`` beside ``source`` (under its study).
+
+    Returns the folder's item ID. Items that do not exist yet (a scene without Slicer's subject hierarchy
+    plugins) are created.
+    """
+    sh = subject_hierarchy_class.GetSubjectHierarchyNode(scene)
+    root = sh.GetSceneItemID()
+    source_item = sh.GetItemByDataNode(source)
+    if not source_item:
+        source_item = sh.CreateItem(root, source)
+    parent = sh.GetItemParent(source_item) or root
+    folder = sh.GetItemChildWithName(parent, folder_name)
+    if not folder:
+        folder = sh.CreateFolderItem(parent, folder_name)
+    for node in nodes:
+        if node is None:
+            continue
+        item = sh.GetItemByDataNode(node)
+        if not item:
+            item = sh.CreateItem(folder, node)
+        else:
+            sh.SetItemParent(item, folder)
+    return folder

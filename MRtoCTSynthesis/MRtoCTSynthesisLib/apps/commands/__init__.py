@@ -4,7 +4,7 @@ Module level code here and in every command file imports no torch: building the 
 fast; each ``run`` imports what it needs.
 """
 
-from . import demo, evaluate, export, info, phantom, register, synthesize, train
+from . import demo, devices, evaluate, export, info, phantom, register, synthesize, train
 
 #: in the order ``mrtoct --help`` lists them
-COMMANDS = (phantom, register, synthesize, evaluate, info, export, train, demo)
+COMMANDS = (phantom, register, synthesize, evaluate, info, devices, export, train, demo)

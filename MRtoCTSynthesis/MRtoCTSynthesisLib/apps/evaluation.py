@@ -508,7 +508,8 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
             continue
         if method != "ddmm_synth":
             for s in samplers:
-                sm = model.make_sampler(s, steps)  # InputError for a sampler the model does not have
+                # InputError for a sampler the model does not have
+                sm = model.make_sampler(s, model.steps_for(s, steps, samples))
                 specs.append(MethodSpec(f"{method}/{sm.name}-{sm.steps}", Path(path), method, s, steps, samples))
         if _is_ddpm(model) and (projections or method == "ddmm_synth"):
             wrapped = DDMMSynth.from_model(model)
@@ -522,7 +523,7 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
                                  f"{', '.join(wrapped.valid_samplers)}).",
                                  "add e.g. --samplers ddim (the paper's, 100 steps) or default.")
             for s in usable:
-                sm = wrapped.make_sampler(s, steps)
+                sm = wrapped.make_sampler(s, wrapped.steps_for(s, steps, samples))
                 for n_p in projections or [DEFAULT_PROJECTIONS]:
                     for sigma in sigmas:
                         specs.append(MethodSpec(f"ddmm_synth/{sm.name}-{sm.steps} Np={n_p} σ={sigma:g}", Path(path),

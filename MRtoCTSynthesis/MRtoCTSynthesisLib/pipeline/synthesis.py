@@ -305,7 +305,8 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
     mode_wanted = options.nsmi if options.nsmi != "auto" else ("noisy" if meas.noise_sigma > 0 else "noiseless")
     if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
         options.sampler_options["eta"] = 1.0
-    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
+    sampler = model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples),
+                                 **options.sampler_options)
     mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler)
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -347,7 +348,8 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
     ``square_size`` forces the square model grid of that side (DDMM-Synth: the measurements' grid)."""
     device = resolve_device(options.device)
     prepare_model(model, device, options)
-    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
+    sampler = model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples),
+                                 **options.sampler_options)
 
     norm = MRNormalization.fit(mri.array, what="MRI")
     canon, layout = to_canonical(norm.apply(np.asarray(mri.array, dtype=np.float32)), mri.geometry)

@@ -84,7 +84,8 @@ def run(args) -> int:
         metrics["mean_std_hu"] = float(result.std.array[body].mean())
         runs.append((key, label, result, metrics))
 
-    sampler = model.make_sampler(options.sampler, options.steps)  # resolves the defaults, for the labels
+    # resolves the defaults (for K > 1 samples too), for the labels
+    sampler = model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples))
     add_row("main", f"{model.method} + {sampler.name} {sampler.steps} steps",
             lambda: synthesize(mri, model, options, progress=progress_printer(desc="demo")))
     if args.projections and model.method == "ddpm":

@@ -38,7 +38,8 @@ def add_synthesis_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampler (default: the model's, dpmpp = DPM-Solver++(2M)); ddpm = ancestral (Lyu Table I), "
                         "ddim, em = Euler-Maruyama, pc = predictor-corrector, ode = probability-flow RK45")
     p.add_argument("--steps", type=positive_int("--steps"), default=None,
-                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 5; "
+                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 5, or "
+                        "dpmpp 20 with --samples > 1, where 5 steps would make the uncertainty map too small; "
                         "ode: maximum steps of the adaptive solver); at most 10000, and at most the model's T "
                         "(e.g. 1000) for ddpm and ddim")
     p.add_argument("--samples", type=positive_int("--samples"), default=None,
@@ -400,7 +401,8 @@ def run(args) -> int:
     mri = read_volume(args.mri, "MRI", series_uid=getattr(args, "series_uid", None))
     reference = dicom_reference_for(args) if dicom_out else None
     model = load_model(args.model)
-    model.make_sampler(options.sampler, options.steps)  # sampler and step bounds (e.g. steps <= T), before any work
+    # sampler and step bounds (e.g. steps <= T), before any work
+    model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples))
     spec = measurement_spec_from_args(args) if measured else None
     detail(f"MRI {args.mri}: {mri.geometry.describe()}")
     detail(f"options: {json.dumps(dataclasses.asdict(options))}")

@@ -49,3 +49,47 @@ class RunningMoments:
             scale = torch.where(n > 1, n / (n - 1).clamp(min=1), torch.zeros_like(n))
             var = var * scale
         return var.sqrt()
+
+
+# ============================================================================================ recalibration
+#: the ``format`` of a checkpoint's ``metadata["uncertainty_calibration"]`` (:func:`..training.calibration.fit`)
+CALIBRATION_FORMAT = "mrtoct-std-calibration"
+#: methods whose MC std is not a posterior spread (SynDiff's adversarial sampler): never recalibrated, and labelled
+NOT_AN_UNCERTAINTY = ("syndiff",)
+
+
+def t_quantile_ratio(samples: int, fitted_samples: int, coverage: float = 0.95) -> float:
+    """How much wider a ``coverage`` interval ``mean +- q std`` must be with ``samples`` Monte-Carlo samples than with
+    ``fitted_samples``, for Gaussian samples: the ratio of Student-t quantiles ``t_{K-1}((1 + c) / 2)``. The MC std
+    of few samples is itself uncertain, so an interval built from it needs a larger factor (x6.5 at K = 2 vs K = 8)."""
+    from scipy import stats
+
+    if samples < 2 or fitted_samples < 2:
+        return 1.0
+    p = 0.5 * (1.0 + coverage)
+    return float(stats.t.ppf(p, samples - 1) / stats.t.ppf(p, fitted_samples - 1))
+
+
+def calibration_scale(calibration: dict | None, method: str, sampler: str, steps: int, samples: int
+                      ) -> tuple[float, str]:
+    """``(factor, note)``: the factor the raw MC std is multiplied by, and why.
+
+    The factor is the checkpoint's fitted ``scale`` (a conformal quantile of |error| / std on held-out calibration
+    cases, :mod:`..training.calibration`) times :func:`t_quantile_ratio` for another K; 1 (with the reason) where
+    it does not apply: no calibration in the checkpoint, K = 1, SynDiff (its spread is not an uncertainty), or a
+    sampler/step count other than the one it was fitted with (the spread depends on them)."""
+    if samples < 2:
+        return 1.0, "one sample: no Monte-Carlo std"
+    if method in NOT_AN_UNCERTAINTY:
+        return 1.0, f"{method}: the sample spread is not an uncertainty estimate, so it is not recalibrated"
+    if not calibration or calibration.get("format") != CALIBRATION_FORMAT:
+        return 1.0, "not recalibrated: the checkpoint has no uncertainty calibration"
+    run = calibration.get("run", {})
+    if run.get("sampler") != sampler or int(run.get("steps", -1)) != int(steps):
+        return 1.0, (f"not recalibrated: the calibration was fitted with {run.get('sampler')} {run.get('steps')} "
+                     f"steps, this run used {sampler} {steps} (drop --sampler/--steps to use it)")
+    fitted_k = int(run.get("samples", samples))
+    factor = float(calibration["scale"]) * t_quantile_ratio(samples, fitted_k)
+    note = f"recalibrated: raw MC std x {factor:.3f} (fitted scale {float(calibration['scale']):.3f} at K = {fitted_k}"
+    note += ")" if fitted_k == samples else f", x {factor / float(calibration['scale']):.3f} for K = {samples})"
+    return factor, note

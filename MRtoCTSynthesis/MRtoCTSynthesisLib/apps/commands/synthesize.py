@@ -237,6 +237,25 @@ def file_digest(path) -> str:
     return h.hexdigest()
 
 
+def report_input_check(info: dict) -> None:
+    """The input check (pipeline.input_check) and the std's calibration in the terminal: a warning on stderr when the
+    MRI is out of the training distribution, one line on stdout otherwise."""
+    from ...pipeline.input_check import describe
+    from ..args import detail
+
+    check = info.get("input_check") or {}
+    if check.get("in_distribution") is False:
+        print(f"warning: {describe(check)}", file=sys.stderr, flush=True)
+    elif check:
+        print(describe(check))
+    unc = info.get("uncertainty") or {}
+    if info.get("samples", 1) > 1 and unc.get("note"):
+        if not unc.get("is_uncertainty", True):
+            print(f"note: {unc['note']}")
+        else:
+            detail(f"uncertainty: {unc['note']}")
+
+
 def run_record(args, info: dict) -> dict:
     """What ``--info-json`` writes: the run's info (sampler config, options, NFE, timings...) plus its inputs with
     their SHA-256 and the measurement flags, so that ``--from-record`` can rebuild the run."""
@@ -435,6 +454,7 @@ def run(args) -> int:
     print(f"{info['method']} / {info['sampler']} {info['steps']} steps, {info['samples']} sample(s), "
           f"{info['slices']} slices in {info['seconds']:.1f} s on {info['device']}")
     detail(f"sampler config: {json.dumps(info['sampler_config'])}")
+    report_input_check(info)
     if measured:
         m = info["measurements"]
         print(f"N-SMI {m['nsmi']}: {m['n_projections']} views, noise sigma {m['noise_sigma']:g} per bin "

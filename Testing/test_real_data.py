@@ -79,8 +79,8 @@ def test_totalsegmentator_jpeg2000_dicom_reads_with_its_header_geometry(example_
 
 def _synthesize(mri, tmp_path, name):
     info = tmp_path / f"{name}.json"
-    rc = main(["synthesize", "--mri", str(mri), "--model", str(DEMO_MODEL), "--out-ct", str(tmp_path / f"{name}.nii.gz"),
-               "--device", "cpu", "--info-json", str(info)])
+    rc = main(["synthesize", "--mri", str(mri), "--model", str(DEMO_MODEL),
+               "--out-ct", str(tmp_path / f"{name}.nii.gz"), "--device", "cpu", "--info-json", str(info)])
     assert rc == 0
     return json.loads(info.read_text())["input_check"]
 

@@ -153,7 +153,7 @@ def check_input(features: Mapping, record: Optional[Mapping], mc_std_hu: Optiona
     if not record or record.get("format") != RECORD_FORMAT:
         return {"in_distribution": None, "score": None, "scores": {}, "features": feats,
                 "reasons": ["not checked: the checkpoint has no training record (add one with "
-                            "scripts/add_input_record.py or `mrtoct export --input-record-data`)"]}
+                            "scripts/add_input_record.py or `mrtoct export --record-data`)"]}
     rule = record.get("rule", {})
     scores: dict[str, float] = {}
     reasons: list[str] = []

@@ -19,7 +19,12 @@ conditional DDPM prior with every ``x0`` pinned to each slice's sparse-view CT m
    slices (``Measurements.hook_for``), so every Monte-Carlo sample is pinned to its slice's sinogram;
 5. stream the samples into per-slice running moments (:class:`~.uncertainty.RunningMoments`), never
    holding all K samples of the volume;
-6. map mean and std back to the input grid and to HU: the outputs have exactly the MRI's geometry.
+6. map mean and std back to the input grid and to HU: the outputs have exactly the MRI's geometry; the std is the
+   unbiased sample std (ddof 1), multiplied by the checkpoint's recalibration when it has one and the run uses the
+   sampler it was fitted with (:func:`.uncertainty.calibration_scale`, reported in ``info["uncertainty"]``);
+7. compare the MRI with the checkpoint's training record (:mod:`.input_check`: intensity histogram, body size, the
+   pixel size the network sees, slice spacing and, for K > 1, the mean MC std) and report it in
+   ``info["input_check"]`` (``in_distribution``, ``score``, ``reasons``).
 
 GPU options (all off by default; the default path is unchanged and bit-identical on CPU):
 ``channels_last`` stores the networks' weights (and the condition batch) in NHWC order, which cuDNN's

@@ -20,6 +20,14 @@ seed 0) on its central ``--slices`` slices, and the run's ``info["input_check"]`
 Where a reference CT exists, the row also has MAE and the coverage of the 68 % and 95 % intervals
 (``|sCT - CT| <= z std`` in the body mask) with the raw MC std and with the recalibrated std the engine writes
 (``info["uncertainty"]``), so the calibration can be judged on families not used to fit it.
+
+Two phases, so that the slow sampling need not wait for the record (the shared CPU): ``--phase run`` synthesises
+every case and keeps, per case, the input features, the mean MC std and the body voxels' |error| and raw std in
+``--data``/raw; ``--phase score`` (the default runs both) applies the input check
+(:func:`MRtoCTSynthesisLib.pipeline.input_check.check_input`, the function synthesis calls) and the calibration
+factor (:func:`MRtoCTSynthesisLib.pipeline.uncertainty.calibration_scale`) of ``--model``'s metadata to them. For a
+checkpoint that already holds its record and calibration, the result is what ``info["input_check"]`` and the written
+std of each run say.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from MRtoCTSynthesisLib.io.volume import read_volume  # noqa: E402
 from MRtoCTSynthesisLib.models.methods import load_model  # noqa: E402
 from MRtoCTSynthesisLib.pipeline.metrics import evaluate  # noqa: E402
 from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize  # noqa: E402
-from MRtoCTSynthesisLib.training.records import Z68, Z95, central_slab, interval_coverage  # noqa: E402
+from MRtoCTSynthesisLib.training.records import Z68, Z95, case_features, central_slab, interval_coverage  # noqa: E402
 
 DEMO_GRID = {"size": (64, 64, 36), "spacing": (6.0, 6.0, 4.0)}
 
@@ -84,7 +92,7 @@ def groups(data: Path, n_id: int, n_shift: int):
         print(f"real MRIs skipped: {e}", flush=True)
 
 
-def run_one(model, path: Path, samples: int, slices: int) -> dict:
+def run_one(model, path: Path, samples: int, slices: int, raw_file: Path | None = None) -> dict:
     if path.is_dir():
         mr = read_volume(path / "mr.nii.gz")
         ct = read_volume(path / "ct.nii.gz") if (path / "ct.nii.gz").exists() else None
@@ -94,7 +102,7 @@ def run_one(model, path: Path, samples: int, slices: int) -> dict:
     mr = central_slab(mr, slices)
     t0 = time.perf_counter()
     res = synthesize(mr, model, SynthesisOptions(samples=samples, seed=0, device="cpu"))
-    row = {"input_check": res.info["input_check"], "uncertainty": res.info["uncertainty"],
+    row = {"features": case_features(mr, model), "uncertainty": res.info["uncertainty"],
            "sampler": f"{res.info['sampler']} {res.info['steps']}", "seconds": time.perf_counter() - t0,
            "shape": list(mr.array.shape), "spacing": list(mr.geometry.spacing)}
     if ct is not None:
@@ -105,9 +113,34 @@ def run_one(model, path: Path, samples: int, slices: int) -> dict:
         err = np.abs(res.sct.array[body].astype(np.float64) - ct.array[body])
         std = res.std.array[body].astype(np.float64)
         raw = std / float(res.info["uncertainty"]["calibration_factor"])
-        row.update({"mae_hu": m["mae_hu"], "mean_std_hu": float(std.mean()), "raw_mean_std_hu": float(raw.mean()),
-                    "coverage_raw": {"68": interval_coverage(err, raw, Z68), "95": interval_coverage(err, raw, Z95)},
-                    "coverage": {"68": interval_coverage(err, std, Z68), "95": interval_coverage(err, std, Z95)}})
+        row.update({"mae_hu": m["mae_hu"], "raw_mean_std_hu": float(raw.mean())})
+        if raw_file is not None:
+            np.savez_compressed(raw_file, err=err.astype(np.float32), raw_std=raw.astype(np.float32))
+    return row
+
+
+def score(row: dict, metadata: dict, raw_file: Path | None) -> dict:
+    """The input check and the coverages of one case under ``metadata``'s record and calibration."""
+    from MRtoCTSynthesisLib.pipeline.input_check import check_input
+    from MRtoCTSynthesisLib.pipeline.uncertainty import calibration_scale
+
+    record = metadata.get("input_record")
+    sampler, steps = row["sampler"].split()
+    run = (record or {}).get("mc_std_hu", {}).get("run", {})
+    same = run.get("sampler") == sampler and int(run.get("steps", -1)) == int(steps)
+    feats = dict(row["features"])  # what synthesis computes (training.records.case_features = its own steps)
+    mc = row["uncertainty"].get("raw_mean_std_hu")
+    row["input_check"] = check_input(feats, record, mc if same else None)
+    factor, note = calibration_scale(metadata.get("uncertainty_calibration"), metadata.get("method", "?"), sampler,
+                                     int(steps), int(row["samples"]))
+    row["calibration_factor"], row["calibration_note"] = factor, note
+    if raw_file is not None and raw_file.exists():
+        d = np.load(raw_file)
+        err, raw = d["err"].astype(np.float64), d["raw_std"].astype(np.float64)
+        row["coverage_raw"] = {"68": interval_coverage(err, raw, Z68), "95": interval_coverage(err, raw, Z95)}
+        row["coverage"] = {"68": interval_coverage(err, factor * raw, Z68),
+                           "95": interval_coverage(err, factor * raw, Z95)}
+        row["mean_std_hu"] = float(factor * raw.mean())
     return row
 
 
@@ -144,14 +177,32 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--slices", type=int, default=6)
     ap.add_argument("--out", default=None)
+    ap.add_argument("--phase", choices=["both", "run", "score"], default="both")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    model = load_model(args.model)
-    rows, t0 = [], time.perf_counter()
-    for group, expected, name, path in groups(Path(args.data), args.in_cases, args.shift_cases):
-        r = run_one(model, Path(path), args.samples, args.slices)
-        r.update({"group": group, "expected_in": expected, "case": name})
-        rows.append(r)
+    raw_dir = Path(args.data) / "raw"
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    index = raw_dir / "rows.json"
+    t0 = time.perf_counter()
+    if args.phase in ("both", "run"):
+        model = load_model(args.model)
+        rows = []
+        for i, (group, expected, name, path) in enumerate(groups(Path(args.data), args.in_cases, args.shift_cases)):
+            r = run_one(model, Path(path), args.samples, args.slices, raw_dir / f"case_{i:03d}.npz")
+            r.update({"group": group, "expected_in": expected, "case": name, "raw": f"case_{i:03d}.npz",
+                      "samples": args.samples})
+            rows.append(r)
+            print(f"ran {name}: MAE {r.get('mae_hu', float('nan')):.1f}, "
+                  f"raw MC std {r['uncertainty']['raw_mean_std_hu']}", flush=True)
+            index.write_text(json.dumps(rows, default=str))
+        if args.phase == "run":
+            return 0
+    from MRtoCTSynthesisLib.models.checkpoint import read_metadata
+
+    metadata = read_metadata(args.model)
+    rows = [score(r, metadata, raw_dir / r["raw"]) for r in json.loads(index.read_text())]
+    for r in rows:
+        name = r["case"]
         ic = r["input_check"]
         print(f"{name:55s} in={ic['in_distribution']!s:5s} score {ic['score']} "
               f"MAE {r.get('mae_hu', float('nan')):6.1f} cov95 {r.get('coverage', {}).get('95', float('nan')):.3f} "

@@ -27,7 +27,7 @@ from MRtoCTSynthesisLib.pipeline.input_check import (
 from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, synthesize
 from MRtoCTSynthesisLib.pipeline.uncertainty import CALIBRATION_FORMAT, calibration_scale, t_quantile_ratio
 from MRtoCTSynthesisLib.slicer import bridge
-from MRtoCTSynthesisLib.training.records import _weighted_quantile, central_slab
+from MRtoCTSynthesisLib.training.records import central_slab, weighted_quantile
 
 
 def box_volume(width_mm=120.0, depth_mm=80.0, spacing=(2.0, 2.0, 5.0), n=(96, 96, 6), inner=0.2, seed=0):
@@ -124,10 +124,10 @@ def test_calibration_scale_rules():
     assert calibration_scale(None, "ddpm", "dpmpp", 20, 8)[0] == 1.0
 
 
-def test_weighted_quantile_weights_cases_equally():
+def testweighted_quantile_weights_cases_equally():
     a, b = np.arange(100.0), np.arange(1000.0, 1010.0)  # 100 and 10 voxels: each case half the weight
-    assert _weighted_quantile([a, b], 0.25) == pytest.approx(np.quantile(a, 0.5), abs=1.0)
-    assert _weighted_quantile([a], 0.9) == pytest.approx(np.quantile(a, 0.9), abs=1.0)
+    assert weighted_quantile([a, b], 0.25) == pytest.approx(np.quantile(a, 0.5), abs=1.0)
+    assert weighted_quantile([a], 0.9) == pytest.approx(np.quantile(a, 0.9), abs=1.0)
 
 
 def test_central_slab_keeps_positions():

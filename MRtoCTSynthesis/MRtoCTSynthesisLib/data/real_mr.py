@@ -22,7 +22,7 @@ import tarfile
 from pathlib import Path
 
 from ..errors import InputError
-from .real_ct import TOTALSEG_SDIST, _sha256, cache_dir, fetch_totalsegmentator_sdist
+from .real_ct import TOTALSEG_SDIST, cache_dir, fetch_totalsegmentator_sdist, file_sha256
 
 ANTSPYX_VERSION = "0.6.3"
 ANTSPYX_SDIST = f"antspyx-{ANTSPYX_VERSION}.tar.gz"
@@ -57,7 +57,7 @@ def fetch_antspyx_sdist(fetch: bool = True, cache: Path | None = None) -> Path:
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise InputError(f"pip could not download antspyx {ANTSPYX_VERSION}: {tail[0]}",
                              "check the network access to PyPI, then run scripts/fetch_real_data.py --mr.")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != ANTSPYX_SHA256:
         raise InputError(f"{path} has SHA-256 {digest}, not the pinned {ANTSPYX_SHA256}.",
                          "delete the file and fetch it again (scripts/fetch_real_data.py --mr).")

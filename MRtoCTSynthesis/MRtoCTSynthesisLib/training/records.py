@@ -31,6 +31,7 @@ from ..pipeline.synthesis import SynthesisOptions, synthesize
 from ..pipeline.uncertainty import CALIBRATION_FORMAT, NOT_AN_UNCERTAINTY
 
 __all__ = ["central_slab", "case_features", "build_input_record", "fit_calibration", "interval_coverage",
+           "weighted_quantile",
            "Z68", "Z95"]
 
 #: two-sided Gaussian quantiles of the 68.27 % and 95 % intervals
@@ -100,7 +101,7 @@ def interval_coverage(abs_err: np.ndarray, std: np.ndarray, z: float) -> float:
     return float(np.mean(abs_err <= z * std)) if abs_err.size else math.nan
 
 
-def _weighted_quantile(values: Sequence[np.ndarray], q: float) -> float:
+def weighted_quantile(values: Sequence[np.ndarray], q: float) -> float:
     """The ``q`` quantile of the pooled values with every array weighted equally (each case counts once)."""
     vals = np.concatenate(values)
     w = np.concatenate([np.full(v.size, 1.0 / v.size) for v in values])
@@ -137,7 +138,7 @@ def fit_calibration(model, case_folders: Sequence[Path], *, samples: int = 8, sl
             f"95 % coverage {interval_coverage(err, std, Z95):.3f}")
     if not ratios:
         raise ValueError("no calibration cases")
-    q68, q95 = _weighted_quantile(ratios, 0.6827), _weighted_quantile(ratios, 0.95)
+    q68, q95 = weighted_quantile(ratios, 0.6827), weighted_quantile(ratios, 0.95)
     if not math.isfinite(q95) or q95 <= 0:
         raise ValueError(f"the 95 % quantile of |error| / std is {q95}: the MC std is zero on too many voxels")
     scale = q95 / Z95

@@ -748,10 +748,12 @@ def metrics_table_rows(metrics_json, input_check: Mapping | None = None) -> list
 
     Accepts what ``mrtoct evaluate --json`` writes (a dict or its JSON text), or the demo's
     ``{"metrics": {...}}`` wrapper. Keys that are missing are left out, NaN is shown as ``n/a``, and the
-    per-slice list is not included. ``input_check`` (the run record's, :func:`read_input_check`) adds the rows of
-    :func:`input_check_rows` at the end.
+    per-slice list is not included. ``input_check`` (the run record's, :func:`read_input_check`; by default the
+    demo wrapper's ``run.input_check``) adds the rows of :func:`input_check_rows` at the end.
     """
     data = json.loads(metrics_json) if isinstance(metrics_json, (str, bytes)) else dict(metrics_json or {})
+    if input_check is None and isinstance(data.get("run"), dict):  # the demo's metrics.json carries its run's info
+        input_check = data["run"].get("input_check")
     if isinstance(data.get("metrics"), dict):
         data = data["metrics"]
     rows = [(label, _format_value(data[key], fmt)) for key, label, fmt in _METRIC_ROWS if key in data]

@@ -14,7 +14,9 @@ purpose, for issue 22: the MC std now uses ddof = 1 (x sqrt(2) at K = 2: the std
 sample the default DPM-Solver++ takes 20 steps instead of 5 (5 steps under-disperse the samples by 35-62 % in variance
 against a closed-form posterior, benchmarks/sampler_variance.py), which changes the sCT too (MAE 64.6 -> 62.5 HU, PSNR
 31.02 -> 30.86 dB on these 4 slices with 2 samples); with ``steps=5`` the sCT is still bit-identical to the old pin
-(checked when the values were updated). MAE/PSNR are pinned to the digits
+(checked when the values were updated). The std checksum changed a third time, on purpose, when the bundled model
+got its std recalibration (scale 1.255 fitted at K = 8 on held-out phantoms, x the Student-t ratio t_1 / t_7 = 5.37
+for K = 2: the written std is the raw std x 6.745; the sCT is unchanged). MAE/PSNR are pinned to the digits
 `mrtoct demo` prints (HU to 0.1, dB to 0.01); the SHA-256 of the float32 sCT and std arrays pin every bit. When the
 bundled model is retrained or the numerics change on purpose, update the four values in the same commit and say why
 in its message.
@@ -37,7 +39,7 @@ pytestmark = pytest.mark.skipif(not DEMO_MODEL.exists(), reason="bundled demo mo
 EXPECTED_MAE_HU = 62.5
 EXPECTED_PSNR_DB = 30.86
 EXPECTED_SCT_SHA256 = "f2aadcfaa57ee77e670a64ec1013ce58ef9545c6ba146cd16a682a340c8cd55a"
-EXPECTED_STD_SHA256 = "8bcc0ccadefb4a6420e0a507f8caecf2b1d292b35222bffb31e77d15a790a1d5"
+EXPECTED_STD_SHA256 = "d84ea81a59145c980569a2e8221f0644c93f90844309a834a1c9b893194d19b8"
 
 
 def test_demo_numbers_are_pinned(demo_four_slices):

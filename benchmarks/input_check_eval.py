@@ -14,9 +14,9 @@ seed 0) on its central ``--slices`` slices, and the run's ``info["input_check"]`
   demo DDPM: the field of view is the same 384 mm, so its network sees the same 6 mm pixels (expected: not flagged).
 * **shifted** (expected: flagged): the same generator's T1-weighted image (another contrast), the head region of
   the generator, the held-out phantom families (``heldout_large_t2``, ``heldout_small_bssfp``, seeds 9000+ /
-  9100+), the ``wide`` family (seeds 9200+), and the real MRIs of :mod:`MRtoCTSynthesisLib.data.real_mr` when they can be fetched
-  (antspyx 0.6.3's ch2 brain template, TotalSegmentator 2.18.0's example MR). The detection rate is the fraction
-  flagged.
+  9100+), the ``wide`` family (seeds 9200+), and the real MRIs of :mod:`MRtoCTSynthesisLib.data.real_mr` when
+  they can be fetched (antspyx 0.6.3's ch2 brain template, TotalSegmentator 2.18.0's example MR). The detection
+  rate is the fraction flagged.
 
 Where a reference CT exists, the row also has MAE and the coverage of the 68 % and 95 % intervals
 (``|sCT - CT| <= z std`` in the body mask) with the raw MC std and with the recalibrated std the engine writes

@@ -147,3 +147,27 @@ def test_bridge_shows_the_check():
     assert bridge.read_input_check("/nonexistent/run.json") is None
     assert bridge.input_check_text(None) == "" and bridge.metrics_table_rows({"mae_hu": 1.0}) == [("MAE (HU)", "1.0")]
     assert not math.isnan(float(rows["Input check score (<= 1: in)"]))
+
+
+def test_export_stores_record_and_calibration(tiny_phantom_cases, tmp_path):
+    """`mrtoct export --record-data --calibration-data` writes both into the checkpoint (checksum over the metadata);
+    the calibration's scale is its 95 % quantile of |err| / std over 1.96; a missing folder is refused."""
+    from MRtoCTSynthesisLib.apps.cli import main
+    from MRtoCTSynthesisLib.models.checkpoint import load_checkpoint
+
+    src = tmp_path / "m.safetensors"
+    assert main(["train", "--data", str(tiny_phantom_cases), "--out", str(src), "--image-size", "32", "--steps", "2",
+                 "--batch-size", "2"]) == 0
+    out = tmp_path / "small.safetensors"
+    assert main(["export", "--model", str(src), "--out", str(out), "--record-data", str(tiny_phantom_cases),
+                 "--calibration-data", str(tiny_phantom_cases), "--record-samples", "2",
+                 "--calibration-samples", "3"]) == 0
+    meta = load_checkpoint(out).metadata  # verifies the checksum, which covers the metadata
+    rec, cal = meta["input_record"], meta["uncertainty_calibration"]
+    assert rec["cases"] == 2 and rec["mc_std_hu"]["run"]["samples"] == 2 and len(rec["histogram"]["mean"]) == 24
+    assert cal["scale"] == pytest.approx(cal["quantiles"]["0.95"] / 1.959964)
+    # an untrained model: its samples saturate, so the std is far too small and the scale large; coverage can only grow
+    before, after = (np.mean(list(cal[k]["95"].values())) for k in ("coverage_before", "coverage_after"))
+    assert cal["scale"] > 1 and after >= before
+    assert main(["export", "--model", str(src), "--out", str(tmp_path / "x.safetensors"),
+                 "--record-data", str(tmp_path / "nothing")]) != 0

@@ -34,6 +34,9 @@ __all__ = ["central_slab", "case_features", "build_input_record", "fit_calibrati
            "weighted_quantile",
            "Z68", "Z95"]
 
+#: the smallest std (HU) the calibration divides by: voxels whose samples all agree (all clipped to the CT window)
+#: have std 0; they then count with a very large ratio, i.e. as not covered unless their error is 0
+STD_FLOOR_HU = 1e-3
 #: two-sided Gaussian quantiles of the 68.27 % and 95 % intervals
 Z68 = 1.0
 Z95 = 1.959964
@@ -127,8 +130,7 @@ def fit_calibration(model, case_folders: Sequence[Path], *, samples: int = 8, sl
         body = mask.array > 0 if mask is not None else np.ones(mr.array.shape, dtype=bool)
         err = np.abs(res.sct.array[body].astype(np.float64) - ct.array[body])
         std = res.std.array[body].astype(np.float64) / float(res.info["uncertainty"]["calibration_factor"])  # raw
-        with np.errstate(divide="ignore", invalid="ignore"):
-            r = np.where(std > 0, err / np.where(std > 0, std, 1.0), np.where(err > 0, np.inf, 0.0))
+        r = err / np.maximum(std, STD_FLOOR_HU)  # a voxel whose samples all agree (e.g. clipped) has a zero std
         ratios.append(r)
         errs.append(err)
         stds.append(std)

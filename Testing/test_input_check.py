@@ -120,6 +120,7 @@ def test_calibration_scale_rules():
     assert calibration_scale(cal, "ddpm", "dpmpp", 20, 4)[0] == pytest.approx(want)
     assert t_quantile_ratio(8, 8) == 1.0
     assert calibration_scale(cal, "syndiff", "syndiff", 4, 8)[0] == 1.0
+    assert calibration_scale(cal, "ddmm_synth", "dpmpp", 20, 8)[0] == 1.0  # fitted without CT measurements
     assert calibration_scale(cal, "ddpm", "dpmpp", 20, 1)[0] == 1.0
     assert calibration_scale(None, "ddpm", "dpmpp", 20, 8)[0] == 1.0
 

@@ -453,12 +453,15 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
     del std_canon
     record = model.metadata.get("input_record")
     run = (record or {}).get("mc_std_hu", {}).get("run", {})
-    same_run = run.get("sampler") == sampler.name and run.get("steps") == sampler.steps
+    # the record's MC std level was measured from the MRI alone: not comparable with a measurement-pinned run
+    same_run = run.get("sampler") == sampler.name and run.get("steps") == sampler.steps and x0_hook_for is None
     input_check = check_input(features, record, mc_std_hu if same_run else None)
     if mc_std_hu is not None and not same_run and record and record.get("mc_std_hu"):
         input_check["features"]["mc_std_hu"] = mc_std_hu
-        input_check["notes"] = [f"MC std level not compared: the record's level was measured with {run.get('sampler')} "
-                                f"{run.get('steps')} steps, this run used {sampler.name} {sampler.steps}"]
+        input_check["notes"] = [
+            "MC std level not compared: this run is pinned to CT measurements" if x0_hook_for is not None else
+            f"MC std level not compared: the record's level was measured with {run.get('sampler')} {run.get('steps')} "
+            f"steps, this run used {sampler.name} {sampler.steps}"]
     seconds = time.perf_counter() - t0
     info = {
         "method": model.method, "sampler": sampler.name, "steps": sampler.steps, "samples": k, "seed": options.seed,

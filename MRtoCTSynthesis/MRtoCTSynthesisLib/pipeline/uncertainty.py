@@ -76,12 +76,16 @@ def calibration_scale(calibration: dict | None, method: str, sampler: str, steps
 
     The factor is the checkpoint's fitted ``scale`` (a conformal quantile of |error| / std on held-out calibration
     cases, :mod:`..training.calibration`) times :func:`t_quantile_ratio` for another K; 1 (with the reason) where
-    it does not apply: no calibration in the checkpoint, K = 1, SynDiff (its spread is not an uncertainty), or a
+    it does not apply: no calibration in the checkpoint, K = 1, SynDiff (its spread is not an uncertainty), DDMM-Synth
+    (the measurements change the posterior the calibration was fitted without), or a
     sampler/step count other than the one it was fitted with (the spread depends on them)."""
     if samples < 2:
         return 1.0, "one sample: no Monte-Carlo std"
     if method in NOT_AN_UNCERTAINTY:
         return 1.0, f"{method}: the sample spread is not an uncertainty estimate, so it is not recalibrated"
+    if method == "ddmm_synth":
+        return 1.0, ("not recalibrated: the CT measurements change the posterior, and the calibration was fitted "
+                     "from the MRI alone")
     if not calibration or calibration.get("format") != CALIBRATION_FORMAT:
         return 1.0, "not recalibrated: the checkpoint has no uncertainty calibration"
     run = calibration.get("run", {})

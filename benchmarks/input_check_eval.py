@@ -146,6 +146,31 @@ def score(row: dict, metadata: dict, raw_file: Path | None) -> dict:
     return row
 
 
+def features_only(args) -> int:
+    """The image-feature part of the input check for every case, without sampling (see --features-only)."""
+    from MRtoCTSynthesisLib.models.checkpoint import read_metadata
+    from MRtoCTSynthesisLib.pipeline.input_check import check_input
+
+    model = load_model(args.model)
+    record = read_metadata(args.model).get("input_record")
+    rows = []
+    for group, expected, name, path in groups(Path(args.data), args.in_cases, args.shift_cases):
+        path = Path(path)
+        mr = read_volume(path / "mr.nii.gz") if path.is_dir() else read_volume(path)
+        if args.expect_in is not None:
+            expected = group in args.expect_in
+        check = check_input(case_features(mr, model), record)
+        rows.append({"group": group, "expected_in": expected, "case": name, "input_check": check})
+        print(f"{name:55s} in={check['in_distribution']!s:5s} score {check['score']} "
+              f"{'; '.join(check['reasons'])[:150]}", flush=True)
+    table = summary(rows)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps({"model": Path(args.model).name, "features_only": True, "rows": rows,
+                                              "table": table}, indent=1, default=str))
+    return 0
+
+
 def summary(rows) -> str:
     by: dict[str, list] = {}
     for r in rows:
@@ -180,7 +205,14 @@ def main(argv=None) -> int:
     ap.add_argument("--slices", type=int, default=6)
     ap.add_argument("--out", default=None)
     ap.add_argument("--phase", choices=["both", "run", "score"], default="both")
+    ap.add_argument("--features-only", action="store_true",
+                    help="no synthesis: score only the image features of each case against --model's record (the MC "
+                         "std score and the coverages need sampling); fast, for models too slow to sample here")
+    ap.add_argument("--expect-in", nargs="*", default=None, metavar="GROUP",
+                    help="the groups that are in distribution for --model (default: the demo generator's)")
     args = ap.parse_args(argv)
+    if args.features_only:
+        return features_only(args)
     torch.set_num_threads(1)
     raw_dir = Path(args.data) / "raw"
     raw_dir.mkdir(parents=True, exist_ok=True)

@@ -1157,6 +1157,11 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
             self.showUncertainty(std)
             p.outputSCT, p.outputStd = sct, std
             self.placeResults(mri, [sct, std])
+            # the engine's out-of-distribution check of this MRI: a warning in the status text, rows in the table
+            s["_inputCheck"] = slicer_bridge.read_input_check(d / "run.json")
+            checkText = slicer_bridge.input_check_text(s["_inputCheck"])
+            if checkText:
+                job.notes.append(checkText)
             if ct is None:
                 self.showCompareLayout(mri, sct, None, std)
                 return
@@ -1182,7 +1187,7 @@ class MRtoCTSynthesisLogic(ScriptedLoadableModuleLogic):
 
             p = s["_parameterNode"]
             metrics = json.loads((d / "metrics.json").read_text())
-            rows = slicer_bridge.metrics_table_rows(metrics)
+            rows = slicer_bridge.metrics_table_rows(metrics, s.get("_inputCheck"))
             table = s["metricsTable"] or slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName(f"{mri.GetName()}_sCT_metrics"))
             mrml_glue.fill_table_node(table, rows)

@@ -247,8 +247,16 @@ def test_batch_evaluation_writes_complete_outputs(evaluation_run):
         else:
             assert table[lab]["p_psnr_db"] == ""
     md = (out / "table.md").read_text(encoding="utf-8")
-    rows = [ln for ln in md.splitlines() if ln.startswith("| ") and not ln.startswith("| Method")]
+    first, second = md.split("| Method")[1:3]  # the comparison table, then the uncertainty / input-check table
+    rows = [ln for ln in first.splitlines() if ln.startswith("| ")]
     assert len(rows) == len(labels) and all(lab in md for lab in labels) and f"**{best}**" in md
+    unc_rows = [ln for ln in second.splitlines() if ln.startswith("| ") and not ln.startswith("|---")]
+    assert len(unc_rows) == len(labels) and "68 % coverage" in second and "95 % coverage" in second
+    assert (out / "reliability.png").is_file()
+    for lab in diffusion:  # K = 2: coverage of the intervals is a fraction, reported per case
+        for case in ("case_000", "case_001"):
+            r = res["per_case"][case][lab]
+            assert 0.0 <= r["coverage68"] <= r["coverage95"] <= 1.0
     assert "| Method" in printed and "[10/10] case_001" in printed and "deterministic" in printed
     assert str(out.resolve()) in printed
 

@@ -86,7 +86,11 @@ def test_running_moments_match_numpy():
     for s in range(0, 15, 4):
         rm.update(torch.as_tensor(flat_idx[s:s + 4]), torch.as_tensor(flat_val[s:s + 4]))
     np.testing.assert_allclose(rm.mean().numpy(), samples.mean(0), atol=1e-12)
-    np.testing.assert_allclose(rm.std().numpy(), samples.std(0), atol=1e-12)
+    np.testing.assert_allclose(rm.std().numpy(), samples.std(0, ddof=1), atol=1e-12)  # unbiased (Bessel) by default
+    np.testing.assert_allclose(rm.std(ddof=0).numpy(), samples.std(0), atol=1e-12)
+    one = RunningMoments((2, 1, 4, 4))  # K = 1: no spread can be estimated, the std is exactly 0
+    one.update(torch.as_tensor([0, 1]), torch.as_tensor(samples[0, :2]))
+    assert float(one.std().abs().max()) == 0.0
 
 
 def _psnr_model_range(pred, ref):

@@ -467,3 +467,45 @@ def test_step_is_pure():
     a = d.step(2, 10, x, Prediction(x0, eps), grid[2], grid[3], z, None)[0]
     b = d.step(2, 10, x, Prediction(x0, eps), grid[2], grid[3], z, None)[0]
     assert torch.equal(a, b)
+
+
+# --------------------------------------------------------------------------------------------------
+# the default sampler for --samples > 1 must not under-disperse (issue 22)
+# --------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("spread", [0.034, 0.1, 0.2])
+def test_default_sampler_for_several_samples_has_the_posterior_variance(spread):
+    """The conditional DDPM's default sampler and step count for K > 1 samples, on the demo model's process, give
+    samples whose variance is the exact posterior's up to the floor every sampler shares (the last step returns
+    E[x0 | x_t] at the grid's last noisy time t = 1/T, whose spread is the posterior's shrunk by
+    alpha^2 S^2 / (alpha^2 S^2 + sigma^2), a closed form); the single-sample default (5 steps) does not."""
+    from MRtoCTSynthesisLib.models.methods import create_model
+
+    model = create_model("ddpm", 16, unet="tiny")  # the weights do not matter: only the sampler choice is used
+    proc = model.process
+    assert model.steps_for(None, None, samples=1) is None  # one sample: the fast default stays
+    steps = model.steps_for(None, None, samples=8)
+    sampler = model.make_sampler(None, steps)
+    assert sampler.name == "dpmpp" and model.steps_for("dpmpp", 7, samples=8) == 7  # explicit steps are kept
+    g = torch.Generator().manual_seed(0)
+    mu = 0.6 * (torch.rand(4, 1, 64, 64, generator=g, dtype=F64) * 2 - 1)
+
+    def var_err(smp):
+        res = smp.sample(_gaussian_model(proc, mu, spread), mu.shape, generator=torch.Generator().manual_seed(1),
+                         dtype=F64)
+        return float((res.x0 - mu).var() / spread ** 2 - 1)
+
+    a, s = scalars(proc, proc.t_floor)
+    floor = a * a * spread * spread / (a * a * spread * spread + s * s) - 1
+    fast = make_sampler("dpmpp", proc, 5, clip_x0=False)
+    chosen = make_sampler(sampler.name, proc, sampler.steps, clip_x0=False)
+    assert abs(var_err(chosen) - floor) < 0.035  # 16 384 draws: the estimate's own error is ~1.1 %
+    assert var_err(fast) - floor < -0.25  # what the default for K > 1 is there to avoid
+
+
+def _gaussian_model(proc, mu, spread):
+    def model_fn(x, t):
+        a = proc.alpha(t).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        s = proc.sigma(t).to(x.dtype).view(-1, *([1] * (x.dim() - 1)))
+        return s * (x - a * mu) / (a * a * spread * spread + s * s)
+
+    return model_fn

@@ -8,12 +8,14 @@ Cases: (``--clinical``) a 256 x 256 x 90 case at 1.5 mm of the original generato
 case (seed 42 of the original generator, 64 x 64 x 36 at 6 x 6 x 4 mm; its tissue labels are regenerated from
 the same seed, bit-identical to the bundled volumes) and ``--cases`` cases of each
 held-out family of ``MRtoCTSynthesisLib/data/phantom/families.py`` (seeds from 9000 / 9100, never used in
-training; generated once into ``--data``). Every model runs the same way: DPM-Solver++ 5 steps (the engine's
-default), ``--samples`` Monte-Carlo samples, seed 0, on this CPU. Per row: MAE / ME (HU), PSNR, SSIM inside the
+training; generated once into ``--data``). Every model runs the same way: the engine's default sampler (DPM-Solver++,
+5 steps for one sample, 20 for several; ``--steps`` to force a count), ``--samples`` Monte-Carlo samples, seed 0, on
+this CPU. Per row: MAE / ME (HU), PSNR, SSIM inside the
 body mask (pipeline.metrics.evaluate, SynthRAD conventions), the mean sCT over cortical-bone voxels (label 6)
 with the reference CT's mean there, the mean MC std in the body, and the 95 % coverage: the fraction of body
-voxels with |sCT - CT| <= 1.96 std, std with ddof 1 (the engine's std is the population std, ddof 0, so it is
-multiplied by sqrt(K / (K - 1)) here), plus the wall time and seconds per slice.
+voxels with |sCT - CT| <= 1.96 std, std with ddof 1 (the engine's std; result files written before issue 22's
+change of the engine to ddof 1 multiplied its population std by sqrt(K / (K - 1)) here), plus the wall time and
+seconds per slice.
 ``python benchmarks/heldout_eval.py --table A.json B.json ...`` prints the rows of result files as one table.
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -76,19 +77,20 @@ def central(vol, n):
     return Volume(np.ascontiguousarray(vol.array[z0:z0 + n]), geom)
 
 
-def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: int, n_slices: int = 0) -> dict:
+def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: int, n_slices: int = 0,
+        steps: int | None = None) -> dict:
     mri, ref = central(read_volume(folder / "mr.nii.gz"), n_slices), central(read_volume(folder / "ct.nii.gz"),
                                                                              n_slices)
     mask = central(read_volume(folder / "mask.nii.gz"), n_slices)
     labels = central(labels, n_slices)
     model = load_model(model_path)
     t0 = time.perf_counter()
-    res = synthesize(mri, model, SynthesisOptions(samples=samples, seed=seed, device="cpu"))
+    res = synthesize(mri, model, SynthesisOptions(samples=samples, seed=seed, device="cpu", steps=steps))
     wall = time.perf_counter() - t0
     m = evaluate(res.sct, ref, mask)
     body = mask.array > 0
     err = res.sct.array[body].astype(np.float64) - ref.array[body]
-    std1 = res.std.array[body].astype(np.float64) * math.sqrt(samples / (samples - 1)) if samples > 1 else None
+    std1 = res.std.array[body].astype(np.float64) if samples > 1 else None  # the engine's std is ddof 1
     cort = (labels.array == CORTICAL) & body
     return {"model": Path(model_path).name, "case": name, "mae_hu": m["mae_hu"], "me_hu": m["me_hu"],
             "psnr_db": m["psnr_db"], "ssim": m["ssim"],
@@ -98,7 +100,7 @@ def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: in
             "coverage95": float((np.abs(err) <= 1.96 * std1).mean()) if std1 is not None else None,
             "wall_s": wall, "s_per_slice": res.info["seconds_per_slice"], "slices": res.info["slices"],
             "model_grid": res.info.get("model_grid"), "shape": list(mri.array.shape),
-            "spacing": list(mri.geometry.spacing)}
+            "spacing": list(mri.geometry.spacing), "sampler": f"{res.info['sampler']} {res.info['steps']} steps"}
 
 
 def table(paths) -> str:
@@ -125,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cases", type=int, default=2, help="cases per held-out family (default 2)")
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the engine's for --samples)")
     ap.add_argument("--only", nargs="*", help="substrings of case names to run (default: all)")
     ap.add_argument("--slices", type=int, default=0,
                     help="run only the N central slices of each case (timing on a shared machine; 0 = all)")
@@ -137,7 +140,7 @@ def main(argv=None) -> int:
         if args.only and not any(s in name for s in args.only):
             continue
         for mp in args.models:
-            r = run(mp, name, Path(folder), labels, args.samples, args.seed, args.slices)
+            r = run(mp, name, Path(folder), labels, args.samples, args.seed, args.slices, args.steps)
             rows.append(r)
             print(f"{r['model']:28s} {name:40s} MAE {r['mae_hu']:6.1f} PSNR {r['psnr_db']:5.2f} SSIM {r['ssim']:.3f} "
                   f"cort {r['cortical_sct_hu'] or float('nan'):7.1f} (ref {r['cortical_ref_hu'] or float('nan'):6.1f}) "
@@ -147,7 +150,7 @@ def main(argv=None) -> int:
                             text=True).stdout.strip()
     doc = {"machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
                       f"{torch.get_num_threads()} thread(s)", "commit": commit, "command": " ".join(sys.argv),
-           "sampler": "dpmpp 5 steps (default)", "samples": args.samples, "seed": args.seed, "rows": rows}
+           "sampler": rows[0]["sampler"] if rows else None, "samples": args.samples, "seed": args.seed, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(doc, indent=1))
     print(f"wrote {args.out}")

@@ -27,10 +27,15 @@ What one run does (:func:`run_evaluation`; ``mrtoct evaluate --models ... --data
    slice with the most body voxels (:func:`..figures.save_method_grid_figure`).
 6. **Uncertainty calibration** (:func:`calibration_stats`): for methods with K > 1 and a non-zero std map,
    the Pearson and Spearman correlation of the MC std with the absolute error inside the mask, the
-   sparsification curve with its oracle and random references, and AUSE (Ilg et al., ECCV 2018).
+   sparsification curve with its oracle and random references, and AUSE (Ilg et al., ECCV 2018); the coverage of
+   the 68 % and 95 % Gaussian intervals sCT +- z std and a reliability diagram (observed vs nominal coverage, 12
+   levels) per method, with the std as the engine writes it (recalibrated when the checkpoint holds a
+   calibration, :mod:`..pipeline.uncertainty`). A second table (:func:`format_uncertainty_table`) gives the mean
+   coverages and how many cases the input check (:mod:`..pipeline.input_check`) flagged as out of distribution.
 
 Outputs (written atomically, only after every run finished): ``table.md``, ``table.csv``,
-``results.json``, ``calibration.json``, ``calibration.png`` and ``figures/<case>.png`` under ``out``.
+``results.json``, ``calibration.json``, ``calibration.png``, ``reliability.png`` and ``figures/<case>.png`` under
+``out``.
 
 The table and calibration functions are pure (numbers/arrays in, rows/strings/dicts out), so they can be
 checked against independent computations.
@@ -68,8 +73,9 @@ from ..models.methods.ddmm_synth import (
 from ..pipeline.measurements import MeasurementSpec
 from ..pipeline.metrics import evaluate
 from ..pipeline.synthesis import SynthesisOptions, synthesize
+from ..pipeline.uncertainty import NOT_AN_UNCERTAINTY
 from .args import progress_printer
-from .figures import save_method_grid_figure, save_sparsification_figure
+from .figures import save_method_grid_figure, save_reliability_figure, save_sparsification_figure
 
 __all__ = [
     "TABLE_METRICS", "DEFAULT_FRACTIONS", "STD_DDOF",
@@ -244,6 +250,34 @@ CSV_COLUMNS = (["method", "best", "cases"]
                + [f"p_{k}" for k, _, _ in TABLE_METRICS] + ["nfe", "s_per_slice", "p_notes"])
 
 
+def format_uncertainty_table(per_case: Mapping[str, Mapping[str, Mapping]], methods: Sequence[str],
+                             method_of: Mapping[str, str] | None = None) -> str:
+    """The uncertainty and input-check table: per method, the mean over cases of the coverage of the 68 % and 95 %
+    Gaussian intervals ``sCT +- z std`` (body voxels with ``|sCT - CT| <= z std``; z = 1 and 1.96; the std as the
+    engine writes it, recalibrated when the checkpoint has a calibration), the mean MC std, and how many cases the
+    input check flagged as out of the model's training distribution. SynDiff's spread is labelled as not an
+    uncertainty."""
+    lines = ["| Method | n | 68 % coverage | 95 % coverage | mean MC std (HU) | input check: out of distribution |",
+             "|---|---:|---:|---:|---:|---|"]
+    for m in methods:
+        cases = per_case.get(m, {})
+
+        def mean(key):
+            vals = [float(r[key]) for r in cases.values() if r.get(key) is not None and math.isfinite(r[key])]
+            return f"{np.mean(vals):.3f}" if vals else DASH
+        std_vals = [float(r["mean_std_hu"]) for r in cases.values() if r.get("mean_std_hu") is not None
+                    and math.isfinite(r["mean_std_hu"])]
+        flagged = [c for c, r in cases.items() if r.get("in_distribution") is False]
+        checked = [c for c, r in cases.items() if r.get("in_distribution") is not None]
+        ood = f"{len(flagged)} of {len(checked)}" + (f" ({', '.join(flagged)})" if flagged else "") \
+            if checked else "not checked (no training record)"
+        name = m + (" (spread, not an uncertainty)" if (method_of or {}).get(m) in NOT_AN_UNCERTAINTY else "")
+        lines.append(f"| {name} | {len(cases)} | {mean('coverage68')} | {mean('coverage95')} | "
+                     f"{f'{np.mean(std_vals):.1f}' if std_vals else DASH} | {ood} |")
+    return "\n".join(lines) + "\n\n- coverage: fraction of body voxels with |sCT - CT| <= z std (z = 1 for 68 %, " \
+        "1.96 for 95 %), mean over cases; a calibrated std gives 0.68 and 0.95 (reliability.png: all levels).\n"
+
+
 def format_csv_table(rows: Sequence[dict]) -> str:
     """The table as CSV (:data:`CSV_COLUMNS`): full-precision numbers, empty cells for undefined values."""
     buf = io.StringIO()
@@ -339,10 +373,32 @@ def ause(curve, oracle, fractions=DEFAULT_FRACTIONS, mae0: float | None = None) 
     return float(np.trapezoid(curve - oracle, f) / mae0)
 
 
+#: nominal coverages of the reliability diagram (two-sided Gaussian intervals mean +- z std)
+RELIABILITY_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.6827, 0.7, 0.8, 0.9, 0.95, 0.99)
+
+
+def interval_z(coverage: float) -> float:
+    """z of the two-sided Gaussian interval ``mean +- z std`` with this coverage (0.6827 -> 1, 0.95 -> 1.96)."""
+    return float(stats.norm.ppf(0.5 * (1.0 + float(coverage))))
+
+
+def coverage_of(std, abs_error, coverage: float) -> float:
+    """Observed fraction of voxels with ``|error| <= z std`` for the nominal ``coverage`` (NaN without voxels)."""
+    u, e = np.asarray(std, dtype=np.float64).ravel(), np.asarray(abs_error, dtype=np.float64).ravel()
+    return float(np.mean(e <= interval_z(coverage) * u)) if u.size else math.nan
+
+
+def reliability_curve(std, abs_error, levels=RELIABILITY_LEVELS) -> dict:
+    """``{"nominal": levels, "observed": [...]}``: the reliability diagram of Gaussian intervals built from ``std``
+    (a calibrated std lies on the diagonal; below it, the intervals are too narrow)."""
+    return {"nominal": [float(v) for v in levels], "observed": [coverage_of(std, abs_error, v) for v in levels]}
+
+
 def calibration_stats(std, abs_error, fractions=DEFAULT_FRACTIONS) -> dict:
     """Calibration of an uncertainty map ``std`` against ``abs_error`` (same voxels, e.g. inside the mask).
 
-    Returns ``voxels``, ``pearson``, ``spearman``, ``mae0`` (mean error of all voxels), ``fractions``,
+    Returns ``voxels``, ``pearson``, ``spearman``, ``mae0`` (mean error of all voxels), ``coverage68`` /
+    ``coverage95`` (:func:`coverage_of`), ``reliability`` (:func:`reliability_curve`), ``fractions``,
     ``curve`` (:func:`sparsification_curve` by ``std``), ``oracle`` (:func:`oracle_curve`), ``random``
     (:func:`random_curve`), ``ause`` (:func:`ause`, normalised by ``mae0``) and ``aurg`` (area between the
     random and the model curve, normalised the same way: > 0 when the std ranks errors better than chance).
@@ -353,6 +409,8 @@ def calibration_stats(std, abs_error, fractions=DEFAULT_FRACTIONS) -> dict:
     mae0 = float(e.mean())
     return {
         "voxels": int(u.size), "pearson": pearson(u, e), "spearman": spearman(u, e), "mae0": mae0,
+        "coverage68": coverage_of(u, e, 0.6827), "coverage95": coverage_of(u, e, 0.95),
+        "reliability": reliability_curve(u, e),
         "fractions": f.tolist(), "curve": curve.tolist(), "oracle": orc.tolist(), "random": rnd.tolist(),
         "ause": ause(curve, orc, f, mae0),
         "aurg": float(np.trapezoid(rnd - curve, f) / mae0) if mae0 > 0 else math.nan,
@@ -508,7 +566,8 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
             continue
         if method != "ddmm_synth":
             for s in samplers:
-                sm = model.make_sampler(s, steps)  # InputError for a sampler the model does not have
+                # InputError for a sampler the model does not have
+                sm = model.make_sampler(s, model.steps_for(s, steps, samples))
                 specs.append(MethodSpec(f"{method}/{sm.name}-{sm.steps}", Path(path), method, s, steps, samples))
         if _is_ddpm(model) and (projections or method == "ddmm_synth"):
             wrapped = DDMMSynth.from_model(model)
@@ -522,7 +581,7 @@ def plan_methods(models: Mapping[Path, object], samplers: Sequence[Optional[str]
                                  f"{', '.join(wrapped.valid_samplers)}).",
                                  "add e.g. --samplers ddim (the paper's, 100 steps) or default.")
             for s in usable:
-                sm = wrapped.make_sampler(s, steps)
+                sm = wrapped.make_sampler(s, wrapped.steps_for(s, steps, samples))
                 for n_p in projections or [DEFAULT_PROJECTIONS]:
                     for sigma in sigmas:
                         specs.append(MethodSpec(f"ddmm_synth/{sm.name}-{sm.steps} Np={n_p} σ={sigma:g}", Path(path),
@@ -630,14 +689,20 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
             std_in = std_c[inside]
             info = result.info
             rec = {k: v for k, v in met.items()}
+            check = info.get("input_check") or {}
             rec.update({"nfe": float(info["nfe_per_sample"]), "seconds": float(info["seconds"]),
                         "seconds_per_slice": float(info["seconds_per_slice"]),
-                        "mean_std_hu": float(std_in.mean()) if std_in.size else math.nan, "run": info})
+                        "mean_std_hu": float(std_in.mean()) if std_in.size else math.nan,
+                        "in_distribution": check.get("in_distribution"), "input_check_score": check.get("score"),
+                        "run": info})
+            if spec.samples > 1 and std_in.size and np.any(std_in > 0):
+                rec["coverage68"] = coverage_of(std_in, abs_err, 0.6827)
+                rec["coverage95"] = coverage_of(std_in, abs_err, 0.95)
             per_case[spec.label][case.name] = rec
             if spec.samples > 1 and std_in.size and np.any(std_in > 0):
                 cs = calibration_stats(std_in, abs_err)
                 calib_cases[spec.label][case.name] = {k: cs[k] for k in ("voxels", "pearson", "spearman", "mae0",
-                                                                         "ause", "aurg")}
+                                                                         "ause", "aurg", "coverage68", "coverage95")}
                 take = np.arange(std_in.size) if std_in.size <= budget else \
                     np.sort(rng.choice(std_in.size, budget, replace=False))
                 calib_pool[spec.label].append((std_in[take], abs_err[take]))
@@ -656,7 +721,8 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
     # ------------------------------------------------------------------ summaries
     labels = [s.label for s in specs]
     rows = summarize_methods(per_case, labels)
-    markdown = format_markdown_table(rows)
+    markdown = format_markdown_table(rows) + "\n" + format_uncertainty_table(per_case, labels,
+                                                                           {s.label: s.method for s in specs})
     calibration = {"fractions": DEFAULT_FRACTIONS.tolist(), "methods": {}, "skipped": {},
                    "definition": "inside the body mask; curve = MAE (HU) of the voxels left after removing the "
                                  "fraction f with the highest MC std; oracle = removing by highest |error|; "
@@ -693,6 +759,7 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
             title=f"{d['case']}: axial slice {d['slice']} (most body voxels), {settings.samples} MC sample(s)")
     if calibration["methods"]:
         files["calibration.png"] = save_sparsification_figure(out / "calibration.png", calibration)
+        files["reliability.png"] = save_reliability_figure(out / "reliability.png", calibration)
     files["calibration.json"] = write_json(out / "calibration.json", _json_safe(calibration))
     with atomic_write(out / "table.csv", suffix=".csv") as tmp:
         tmp.write_text(format_csv_table(rows), encoding="utf-8")

@@ -214,3 +214,32 @@ def save_sparsification_figure(path, calibration: dict, title: str = "Uncertaint
     fig.tight_layout(rect=(0, legend_in / (4.2 + legend_in), 1, 1))
     fig.legend(loc="lower center", ncol=2, fontsize=8, frameon=False)
     return _save_png(fig, path, GRID_DPI)
+
+
+def save_reliability_figure(path, calibration: dict, title: str = "Reliability of the MC std") -> Path:
+    """Reliability diagram, one colour per method, written atomically as a PNG: the observed fraction of voxels
+    inside the Gaussian interval ``sCT +- z std`` against its nominal coverage (``calibration["methods"][label]
+    ["reliability"]``, :func:`.evaluation.reliability_curve`). On the diagonal the std is calibrated; below it the
+    intervals are too narrow (over-confident), above it too wide."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.6, 5.6))
+    ax.plot([0, 1], [0, 1], color="0.5", lw=1.0, ls="--", label="calibrated")
+    for label, c in calibration["methods"].items():
+        rel = c.get("reliability")
+        if not rel:
+            continue
+        ax.plot(rel["nominal"], rel["observed"], marker="o", ms=3, lw=1.5,
+                label=f"{label} (95 %: {c.get('coverage95', float('nan')):.3f})")
+    ax.set_xlabel("nominal coverage of sCT +- z std")
+    ax.set_ylabel("observed fraction of body voxels inside")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    fig.tight_layout()
+    return _save_png(fig, path, GRID_DPI)

@@ -73,7 +73,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MRTOCT_CACHE", Path.home() / ".cache" / "mrtoct")) / "real_ct"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -105,7 +105,7 @@ def fetch_totalsegmentator_sdist(fetch: bool = True, cache: Path | None = None) 
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise InputError(f"pip could not download TotalSegmentator {TOTALSEG_VERSION}: {tail[0]}",
                              "check the network access to PyPI, then run scripts/fetch_real_data.py again.")
-    digest = _sha256(path)
+    digest = file_sha256(path)
     if digest != TOTALSEG_SHA256:
         raise InputError(f"{path} has SHA-256 {digest}, not the pinned {TOTALSEG_SHA256}.",
                          "delete the file and fetch it again (scripts/fetch_real_data.py).")

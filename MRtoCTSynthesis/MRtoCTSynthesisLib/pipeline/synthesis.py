@@ -19,7 +19,12 @@ conditional DDPM prior with every ``x0`` pinned to each slice's sparse-view CT m
    slices (``Measurements.hook_for``), so every Monte-Carlo sample is pinned to its slice's sinogram;
 5. stream the samples into per-slice running moments (:class:`~.uncertainty.RunningMoments`), never
    holding all K samples of the volume;
-6. map mean and std back to the input grid and to HU: the outputs have exactly the MRI's geometry.
+6. map mean and std back to the input grid and to HU: the outputs have exactly the MRI's geometry; the std is the
+   unbiased sample std (ddof 1), multiplied by the checkpoint's recalibration when it has one and the run uses the
+   sampler it was fitted with (:func:`.uncertainty.calibration_scale`, reported in ``info["uncertainty"]``);
+7. compare the MRI with the checkpoint's training record (:mod:`.input_check`: intensity histogram, body size, the
+   pixel size the network sees, slice spacing and, for K > 1, the mean MC std) and report it in
+   ``info["input_check"]`` (``in_distribution``, ``score``, ``reasons``).
 
 GPU options (all off by default; the default path is unchanged and bit-identical on CPU):
 ``channels_last`` stores the networks' weights (and the condition batch) in NHWC order, which cuDNN's
@@ -54,6 +59,7 @@ from ..errors import CancelledError, InputError
 from ..io.intensity import MRNormalization, model_std_to_hu, model_to_hu
 from ..io.memory import available_memory_bytes, format_bytes
 from ..io.slicing import (
+    canonical_layout,
     foreground_box_mm,
     from_canonical,
     from_model_grid,
@@ -67,8 +73,9 @@ from ..io.volume import Volume
 from ..models.methods.ddmm_synth import NSMI_MODES, DDMMSynth, Measurements, resolve_nsmi
 from ..models.samplers.base import MAX_STEPS
 from ..names import COMPILE_MODES
+from .input_check import body_mask, check_input, input_features
 from .measurements import MeasurementSpec
-from .uncertainty import RunningMoments
+from .uncertainty import NOT_AN_UNCERTAINTY, RunningMoments, calibration_scale
 
 ProgressFn = Callable[[float, str], None]
 
@@ -305,7 +312,8 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
     mode_wanted = options.nsmi if options.nsmi != "auto" else ("noisy" if meas.noise_sigma > 0 else "noiseless")
     if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
         options.sampler_options["eta"] = 1.0
-    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
+    sampler = model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples),
+                                 **options.sampler_options)
     mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler)
     for note in notes:
         warnings.warn(note, stacklevel=2)
@@ -347,7 +355,8 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
     ``square_size`` forces the square model grid of that side (DDMM-Synth: the measurements' grid)."""
     device = resolve_device(options.device)
     prepare_model(model, device, options)
-    sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
+    sampler = model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples),
+                                 **options.sampler_options)
 
     norm = MRNormalization.fit(mri.array, what="MRI")
     canon, layout = to_canonical(norm.apply(np.asarray(mri.array, dtype=np.float32)), mri.geometry)
@@ -378,6 +387,10 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
 
         def back(x, background):
             return from_model_grid(x, layout)
+    # the out-of-distribution features of this input (pipeline.input_check), and the body the MC std level is taken in
+    features = input_features(canon, (canonical_layout(mri.geometry)[2][0],) + tuple(layout.pixel_spacing),
+                              float(grid_info["pixel_mm"]))
+    body = body_mask(canon, layout.pixel_spacing)
     del canon  # from here on only `held` refers to it
     batch = options.batch_size or default_batch_size(device, shape)
     n_items = n_slices * k  # (slice, sample) items, slice-major: a slice's samples are finished together
@@ -432,7 +445,23 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
 
     held.clear()  # the input-grid copy of the MRI is not needed any more (large volumes: one volume less at the peak)
     mean = from_canonical(back(moments.mean().float(), -1.0), layout)
-    std = from_canonical(back(moments.std().float(), 0.0), layout)
+    std_canon = back(moments.std().float(), 0.0)
+    mc_std_hu = float(model_std_to_hu(std_canon[body]).mean()) if k > 1 and body.any() else None
+    scale, scale_note = calibration_scale(model.metadata.get("uncertainty_calibration"), model.method, sampler.name,
+                                          sampler.steps, k)
+    std = from_canonical(std_canon * scale, layout)
+    del std_canon
+    record = model.metadata.get("input_record")
+    run = (record or {}).get("mc_std_hu", {}).get("run", {})
+    # the record's MC std level was measured from the MRI alone: not comparable with a measurement-pinned run
+    same_run = run.get("sampler") == sampler.name and run.get("steps") == sampler.steps and x0_hook_for is None
+    input_check = check_input(features, record, mc_std_hu if same_run else None)
+    if mc_std_hu is not None and not same_run and record and record.get("mc_std_hu"):
+        input_check["features"]["mc_std_hu"] = mc_std_hu
+        input_check["notes"] = [
+            "MC std level not compared: this run is pinned to CT measurements" if x0_hook_for is not None else
+            f"MC std level not compared: the record's level was measured with {run.get('sampler')} {run.get('steps')} "
+            f"steps, this run used {sampler.name} {sampler.steps}"]
     seconds = time.perf_counter() - t0
     info = {
         "method": model.method, "sampler": sampler.name, "steps": sampler.steps, "samples": k, "seed": options.seed,
@@ -441,6 +470,10 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
         "nfe_per_sample": total_nfe / max(1, n_batches),
         "slices": n_slices, "seconds": seconds, "seconds_per_slice": seconds / n_slices,
         "mr_normalization": norm.to_dict(), "model_grid": grid_info,
+        # is this MRI like the training images (pipeline.input_check); the std's recalibration (pipeline.uncertainty)
+        "input_check": input_check,
+        "uncertainty": {"ddof": 1, "raw_mean_std_hu": mc_std_hu, "calibration_factor": scale, "note": scale_note,
+                        "is_uncertainty": model.method not in NOT_AN_UNCERTAINTY},
         # the record a run can be rebuilt from (`mrtoct synthesize --from-record`): the sampler's whole config,
         # the options as given, and what bit-exactness on CPU also depends on (torch version, thread count)
         "sampler_config": sampler.to_config(), "options": dataclasses.asdict(options),

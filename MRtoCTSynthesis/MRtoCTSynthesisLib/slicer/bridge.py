@@ -27,8 +27,9 @@ Contents
   :func:`sitk_image_from_array` and :func:`array_and_ijk_to_ras_from_sitk` do the same for whole images.
   Arrays need no axis change: ``slicer.util.arrayFromVolume`` and ``SimpleITK.GetArrayFromImage``
   both index ``(k, j, i)``.
-* **Results and resources** -- :func:`metrics_table_rows`, :func:`compare_layout_xml`,
-  :func:`sample_data_sources`, :func:`load_model_catalog`, :func:`requirements_to_install`.
+* **Results and resources** -- :func:`metrics_table_rows`, :func:`read_input_check`, :func:`input_check_text`,
+  :func:`input_check_rows` (the out-of-distribution check of each run, for the panel and the metrics table),
+  :func:`compare_layout_xml`, :func:`sample_data_sources`, :func:`load_model_catalog`, :func:`requirements_to_install`.
 """
 
 from __future__ import annotations
@@ -790,17 +791,69 @@ def _format_value(value, fmt: str) -> str:
         return str(value)
 
 
-def metrics_table_rows(metrics_json) -> list[tuple[str, str]]:
+def metrics_table_rows(metrics_json, input_check: Mapping | None = None) -> list[tuple[str, str]]:
     """``[(metric, value text), ...]`` for the metrics table node.
 
     Accepts what ``mrtoct evaluate --json`` writes (a dict or its JSON text), or the demo's
     ``{"metrics": {...}}`` wrapper. Keys that are missing are left out, NaN is shown as ``n/a``, and the
-    per-slice list is not included.
+    per-slice list is not included. ``input_check`` (the run record's, :func:`read_input_check`; by default the
+    demo wrapper's ``run.input_check``) adds the rows of :func:`input_check_rows` at the end.
     """
     data = json.loads(metrics_json) if isinstance(metrics_json, (str, bytes)) else dict(metrics_json or {})
+    if input_check is None and isinstance(data.get("run"), dict):  # the demo's metrics.json carries its run's info
+        input_check = data["run"].get("input_check")
     if isinstance(data.get("metrics"), dict):
         data = data["metrics"]
-    return [(label, _format_value(data[key], fmt)) for key, label, fmt in _METRIC_ROWS if key in data]
+    rows = [(label, _format_value(data[key], fmt)) for key, label, fmt in _METRIC_ROWS if key in data]
+    return rows + input_check_rows(input_check)
+
+
+def read_input_check(run_json) -> dict | None:
+    """The ``input_check`` of a run record (``mrtoct synthesize --info-json``; a path, JSON text or dict), or None
+    when the file is missing or has none (an older engine)."""
+    try:
+        if isinstance(run_json, Mapping):
+            data = dict(run_json)
+        elif isinstance(run_json, (str, bytes)) and str(run_json).lstrip().startswith("{"):
+            data = json.loads(run_json)
+        else:
+            data = json.loads(Path(run_json).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    check = data.get("input_check") if isinstance(data, dict) else None
+    return dict(check) if isinstance(check, dict) else None
+
+
+def input_check_text(check: Mapping | None) -> str:
+    """What the panel shows about the input check: a warning naming the reasons when the MRI is out of the model's
+    training distribution, a short confirmation when it is inside, or why it was not checked ("" without a check).
+    The same words as the CLI (:func:`..pipeline.input_check.describe`, which this module may not import)."""
+    if not check:
+        return ""
+    if check.get("in_distribution") is None:
+        return "Input check: " + "; ".join(check.get("reasons") or ["not checked"])
+    score = check.get("score")
+    score_text = f"{float(score):.2f}" if isinstance(score, (int, float)) else "?"
+    if check.get("in_distribution"):
+        return f"Input check: like the training images (score {score_text} <= 1)."
+    return (f"WARNING: this MRI is OUT OF the model's training distribution (score {score_text} > 1): "
+            + "; ".join(check.get("reasons") or []) + ". The synthetic CT may be wrong without looking wrong; "
+            "do not use it clinically.")
+
+
+def input_check_rows(check: Mapping | None) -> list[tuple[str, str]]:
+    """Rows for the metrics table: ``Input check`` (in / OUT OF distribution, or not checked), its score and the
+    reasons."""
+    if not check:
+        return []
+    flag = check.get("in_distribution")
+    rows = [("Input check", "not checked" if flag is None else ("in distribution" if flag else
+                                                               "OUT OF DISTRIBUTION"))]
+    if check.get("score") is not None:
+        rows.append(("Input check score (<= 1: in)", _format_value(float(check["score"]), "{:.2f}")))
+    if check.get("reasons"):
+        rows.append(("Input check reasons", "; ".join(str(r) for r in check["reasons"])))
+    return rows
 
 
 def compare_layout_xml(views: Sequence[tuple[str, str, str]]) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 from ...assets import DEMO_CASE, DEMO_MODEL, DEMO_SYNDIFF
 from ...errors import InputError
 from ..args import check_output_dir, progress_printer, sigterm_as_interrupt, write_json_output
-from .synthesize import add_synthesis_arguments, options_from_args
+from .synthesize import add_synthesis_arguments, options_from_args, report_input_check
 
 
 def add_parser(sub) -> None:
@@ -84,7 +84,8 @@ def run(args) -> int:
         metrics["mean_std_hu"] = float(result.std.array[body].mean())
         runs.append((key, label, result, metrics))
 
-    sampler = model.make_sampler(options.sampler, options.steps)  # resolves the defaults, for the labels
+    # resolves the defaults (for K > 1 samples too), for the labels
+    sampler = model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples))
     add_row("main", f"{model.method} + {sampler.name} {sampler.steps} steps",
             lambda: synthesize(mri, model, options, progress=progress_printer(desc="demo")))
     if args.projections and model.method == "ddpm":
@@ -135,6 +136,7 @@ def run(args) -> int:
     print(format_table([{"method": label, **{k: m[k] for k in ("mae_hu", "me_hu", "psnr_db", "ssim", "mean_std_hu")},
                          "nfe": r.info.get("nfe_per_sample", r.info.get("nfe")),
                          "s_per_slice": round(r.info["seconds_per_slice"], 3)} for _, label, r, m in runs]))
+    report_input_check(runs[0][2].info)  # is the bundled case like the model's training images? (it should be)
     print(f"\nwrote to {out.resolve()}:")
     for name, what in files + [("metrics.json", "metrics vs the phantom's CT, and run details"),
                                (fig.name, "figure: MRI | CT | sCT | error | uncertainty | zoom, one row per method")]:

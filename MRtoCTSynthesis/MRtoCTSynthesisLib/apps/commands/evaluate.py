@@ -71,7 +71,7 @@ def add_batch_evaluation_arguments(p, required: bool = False) -> None:
                         "ddim) and skip the others with a note")
     p.add_argument("--steps", type=positive_int("--steps"), default=None,
                    help="sampling steps for every multi-step sampler (default per sampler: ddpm 1000, ddim 100, "
-                        "em 1000, pc 500, dpmpp 5)")
+                        "em 1000, pc 500, dpmpp 5, or 20 with --samples > 1: 5 steps under-disperse the MC std)")
     p.add_argument("--samples", type=positive_int("--samples"), default=None,
                    help="Monte-Carlo samples per slice, K: the sCT is their mean, the std map their spread (default 1; "
                         "calibration needs K > 1; deterministic one-call baselines run once)")

@@ -38,7 +38,8 @@ def add_synthesis_arguments(p: argparse.ArgumentParser) -> None:
                    help="sampler (default: the model's, dpmpp = DPM-Solver++(2M)); ddpm = ancestral (Lyu Table I), "
                         "ddim, em = Euler-Maruyama, pc = predictor-corrector, ode = probability-flow RK45")
     p.add_argument("--steps", type=positive_int("--steps"), default=None,
-                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 5; "
+                   help="sampling steps (default per sampler: ddpm 1000, ddim 100, em 1000, pc 500, dpmpp 5, or "
+                        "dpmpp 20 with --samples > 1, where 5 steps would make the uncertainty map too small; "
                         "ode: maximum steps of the adaptive solver); at most 10000, and at most the model's T "
                         "(e.g. 1000) for ddpm and ddim")
     p.add_argument("--samples", type=positive_int("--samples"), default=None,
@@ -236,6 +237,25 @@ def file_digest(path) -> str:
     return h.hexdigest()
 
 
+def report_input_check(info: dict) -> None:
+    """The input check (pipeline.input_check) and the std's calibration in the terminal: a warning on stderr when the
+    MRI is out of the training distribution, one line on stdout otherwise."""
+    from ...pipeline.input_check import describe
+    from ..args import detail
+
+    check = info.get("input_check") or {}
+    if check.get("in_distribution") is False:
+        print(f"warning: {describe(check)}", file=sys.stderr, flush=True)
+    elif check:
+        print(describe(check))
+    unc = info.get("uncertainty") or {}
+    if info.get("samples", 1) > 1 and unc.get("note"):
+        if not unc.get("is_uncertainty", True):
+            print(f"note: {unc['note']}")
+        else:
+            detail(f"uncertainty: {unc['note']}")
+
+
 def run_record(args, info: dict) -> dict:
     """What ``--info-json`` writes: the run's info (sampler config, options, NFE, timings...) plus its inputs with
     their SHA-256 and the measurement flags, so that ``--from-record`` can rebuild the run."""
@@ -400,7 +420,8 @@ def run(args) -> int:
     mri = read_volume(args.mri, "MRI", series_uid=getattr(args, "series_uid", None))
     reference = dicom_reference_for(args) if dicom_out else None
     model = load_model(args.model)
-    model.make_sampler(options.sampler, options.steps)  # sampler and step bounds (e.g. steps <= T), before any work
+    # sampler and step bounds (e.g. steps <= T), before any work
+    model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples))
     spec = measurement_spec_from_args(args) if measured else None
     detail(f"MRI {args.mri}: {mri.geometry.describe()}")
     detail(f"options: {json.dumps(dataclasses.asdict(options))}")
@@ -433,6 +454,7 @@ def run(args) -> int:
     print(f"{info['method']} / {info['sampler']} {info['steps']} steps, {info['samples']} sample(s), "
           f"{info['slices']} slices in {info['seconds']:.1f} s on {info['device']}")
     detail(f"sampler config: {json.dumps(info['sampler_config'])}")
+    report_input_check(info)
     if measured:
         m = info["measurements"]
         print(f"N-SMI {m['nsmi']}: {m['n_projections']} views, noise sigma {m['noise_sigma']:g} per bin "

@@ -76,7 +76,19 @@ def describe_checkpoint(path: PathLike) -> str:
                                          "conditioning", "training", "created", "engine_version", "sha256",
                                          "sha256_covers"}]
     for k in extra:
-        lines.append(f"  {k}: {_short(doc[k], 200)}")
+        v = doc[k]
+        if k == "input_record" and isinstance(v, Mapping) and isinstance(v.get("ranges"), Mapping):
+            ranges = ", ".join(f"{n} {lo:.3g}-{hi:.3g}" for n, (lo, hi) in v["ranges"].items())
+            level = v.get("mc_std_hu")
+            lines.append(f"  input_record (out-of-distribution check): {v.get('cases')} training case(s); {ranges}"
+                         + (f"; MC std {level['min']:.0f}-{level['max']:.0f} HU" if isinstance(level, Mapping) else ""))
+        elif k == "uncertainty_calibration" and isinstance(v, Mapping) and "scale" in v:
+            run = v.get("run") or {}
+            lines.append(f"  uncertainty_calibration: std x {float(v['scale']):.3f} (conformal 95 %, fitted on "
+                         f"{len(v.get('cases') or [])} held-out case(s) with {run.get('sampler')} {run.get('steps')} "
+                         f"steps, K = {run.get('samples')})")
+        else:
+            lines.append(f"  {k}: {_short(v, 200)}")
     covers = "tensors and metadata" if doc.get("sha256_covers") == "tensors+metadata" else "tensors"
     lines.append("  checksum: "
                  f"{'sha256 ' + doc['sha256'][:16] + '... over the ' + covers if doc.get('sha256') else 'none'}")

@@ -79,6 +79,12 @@ class SynthesisModel:
     def make_sampler(self, name: str | None, steps: int | None, **options):
         raise NotImplementedError
 
+    def steps_for(self, name: str | None, steps: int | None, samples: int = 1) -> int | None:
+        """The step count to build sampler ``name`` with for a run of ``samples`` Monte-Carlo samples: ``steps``
+        when given; ``None`` (the sampler's default) otherwise. Diffusion methods override it where the default
+        for a single sample would under-disperse the Monte-Carlo std (:data:`.conditional_diffusion.MC_STEPS`)."""
+        return steps
+
     def sample(self, cond: torch.Tensor, sampler, generator: torch.Generator | None = None,
                x0_hook=None, cancel=None) -> SampleOutput:
         raise NotImplementedError

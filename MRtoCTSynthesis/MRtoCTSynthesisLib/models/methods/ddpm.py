@@ -3,7 +3,8 @@
 Variance-preserving process with a discrete linear (or cosine) beta schedule, T = 1000 by default
 (DDMM-Synth trains with T = 2000). The paper samples with 1000 ancestral steps (``--sampler ddpm --steps
 1000``); the default here is DPM-Solver++(2M) with 5 steps, the smallest count the step sweeps in benchmarks/ put
-within 0.3 dB of 1000-step DDPM.
+within 0.3 dB of 1000-step DDPM; with more than one Monte-Carlo sample it takes 20 steps, because 5 steps give
+samples with too little spread (:data:`.conditional_diffusion.MC_STEPS`).
 """
 
 from __future__ import annotations

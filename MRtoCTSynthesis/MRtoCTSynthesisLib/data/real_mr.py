@@ -1,0 +1,89 @@
+"""Real MRIs for the out-of-distribution check (issue 22): fetched by pip, pinned by version and SHA-256, cached.
+
+No paired CT exists for them: they test that the input check (:mod:`..pipeline.input_check`) flags real scans of
+another anatomy and contrast than the bundled models' training data, end to end (``mrtoct synthesize`` on them).
+
+* ``ch2``: the Colin-27 ("ch2") T1-weighted brain template, ``data/ch2.nii.gz`` of the antspyx 0.6.3 source
+  distribution (Apache-2.0), fetched with ``pip download --no-deps --no-binary antspyx antspyx==0.6.3``;
+* ``totalseg_mr``: ``tests/reference_files/example_mr_sm.nii.gz`` of the TotalSegmentator 2.18.0 source
+  distribution (the same pinned file :mod:`.real_ct` uses; a small abdominal MR).
+
+Offline (or with another file than the pinned one) :func:`real_mr_path` raises :class:`InputError` saying so; tests
+then skip with that reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+from ..errors import InputError
+from .real_ct import TOTALSEG_SDIST, cache_dir, fetch_totalsegmentator_sdist, file_sha256
+
+ANTSPYX_VERSION = "0.6.3"
+ANTSPYX_SDIST = f"antspyx-{ANTSPYX_VERSION}.tar.gz"
+ANTSPYX_SHA256 = "48d1f5b6b2e8a90f6f66f14cdbdd4c37e20268f5db84cb9ac99256ecb9c72386"
+
+#: name -> (sdist, member, description)
+REAL_MR_SOURCES: dict[str, tuple[str, str, str]] = {
+    "ch2": (ANTSPYX_SDIST, f"antspyx-{ANTSPYX_VERSION}/data/ch2.nii.gz", "brain T1 template, antspyx 0.6.3"),
+    "totalseg_mr": (TOTALSEG_SDIST, "totalsegmentator-2.18.0/tests/reference_files/example_mr_sm.nii.gz",
+                    "abdominal MR, TotalSegmentator 2.18.0"),
+}
+
+
+def fetch_antspyx_sdist(fetch: bool = True, cache: Path | None = None) -> Path:
+    """The antspyx sdist in the cache, downloaded by pip when missing (and ``fetch``), sha256-checked."""
+    cache = Path(cache or cache_dir())
+    path = cache / ANTSPYX_SDIST
+    if not path.exists():
+        if not fetch:
+            raise InputError(f"the real-MRI source {ANTSPYX_SDIST} is not in the cache {cache}.",
+                             "run `python scripts/fetch_real_data.py --mr` once with network access to PyPI.")
+        cache.mkdir(parents=True, exist_ok=True)
+        # only antspyx itself as source: its build requirements (for pip's metadata step) come as wheels
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "antspyx",
+               f"antspyx=={ANTSPYX_VERSION}", "-d", str(cache)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise InputError(f"pip could not download antspyx {ANTSPYX_VERSION} ({e}).",
+                             "check the network access to PyPI, then run scripts/fetch_real_data.py --mr.") from e
+        if proc.returncode != 0 or not path.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise InputError(f"pip could not download antspyx {ANTSPYX_VERSION}: {tail[0]}",
+                             "check the network access to PyPI, then run scripts/fetch_real_data.py --mr.")
+    digest = file_sha256(path)
+    if digest != ANTSPYX_SHA256:
+        raise InputError(f"{path} has SHA-256 {digest}, not the pinned {ANTSPYX_SHA256}.",
+                         "delete the file and fetch it again (scripts/fetch_real_data.py --mr).")
+    return path
+
+
+def real_mr_path(name: str, fetch: bool = True, cache: Path | None = None) -> Path:
+    """The extracted MRI ``name`` of :data:`REAL_MR_SOURCES` (extracted from its sdist once)."""
+    if name not in REAL_MR_SOURCES:
+        raise InputError(f"unknown real MRI {name!r}.", f"use one of: {', '.join(REAL_MR_SOURCES)}.")
+    cache = Path(cache or cache_dir())
+    out = cache / f"mr_{name}.nii.gz"
+    if out.exists():
+        return out
+    sdist_name, member, _ = REAL_MR_SOURCES[name]
+    sdist = fetch_antspyx_sdist(fetch, cache) if sdist_name == ANTSPYX_SDIST else \
+        fetch_totalsegmentator_sdist(fetch, cache)
+    with tarfile.open(sdist, "r:gz") as tar:
+        try:
+            src = tar.extractfile(member)
+        except KeyError:
+            src = None
+        if src is None:
+            raise InputError(f"{sdist.name} has no member {member}.", "delete the cached file and fetch it again.")
+        tmp = out.with_suffix(f".part{os.getpid()}")
+        with open(tmp, "wb") as f:
+            shutil.copyfileobj(src, f)
+        os.replace(tmp, out)
+    return out

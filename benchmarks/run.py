@@ -26,10 +26,11 @@ Engines (one row each; ``--naive`` adds the second):
   over slices and samples calling the model's sampler on ONE image at a time (batch 1), fp32, no autocast;
   the same pre-processing (MR normalisation, canonical slicing) and the same mean/std reduction.
 
-Every row runs in a fresh worker process, so "peak RSS" (``ru_maxrss``, a per-process maximum) is that
-row's own peak; "RSS before" is the worker's resident size after loading model and case. On CUDA the peak
-device memory is ``torch.cuda.max_memory_allocated``. Measured per row: NFE per sample (from the run info
-/ the sampler's own count), wall seconds of the synthesis call, seconds per slice (all K samples of a slice),
+Every row runs in a fresh worker process, so "peak RSS" (``VmHWM``, the process's own high-water mark; not
+``ru_maxrss``, which Linux carries over from the parent across fork + exec) is that row's own peak; "RSS
+before" is the worker's resident size after loading model and case. On CUDA the peak device memory is
+``torch.cuda.max_memory_allocated``. Measured per row: NFE per sample (from the run info / the sampler's own
+count), wall seconds of the synthesis call, seconds per slice (all K samples of a slice),
 per volume, throughput in slices x samples per second, PSNR / MAE of the sCT (the K-sample mean) against
 the reference CT inside the body mask (:mod:`MRtoCTSynthesisLib.pipeline.metrics`). ``--warmup`` (default on for
 CUDA) runs each configuration once untimed first (torch.compile, cuDNN autotuning, CUDA context);

@@ -30,6 +30,10 @@ kernels). ``torch.compile`` needs a C++ compiler on CPU and Triton on CUDA; with
 with an :class:`InputError`. The per-step sampling loop itself has no host synchronisation: the time
 grid and schedule tables live on the device (:mod:`.samplers.base`, :mod:`.diffusion.process`).
 
+CPU option (off by default): ``backend="onnx"`` runs a diffusion model's denoiser through ONNX Runtime instead of
+eager torch (:mod:`..models.onnx_backend`: exported once per checkpoint into the user cache, checked against torch
+to 1e-4); the sampler, noise and moments stay in torch, so the sCT differs by float rounding only.
+
 Reproducibility: one ``torch.Generator`` seeded with ``seed`` drives all noise, consumed batch by batch, so
 the same seed, inputs, batch size and device give the same sCT. On CUDA, cuDNN/cuBLAS kernels may differ
 in the last bits between runs and GPUs; on CPU the result is bit-identical. A CUDA out-of-memory error

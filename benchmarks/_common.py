@@ -227,7 +227,17 @@ def markdown_table(header: list[str], rows: list[list], align: list[str] | None 
 
 
 def peak_rss_mib() -> float:
-    """This process's peak resident set size (Linux ``ru_maxrss`` is in KiB)."""
+    """This process's peak resident set size since it started its program: ``VmHWM`` of ``/proc/self/status``
+    on Linux. Not ``ru_maxrss``: Linux carries the parent's high-water mark over ``fork`` + ``exec``, so a worker
+    started by a parent holding 1.2 GiB reported 1.2 GiB whatever it used itself (found in issue 23's clinical
+    benchmark, where the parent had generated the 256 x 256 x 90 phantom). Falls back to ``ru_maxrss`` (KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

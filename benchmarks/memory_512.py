@@ -11,8 +11,8 @@
    synthesize`` does: :func:`~MRtoCTSynthesisLib.pipeline.synthesis.synthesize` (default model: the bundled
    64 x 64 demo DDPM; ``--sampler``/``--steps``/``--samples``) and writing the sCT and std volumes.
    A thread samples the worker's resident set size every 50 ms and labels it with the phase it is in
-   (read, synthesis batches, write); the peak is ``ru_maxrss``. Only after that are the CT and mask read
-   and the PSNR/MAE computed (not counted in the peak).
+   (read, synthesis batches, write); the peak is ``VmHWM`` (``_common.peak_rss_mib``). Only after that are
+   the CT and mask read and the PSNR/MAE computed (not counted in the peak).
 
 Pass/fail: peak RSS below ``--limit-gib`` (the issue asks for 8 GiB).
 """

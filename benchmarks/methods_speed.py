@@ -30,13 +30,12 @@ import argparse
 import json
 import os
 import platform
-import resource
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import WorkerFailed, serve_worker, spawn_worker  # noqa: E402
+from _common import WorkerFailed, peak_rss_mib, serve_worker, spawn_worker  # noqa: E402
 
 PAPER = {"device": "RTX 3090 (SynDiff Table V)", "syndiff_s_per_slice": 0.182, "ddpm_1000_s_per_slice": 85.773,
          "cgan_s_per_slice": 0.060, "syndiff_memory_gb": 2.12, "ddpm_memory_gb": 2.95, "cgan_memory_gb": 0.77}
@@ -96,7 +95,7 @@ def worker(spec: dict) -> dict:
     if dev.type == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        peak = peak_rss_mib()
     return {"method": method, "preset": preset, "params": params, "seconds_per_call": min(times),
             "all_seconds": times, "peak_mib": peak, "inference_mib": peak - base, "torch": torch.__version__}
 

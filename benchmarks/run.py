@@ -26,10 +26,11 @@ Engines (one row each; ``--naive`` adds the second):
   over slices and samples calling the model's sampler on ONE image at a time (batch 1), fp32, no autocast;
   the same pre-processing (MR normalisation, canonical slicing) and the same mean/std reduction.
 
-Every row runs in a fresh worker process, so "peak RSS" (``ru_maxrss``, a per-process maximum) is that
-row's own peak; "RSS before" is the worker's resident size after loading model and case. On CUDA the peak
-device memory is ``torch.cuda.max_memory_allocated``. Measured per row: NFE per sample (from the run info
-/ the sampler's own count), wall seconds of the synthesis call, seconds per slice (all K samples of a slice),
+Every row runs in a fresh worker process, so "peak RSS" (``VmHWM``, the process's own high-water mark; not
+``ru_maxrss``, which Linux carries over from the parent across fork + exec) is that row's own peak; "RSS
+before" is the worker's resident size after loading model and case. On CUDA the peak device memory is
+``torch.cuda.max_memory_allocated``. Measured per row: NFE per sample (from the run info / the sampler's own
+count), wall seconds of the synthesis call, seconds per slice (all K samples of a slice),
 per volume, throughput in slices x samples per second, PSNR / MAE of the sCT (the K-sample mean) against
 the reference CT inside the body mask (:mod:`MRtoCTSynthesisLib.pipeline.metrics`). ``--warmup`` (default on for
 CUDA) runs each configuration once untimed first (torch.compile, cuDNN autotuning, CUDA context);
@@ -146,7 +147,13 @@ def worker(spec: dict) -> dict:
         opts = SynthesisOptions(sampler=sampler_name, steps=steps, samples=k, seed=spec["seed"], device=str(device),
                                 batch_size=spec["batch_size"], precision=spec["precision"],
                                 channels_last=spec["channels_last"], compile=spec["compile"],
-                                compile_mode=spec["compile_mode"])
+                                compile_mode=spec["compile_mode"], backend=spec.get("backend", "torch"))
+        if spec.get("backend", "torch") != "torch":  # export (or load from the cache) outside the timed call
+            from MRtoCTSynthesisLib.pipeline.synthesis import prepare_model
+
+            t0 = time.perf_counter()
+            prepare_model(model, device, opts)
+            warm_s = time.perf_counter() - t0
         if spec["warmup"]:
             t0 = time.perf_counter()
             synthesize(case.mr, model, opts)
@@ -181,7 +188,7 @@ def worker(spec: dict) -> dict:
            "steps": steps_eff, "slices_run": int(n_run), "slices_full": int(case.n_slices_full),
            "rss_before_mib": rss_before, "peak_rss_mib": peak_rss_mib(),
            "peak_device_mib": torch.cuda.max_memory_allocated() / 2**20 if cuda else None,
-           "torch_threads": torch.get_num_threads(), "device": str(device),
+           "torch_threads": torch.get_num_threads(), "device": str(device), "backend": spec.get("backend", "torch"),
            "std_mean_hu": float(std.array.mean())}
     if case.ct is not None:
         body = case.mask.array > 0 if case.mask is not None else None
@@ -243,7 +250,8 @@ def render(doc: dict) -> str:
         vol_note = "" if run >= full else " (extrap.)"
         thr = run * r["samples"] / res["wall_s"]
         prec = res.get("precision_effective", r["precision"])
-        extras = [x for x in (r.get("channels_last") and "channels_last",
+        extras = [x for x in (r.get("backend", "torch") != "torch" and r["backend"],
+                              r.get("channels_last") and "channels_last",
                               r.get("compile") and f"compile:{r['compile_mode']}") if x]
         engine = ("batched" if r["engine"] == "batched" else "naive loop") + (
             f" ({', '.join(extras)})" if extras else "")
@@ -295,6 +303,9 @@ def main(argv=None) -> int:
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--compile-mode", default="default", choices=["default", "reduce-overhead", "max-autotune"])
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx"],
+                    help="the diffusion denoiser's backend in batched rows (onnx: ONNX Runtime on the CPU; "
+                         "other methods stay on torch)")
     ap.add_argument("--modes", nargs="+", default=["batched"], choices=["batched", "naive"])
     ap.add_argument("--naive", action="store_true", help="add the naive-loop baseline rows")
     ap.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=None,
@@ -344,7 +355,8 @@ def main(argv=None) -> int:
                         "precision": args.precision, "batch_size": args.batch_size,
                         "channels_last": args.channels_last and engine == "batched",
                         "compile": args.compile and engine == "batched", "compile_mode": args.compile_mode,
-                        "engine": engine, "warmup": warmup, "threads": args.threads, "image_size": args.image_size}
+                        "engine": engine, "warmup": warmup, "threads": args.threads, "image_size": args.image_size,
+                        "backend": args.backend if engine == "batched" and method in DIFFUSION_METHODS else "torch"}
                 model_arg = (m if m.startswith("untrained:")
                              else os.path.relpath(m, Path(__file__).resolve().parent.parent))
                 reproduce = (f"OMP_NUM_THREADS={args.threads} " + " ".join(shlex.quote(a) for a in base_cmd + [
@@ -355,6 +367,7 @@ def main(argv=None) -> int:
                     *(["--precision", args.precision] if engine == "batched" and args.precision != "auto" else []),
                     *(["--batch-size", str(args.batch_size)] if args.batch_size and engine == "batched" else []),
                     *(["--channels-last"] if spec["channels_last"] else []),
+                    *(["--backend", spec["backend"]] if spec["backend"] != "torch" else []),
                     *(["--compile", "--compile-mode", args.compile_mode] if spec["compile"] else []),
                     *(["--warmup"] if warmup and not args.device.startswith("cuda") else []),
                     *(["--image-size", str(args.image_size)] if m.startswith("untrained:") else [])]))

@@ -35,6 +35,10 @@ kernels). ``torch.compile`` needs a C++ compiler on CPU and Triton on CUDA; with
 with an :class:`InputError`. The per-step sampling loop itself has no host synchronisation: the time
 grid and schedule tables live on the device (:mod:`.samplers.base`, :mod:`.diffusion.process`).
 
+CPU option (off by default): ``backend="onnx"`` runs a diffusion model's denoiser through ONNX Runtime instead of
+eager torch (:mod:`..models.onnx_backend`: exported once per checkpoint into the user cache, checked against torch
+to 1e-4); the sampler, noise and moments stay in torch, so the sCT differs by float rounding only.
+
 Reproducibility: one ``torch.Generator`` seeded with ``seed`` drives all noise, consumed batch by batch, so
 the same seed, inputs, batch size and device give the same sCT. On CUDA, cuDNN/cuBLAS kernels may differ
 in the last bits between runs and GPUs; on CPU the result is bit-identical. A CUDA out-of-memory error
@@ -71,6 +75,7 @@ from ..io.slicing import (
 )
 from ..io.volume import Volume
 from ..models.methods.ddmm_synth import NSMI_MODES, DDMMSynth, Measurements, resolve_nsmi
+from ..models.onnx_backend import BACKENDS, onnx_denoiser
 from ..models.samplers.base import MAX_STEPS
 from ..names import COMPILE_MODES
 from .input_check import body_mask, check_input, input_features
@@ -110,6 +115,7 @@ class SynthesisOptions:
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
     nsmi: str = "auto"           # with measurements: auto | noiseless (DDMM-Synth Eq. 5) | noisy (Eqs. 7-13)
     crop_to_body: bool = True    # physical-scale models: synthesise only the body's bounding box (+ margin)
+    backend: str = "torch"       # torch | onnx: the diffusion denoiser through ONNX Runtime on the CPU (opt-in)
 
     def validate(self) -> None:
         for name in ("samples", "steps", "batch_size", "seed"):
@@ -142,6 +148,12 @@ class SynthesisOptions:
             raise InputError(f"unknown N-SMI mode {self.nsmi!r}.", f"use one of {', '.join(NSMI_MODES)}.")
         if self.compile_mode not in COMPILE_MODES:
             raise InputError(f"unknown compile mode {self.compile_mode!r}.", f"use one of {', '.join(COMPILE_MODES)}.")
+        if self.backend not in BACKENDS:
+            raise InputError(f"unknown backend {self.backend!r}.", f"use one of {', '.join(BACKENDS)}.")
+        if self.backend == "onnx" and (self.compile or self.channels_last or self.precision not in ("auto", "fp32")):
+            raise InputError("--backend onnx runs the network in float32 through ONNX Runtime; it cannot be combined "
+                             "with --compile, --channels-last or a reduced --precision.",
+                             "drop those options, or use --backend torch (the default).")
 
 
 @dataclass
@@ -251,8 +263,11 @@ def _compiled_forward(net: torch.nn.Module, mode: str):
 
 def prepare_model(model, device: torch.device, options: SynthesisOptions):
     """Move ``model`` to ``device`` and apply the optional ``channels_last`` / ``compile`` settings
-    (once per network: a model that was already prepared the same way is left as it is)."""
+    (once per network: a model that was already prepared the same way is left as it is), and pick the
+    denoiser's backend: eager torch, or ONNX Runtime (``options.backend == "onnx"``, CPU only, diffusion
+    models only; exported once per checkpoint into the user cache, see :mod:`..models.onnx_backend`)."""
     model.to(device)
+    _select_backend(model, device, options)
     if options.compile:
         check_compile_available(device)
     for net in model.networks.values():
@@ -263,6 +278,25 @@ def prepare_model(model, device: torch.device, options: SynthesisOptions):
             net.forward = _compiled_forward(net, options.compile_mode)
             net._mrtoct_compiled = options.compile_mode
     return model
+
+
+def _select_backend(model, device: torch.device, options: SynthesisOptions) -> None:
+    torch_net = model.networks.get("denoiser") if hasattr(model, "network") else None
+    if options.backend != "onnx":
+        if torch_net is not None:
+            model.network = torch_net
+        return
+    if torch_net is None:
+        raise InputError(f"--backend onnx runs the denoiser of diffusion models (ddpm, score_sde, ddmm_synth); this "
+                         f"is a {model.method!r} model.", "use --backend torch (the default) for this model.")
+    if device.type != "cpu":
+        raise InputError(f"--backend onnx runs on the CPU only, but the device is {device}.",
+                         "use --device cpu with --backend onnx, or --backend torch on a GPU.")
+    onnx_net = getattr(model, "_mrtoct_onnx_denoiser", None)
+    if onnx_net is None:
+        onnx_net = onnx_denoiser(torch_net, model.metadata.get("sha256"), threads=torch.get_num_threads())
+        model._mrtoct_onnx_denoiser = onnx_net
+    model.network = onnx_net
 
 
 def _is_compile_failure(exc: BaseException) -> bool:
@@ -467,6 +501,7 @@ def _sample_volume(mri: Volume, model, options: SynthesisOptions, progress: Prog
         "method": model.method, "sampler": sampler.name, "steps": sampler.steps, "samples": k, "seed": options.seed,
         "device": str(device), "batch_size": batch, "precision": options.precision,
         "channels_last": options.channels_last, "compile": options.compile_mode if options.compile else False,
+        "backend": options.backend,
         "nfe_per_sample": total_nfe / max(1, n_batches),
         "slices": n_slices, "seconds": seconds, "seconds_per_slice": seconds / n_slices,
         "mr_normalization": norm.to_dict(), "model_grid": grid_info,

@@ -99,7 +99,8 @@ def run(args) -> int:
         sd = load_model(DEMO_SYNDIFF)
         variant = "paired" if getattr(sd, "paired", False) else "unpaired"
         add_row("syndiff", f"SynDiff ({variant}), 4 steps", lambda: synthesize(
-            mri, sd, dataclasses.replace(options, sampler=None, steps=None), progress=progress_printer(desc="demo")))
+            mri, sd, dataclasses.replace(options, sampler=None, steps=None, backend="torch"),  # SynDiff: torch only
+            progress=progress_printer(desc="demo")))
 
     files = []
     for key, label, result, _ in runs:

@@ -59,6 +59,11 @@ def add_synthesis_arguments(p: argparse.ArgumentParser) -> None:
                    help="torch.compile the networks (MODE: default, reduce-overhead = CUDA graphs, max-autotune). "
                         "Compiling takes minutes and pays only for long runs on a GPU; on the 2-core CPU we measured "
                         "it slower (benchmarks/README.md). Off by default")
+    p.add_argument("--backend", choices=["torch", "onnx"], default=None,
+                   help="how the diffusion denoiser runs: torch (default) or onnx = ONNX Runtime on the CPU (needs "
+                        "pip install 'onnxruntime==1.31.1' 'onnx==1.23.2', the 'onnx' extra; exported once per "
+                        "checkpoint into ~/.cache/mrtoct/onnx, same sCT to float rounding). Opt-in: see "
+                        "benchmarks/README.md for its measured speed on a CPU")
 
 
 def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
@@ -99,7 +104,7 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
 RUN_FLAGS = (("--sampler", "sampler"), ("--steps", "steps"), ("--samples", "samples"), ("--seed", "seed"),
              ("--device", "device"), ("--batch-size", "batch_size"), ("--precision", "precision"),
              ("--channels-last", "channels_last"), ("--compile", "compile"), ("--projections", "projections"),
-             ("--noise-sigma", "noise_sigma"), ("--nsmi", "nsmi"))
+             ("--noise-sigma", "noise_sigma"), ("--nsmi", "nsmi"), ("--backend", "backend"))
 #: version of the run record ``--info-json`` writes (``--from-record`` reads it)
 RECORD_FORMAT = "mrtoct-synthesis-run/1"
 
@@ -155,7 +160,8 @@ def options_from_args(args):
                             seed=0 if args.seed is None else args.seed, device=args.device or "auto",
                             batch_size=args.batch_size, precision=args.precision or "auto",
                             channels_last=bool(getattr(args, "channels_last", False)), compile=compile_mode is not None,
-                            compile_mode=compile_mode or "default", nsmi=getattr(args, "nsmi", None) or "auto")
+                            compile_mode=compile_mode or "default", nsmi=getattr(args, "nsmi", None) or "auto",
+                            backend=getattr(args, "backend", None) or "torch")
 
 
 def check_measurement_args(args) -> bool:
@@ -318,7 +324,7 @@ def options_from_record(args, record: dict):
             samples=int(record["samples"]), seed=int(record["seed"]), device=str(opts["device"]),
             batch_size=int(record["batch_size"]), precision=str(opts["precision"]),
             channels_last=bool(opts["channels_last"]), compile=bool(opts["compile"]),
-            compile_mode=str(opts["compile_mode"]), nsmi=str(opts["nsmi"]))
+            compile_mode=str(opts["compile_mode"]), nsmi=str(opts["nsmi"]), backend=str(opts.get("backend", "torch")))
     except (KeyError, TypeError, ValueError) as exc:
         raise InputError(f"--from-record: the record's sampler or options are incomplete ({exc!r}).",
                          "use the --info-json of a run made with this version of mrtoct.") from None

@@ -101,7 +101,9 @@ class SynthesisOptions:
     channels_last: bool = False  # NHWC weights and inputs (GPU convolutions under autocast)
     compile: bool = False        # torch.compile each network's forward (lazy: compiled on the first batch)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
-    nsmi: str = "auto"           # with measurements: auto | noiseless (DDMM-Synth Eq. 5) | noisy (Eqs. 7-13)
+    # with measurements: auto (noiseless when sigma = 0; the Wiener-filtered noisy block, or the MRI-only prior when the
+    # data carry no information, when sigma > 0) | noiseless (DDMM-Synth Eq. 5) | noisy (Eqs. 7-13, exact A+)
+    nsmi: str = "auto"
     crop_to_body: bool = True    # physical-scale models: synthesise only the body's bounding box (+ margin)
 
     def validate(self) -> None:
@@ -306,11 +308,13 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
     if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
         options.sampler_options["eta"] = 1.0
     sampler = model.make_sampler(options.sampler, options.steps, **options.sampler_options)
-    mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler)
+    mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler, meas)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    result = _sample_volume(mri, model, options, progress, cancel, meas.hook_for(mode), square_size=size)
-    result.info["method"] = "ddmm_synth_noise" if mode == "noisy" else "ddmm_synth"
+    hook_for = None if mode == "prior" else meas.hook_for(mode)
+    result = _sample_volume(mri, model, options, progress, cancel, hook_for, square_size=size)
+    result.info["method"] = {"noisy": "ddmm_synth_noise", "wiener": "ddmm_synth_noise_wiener",
+                             "prior": getattr(model, "source_method", "ddpm")}.get(mode, "ddmm_synth")
     result.info["sampler_options"] = dict(options.sampler_options)
     result.info["measurements"] = {
         "source": meas.source, "nsmi": mode, "nsmi_requested": options.nsmi,
@@ -318,6 +322,7 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
         "angles": "uniform over [0, 180) degrees", "grid": [op.height, op.width],
         "noise_sigma": meas.noise_sigma, "noise_sigma_units": "model units x pixel length, per detector bin",
         "sigma_n_image": meas.sigma_n_image, "pinv": op.method, "pinv_regularization": op.regularization,
+        "informative_fraction": meas.informative_fraction() if mode in ("wiener", "prior") else None,
         "checkpoint_method": getattr(model, "source_method", model.method), "notes": notes,
         **meas.details,
     }

@@ -95,6 +95,7 @@ __all__ = [
     "Measurements",
     "NullSpaceProjection",
     "NoisyNullSpaceProjection",
+    "WienerNullSpaceProjection",
     "nsmi_noise_schedule",
     "resolve_nsmi",
     "sampler_supports_noisy_nsmi",
@@ -121,7 +122,8 @@ def nsmi_noise_schedule(x0_coef, variance, sigma_n_image: float):
     ``gamma_t = min(1, sigma_t / (c_t sigma_n))`` and ``phi_t = sigma_t^2 - (gamma_t c_t sigma_n)^2``, so
     the measurement part plus the extra part is exactly ``sigma_t^2``, ``gamma_t`` lies in ``[0, 1]`` (0
     only when ``sigma_t = 0``) and ``phi_t >= 0``. ``sigma_n_image = 0`` gives ``(1, sigma_t^2)`` (the
-    noiseless block with the usual noise). Accepts numbers (returned as float64 CPU tensors) or tensors
+    noiseless block with the usual noise). ``sigma_n_image`` may be a ``[B]`` tensor (one value per batch row,
+    as the Wiener-filtered block has); the results then are ``[B]`` too. Accepts numbers (returned as float64 CPU tensors) or tensors
     (returned on ``x0_coef``'s device, in float64 -- float32 on ``mps`` -- so that a sampling loop on a
     GPU never waits for a host round-trip here).
     """
@@ -130,7 +132,8 @@ def nsmi_noise_schedule(x0_coef, variance, sigma_n_image: float):
     wd = work_dtype(dev)
     c = c.to(dev, wd).abs()
     var = torch.as_tensor(variance).detach().to(dev, wd).clamp_min(0.0)
-    meas = c * float(sigma_n_image)  # std that gamma = 1 would bring
+    sig_n = sigma_n_image.detach().to(dev, wd) if isinstance(sigma_n_image, torch.Tensor) else float(sigma_n_image)
+    meas = c * sig_n  # std that gamma = 1 would bring
     sig = var.sqrt()
     full = sig >= meas
     gamma = torch.where(full, torch.ones_like(sig), sig / torch.where(meas > 0, meas, torch.ones_like(meas)))
@@ -190,6 +193,47 @@ class NoisyNullSpaceProjection(NullSpaceProjection):
         return x0_hat, phi.to(device=x0.device, dtype=x0.dtype)
 
 
+class WienerNullSpaceProjection(NoisyNullSpaceProjection):
+    """The noise-aware N-SMI block of ``--nsmi auto`` with noisy measurements: DDMM-Synth Eqs. 7-13 with the
+    exact ``A+`` replaced by the per-band empirical Wiener inverse of
+    :meth:`~...operators.radon.RadonOperator.pinv_wiener` (per-bin noise ``noise_sigma``).
+
+    ``x0_hat = x0 - gamma_t W (A x0 - y)``: ``W`` keeps, band by band of singular values, only the part of the
+    residual that rises above the measurement noise (the prior's error along those directions, estimated
+    from the residual itself), so a direction the data cannot resolve is left to the MRI-guided prior. The
+    image-domain ``sigma_n`` of Eqs. 8-13 is the per-row RMS of the noise ``W`` lets through (reported by
+    ``pinv_wiener``), so ``gamma_t`` and ``phi_t`` follow Eq. 13 per batch row. With a sampler that does not
+    describe its steps (deterministic ones) the hook applies ``W`` with ``gamma_t = 1``.
+    """
+
+    mode = "wiener"
+
+    def __init__(self, operator: RadonOperator, y: torch.Tensor, noise_sigma: float, record: bool = False):
+        super().__init__(operator, y, 0.0, record)
+        self.noise_sigma = float(noise_sigma)
+
+    def filtered(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W (A x0 - y), sigma_n per row)`` (full precision, autocast off)."""
+        op = self.operator
+        if x0.shape[0] != self.y.shape[0]:
+            raise ValueError(f"the N-SMI hook has {self.y.shape[0]} sinograms but the batch has {x0.shape[0]} images")
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            corr, noise = op.pinv_wiener(op.forward(x0.to(op.dtype)) - self.y, self.noise_sigma)
+        return corr, noise.reshape(-1)
+
+    def correction(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.filtered(x0)[0]
+
+    def compose_noise(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, step: StepNoise):
+        corr, sigma_n = self.filtered(x0)
+        gamma, phi = nsmi_noise_schedule(step.x0_coef, step.variance, sigma_n)
+        if self.history is not None:
+            self.history.append((float(step.t), float(step.x0_coef), float(step.variance),
+                                 float(gamma.mean()), float(phi.mean())))
+        x0_hat = x0 - per_sample(gamma, x0) * corr.to(x0.dtype)
+        return x0_hat, phi.to(device=x0.device, dtype=x0.dtype)
+
+
 # ==================================================================================== measurements
 @dataclass
 class Measurements:
@@ -221,18 +265,31 @@ class Measurements:
 
     def hook_for(self, mode: str) -> Callable[[np.ndarray], NullSpaceProjection]:
         """the per-batch hook factory of :func:`...pipeline.synthesis.synthesize`: slice indices -> a hook for that
-        batch."""
-        if mode not in ("noiseless", "noisy"):
-            raise ValueError(f"mode must be 'noiseless' or 'noisy', got {mode!r}")
+        batch (``mode``: ``noiseless``, ``noisy`` or ``wiener``)."""
+        if mode not in ("noiseless", "noisy", "wiener"):
+            raise ValueError(f"mode must be 'noiseless', 'noisy' or 'wiener', got {mode!r}")
         sigma = self.sigma_n_image if mode == "noisy" else 0.0
 
         def factory(indices):
             idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.sinograms.device)
             y = self.sinograms.index_select(0, idx)
+            if mode == "wiener":
+                return WienerNullSpaceProjection(self.operator, y, self.noise_sigma)
             return NoisyNullSpaceProjection(self.operator, y, sigma) if mode == "noisy" \
                 else NullSpaceProjection(self.operator, y)
 
         return factory
+
+    def informative_fraction(self) -> float:
+        """Fraction of the measurements' singular directions (over all slices) in which the sinograms rise above
+        the stated noise (non-zero gain of :meth:`~...operators.radon.RadonOperator.wiener_gains`): 1 without
+        noise, 0 when the data cannot be told apart from noise. NaN when the operator has no SVD."""
+        if self.noise_sigma <= 0:
+            return 1.0
+        if self.operator.method != "svd":
+            return math.nan
+        gains = self.operator.wiener_gains(self.sinograms, self.noise_sigma)
+        return float((gains > 0).double().mean())
 
     def to_volume_array(self) -> np.ndarray:
         """The sinograms as a ``(n_slices, N_p, n_det)`` float32 array (the ``--sinogram`` file layout)."""
@@ -292,10 +349,18 @@ def sampler_supports_noisy_nsmi(sampler) -> bool:
     return sampler.step_noise(0, n, grid[0], grid[1]) is not None
 
 
-def resolve_nsmi(nsmi: str, noise_sigma: float, sampler) -> tuple[str, list[str]]:
-    """The N-SMI block to run (``"noiseless"``/``"noisy"``) and notes for the user.
+def resolve_nsmi(nsmi: str, noise_sigma: float, sampler, measurements: Optional["Measurements"] = None
+                 ) -> tuple[str, list[str]]:
+    """The N-SMI block to run and notes for the user: ``"noiseless"`` (Eq. 5, exact ``A+``), ``"noisy"``
+    (Eqs. 7-13 with the exact ``A+``, as the paper writes it), ``"wiener"`` (:class:`WienerNullSpaceProjection`)
+    or ``"prior"`` (no measurement embedding: the MRI-only prior).
 
-    ``auto``: noisy when ``noise_sigma > 0`` and the sampler supports it, else noiseless (with a note).
+    ``auto`` decides by the numbers: ``noise_sigma == 0`` -> ``noiseless`` (the exact block is exact);
+    ``noise_sigma > 0`` -> ``wiener`` when the operator has its SVD (every geometry up to
+    :data:`~...operators.radon.SVD_MAX` rows), with Eq. 13's ``gamma_t``/``phi_t`` when the sampler is
+    stochastic and ``gamma_t = 1`` otherwise; ``prior`` (with a note) when not one singular direction of the
+    sinograms rises above the stated noise (:meth:`Measurements.informative_fraction` = 0); without an SVD
+    (large geometries) ``noisy`` on a stochastic sampler, else ``noiseless`` with a note.
     ``noisy`` with a deterministic sampler is an :class:`InputError`.
     """
     if nsmi not in NSMI_MODES:
@@ -309,11 +374,20 @@ def resolve_nsmi(nsmi: str, noise_sigma: float, sampler) -> tuple[str, list[str]
             "deterministic (it would ignore the measurements entirely).",
             "use --sampler ddim (eta defaults to 1 for the noisy block) or --sampler ddpm, or --nsmi noiseless.")
     if nsmi == "auto":
-        if noise_sigma > 0 and not ok:
+        if noise_sigma <= 0:
+            return "noiseless", notes
+        has_svd = measurements is not None and measurements.operator.method == "svd"
+        if has_svd:
+            if measurements.informative_fraction() == 0.0:
+                notes.append(f"--nsmi auto: at noise sigma {noise_sigma:g} per bin no direction of the sinograms "
+                             "rises above the noise; the measurements are not used (MRI-only prior).")
+                return "prior", notes
+            return "wiener", notes
+        if not ok:
             notes.append(f"--nsmi auto: {label} cannot run the noisy block, using the noiseless one; "
                          "use --sampler ddim or ddpm for DDMM-Synth-noise.")
             return "noiseless", notes
-        return ("noisy" if noise_sigma > 0 else "noiseless"), notes
+        return "noisy", notes
     if nsmi == "noisy" and noise_sigma == 0:
         notes.append("--nsmi noisy with --noise-sigma 0 is the noiseless block (gamma_t = 1).")
     return nsmi, notes

@@ -272,9 +272,10 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
 
     ``measurements`` (DDMM-Synth): a :class:`.measurements.MeasurementSpec` (reference CT or sinogram file;
     built here on the model's grid and device) or prebuilt ``Measurements``. The model must then be a
-    conditional DDPM (or ``ddmm_synth``) checkpoint; ``options.nsmi`` picks the block (``auto`` = noisy when
-    the measurements have noise and the sampler can run it, see :func:`..models.methods.ddmm_synth.
-    resolve_nsmi`); with the noisy block and ``ddim`` without an ``eta`` option, ``eta = 1``. Notes about
+    conditional DDPM (or ``ddmm_synth``) checkpoint; ``options.nsmi`` picks the block (``auto``: the exact noiseless
+    block without noise, the Wiener-filtered noisy block with noise, or the MRI-only prior when the sinograms do not
+    rise above the stated noise; see :func:`..models.methods.ddmm_synth.resolve_nsmi`); with a noisy block and
+    ``ddim`` without an ``eta`` option, ``eta = 1``. Notes about
     the choice are issued as warnings and kept in ``info["measurements"]["notes"]``.
 
     ``progress(fraction, message)`` is called after each batch; ``cancel()`` returning True stops the
@@ -304,6 +305,7 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
         raise InputError(f"there are {meas.n_slices} sinograms but the MRI has {n_slices} axial slices.",
                          "give one sinogram per axial slice of this MRI.")
     name = options.sampler or model.default_sampler
+    given_sampler_options = dict(options.sampler_options)
     mode_wanted = options.nsmi if options.nsmi != "auto" else ("noisy" if meas.noise_sigma > 0 else "noiseless")
     if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
         options.sampler_options["eta"] = 1.0
@@ -311,8 +313,11 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
     mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler, meas)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    hook_for = None if mode == "prior" else meas.hook_for(mode)
-    result = _sample_volume(mri, model, options, progress, cancel, hook_for, square_size=size)
+    if mode == "prior":  # exactly the MRI-only run (its grid and sampler options), measurements recorded as unused
+        options.sampler_options = given_sampler_options
+        result = _sample_volume(mri, model, options, progress, cancel, None)
+    else:
+        result = _sample_volume(mri, model, options, progress, cancel, meas.hook_for(mode), square_size=size)
     result.info["method"] = {"noisy": "ddmm_synth_noise", "wiener": "ddmm_synth_noise_wiener",
                              "prior": getattr(model, "source_method", "ddpm")}.get(mode, "ddmm_synth")
     result.info["sampler_options"] = dict(options.sampler_options)

@@ -85,11 +85,14 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
                         "units x pixel lengths; a ray across a 64-pixel grid of water measures about -32). With --ct "
                         "Gaussian noise of this size is added (seeded by --seed); with --sinogram it states the "
                         "noise already in the file. Default 0. The image-domain sigma_n of DDMM-Synth Eqs. 8-13 is "
-                        "this times the pseudo-inverse's noise gain (about 1.9 for 23 views at 64x64) and is "
+                        "this times the exact pseudo-inverse's noise gain (about 55 for 23 views at 64x64) and is "
                         "reported in the run info")
     g.add_argument("--nsmi", choices=["auto", "noiseless", "noisy"], default=None,
-                   help="N-SMI block: noiseless (DDMM-Synth Eq. 5), noisy (DDMM-Synth-noise, Eqs. 7-13; needs "
-                        "--sampler ddim or ddpm) or auto = noisy when --noise-sigma > 0 (default auto)")
+                   help="N-SMI block: noiseless (DDMM-Synth Eq. 5, exact pseudo-inverse), noisy (DDMM-Synth-noise, "
+                        "Eqs. 7-13 as the paper writes them; needs --sampler ddim or ddpm) or auto (default): "
+                        "noiseless when --noise-sigma is 0, otherwise the noisy block with a Wiener-filtered "
+                        "pseudo-inverse that keeps only what rises above the stated noise, or the MRI alone "
+                        "when nothing does")
     g.add_argument("--out-sinogram", metavar="FILE",
                    help="also write the simulated measurements (with --ct) in the --sinogram layout")
 

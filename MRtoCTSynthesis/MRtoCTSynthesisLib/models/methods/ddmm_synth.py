@@ -48,24 +48,37 @@ DDNM+'s ``gamma_t`` (the letters are swapped). This module implements DDMM-Synth
 not implemented. On the last step the posterior adds no noise (``sigma_t = 0``), so ``gamma_t = 0``:
 the final sample is not forced onto the noisy measurements.
 
-Why the noisy block matters here: ``A+`` amplifies measurement noise along the weakest directions of
-``A A^T`` (rays grazing a corner, near-dependent views; ``lambda = 1e-6 lambda_max`` barely damps
-them), so the noiseless block copies that amplified noise into every step's ``x0``; scaling the
-correction by ``gamma_t < 1`` in the late steps lets the prior average it out.
+The pseudo-inverse is exact (:mod:`..operators.radon`, ``pinv="svd"`` on every grid whose smaller Gram
+matrix has at most 4096 rows): ``A+ A`` is a projector, as Eq. 3 assumes, so the noiseless block is exact
+at ``sigma = 0``. The price is noise amplification: the exact ``A+`` divides by every non-zero singular
+value, down to 1e-5 of the largest, so its image-domain noise gain ``g`` (below) is about 55 per unit bin
+noise for 23 views on a 64 x 64 grid (the Tikhonov inverse used before, ``lambda = 1e-6 lambda_max``, had
+1.9 but was not a projector). With noisy data both blocks as the paper writes them then fail: the
+noiseless block copies the amplified noise into every ``x0``, and the noisy block's ``gamma_t`` rule
+assumes ``A+ n`` is white (``N(0, sigma_n^2 I)``) while it is concentrated in the weakest singular
+directions, so the prior cannot average it out (``benchmarks/README.md``, DDMM-Synth under noise).
 
-``sigma_n`` here is image-domain; the user gives the per-bin ``sigma_meas``. They are linked through the
-operator: ``sigma_n = g sigma_meas`` with ``g`` the per-pixel RMS of ``A+ n`` for unit white bin noise
-(:meth:`~..operators.radon.RadonOperator.pinv_noise_gain`; about 1.9 for 23 views on a 64 x 64 grid).
-This moment-matches the paper's isotropic model to the real, correlated ``A+ n``. The paper's
-``sigma_n = 0.1 - 0.3`` (image noise in its normalised scale) therefore corresponds to
-``--noise-sigma`` of about ``0.05 - 0.15`` for 23 views at 64 x 64 (see the ``sigma_n_image`` entry of
-the run info).
+Noise-aware block (``--nsmi auto`` with ``sigma > 0``, :class:`WienerNullSpaceProjection`)
+------------------------------------------------------------------------------------------
+The range-space correction is estimated rather than copied: in the SVD basis the residual
+``A x0 - y = A (x0 - x) - n`` has components ``c_k = s_k e_k - n_k`` with ``e_k`` the prior's error along
+``v_k``; the posterior-mean (Wiener) estimate of ``e_k`` is ``g_k c_k / s_k`` with gain
+``g_k = s_k^2 tau_k^2 / (s_k^2 tau_k^2 + sigma^2)``, i.e. Tikhonov with ``lambda_k = sigma^2 / tau_k^2`` set
+from the stated per-bin ``sigma`` and the prior's error scale ``tau_k``, which is estimated at every step
+from the residual's power per band of 64 singular values (``E c_k^2 = s_k^2 tau_k^2 + sigma^2``; see
+:meth:`~..operators.radon.RadonOperator.pinv_wiener`). Bands that do not rise above the noise get gain 0,
+so whatever the data cannot resolve is left to the MRI-guided prior, and at ``sigma = 0`` every gain is 1
+(the exact block). The filtered correction then goes through Eqs. 7-13 with ``sigma_n`` = the RMS of the
+noise the filter lets through (per batch row), so ``gamma_t < 1`` only where that small residual noise
+would exceed the step's own noise. ``--nsmi auto`` falls back to the MRI-only prior (no embedding, with a
+note) when no more bands of the sinograms rise above the stated noise than pure noise would give.
 
 Samplers: ``ddpm`` and ``ddim`` (``eta > 0``; DDMM-Synth uses 100 DDIM steps, and for the noisy block
 ``eta`` defaults to 1, where DDIM's step is the DDPM posterior) support the noisy block. ``dpmpp`` and
 ``ddim`` with ``eta = 0`` are deterministic and have no noise to trade: the rule would give
-``gamma_t = 0`` (no measurement information at all), so ``--nsmi noisy`` is refused with them and
-``--nsmi auto`` falls back to the noiseless block with a warning.
+``gamma_t = 0`` (no measurement information at all), so ``--nsmi noisy`` is refused with them; ``--nsmi
+auto`` then runs the Wiener-filtered correction with ``gamma_t = 1`` (or, on a geometry without an SVD,
+the noiseless block with a warning).
 
 Batches: :func:`...pipeline.synthesis.synthesize` asks :meth:`Measurements.hook_for` for each batch's
 hook with the canonical slice index of every batch row (Monte-Carlo samples of a slice repeat its
@@ -103,6 +116,7 @@ __all__ = [
     "DEFAULT_PROJECTIONS",
     "MAX_PROJECTIONS",
     "MEASUREMENT_SEED_OFFSET",
+    "INFORMATIVE_MIN",
 ]
 
 NSMI_MODES = ("auto", "noiseless", "noisy")
@@ -110,6 +124,9 @@ NSMI_MODES = ("auto", "noiseless", "noisy")
 DEFAULT_PROJECTIONS = 23
 #: more views than this is refused (10 per degree; the operator's memory grows linearly with it)
 MAX_PROJECTIONS = 1800
+#: --nsmi auto uses the measurements only when more than this fraction of their singular directions rises above the
+#: stated noise (pure noise passes the Wiener gate in under 1 % of the bands, see ..operators.radon.WIENER_GATE)
+INFORMATIVE_MIN = 0.02
 #: the measurement noise uses its own generator, seeded with ``seed + MEASUREMENT_SEED_OFFSET``
 MEASUREMENT_SEED_OFFSET = 1_000_003
 
@@ -358,8 +375,9 @@ def resolve_nsmi(nsmi: str, noise_sigma: float, sampler, measurements: Optional[
     ``auto`` decides by the numbers: ``noise_sigma == 0`` -> ``noiseless`` (the exact block is exact);
     ``noise_sigma > 0`` -> ``wiener`` when the operator has its SVD (every geometry up to
     :data:`~...operators.radon.SVD_MAX` rows), with Eq. 13's ``gamma_t``/``phi_t`` when the sampler is
-    stochastic and ``gamma_t = 1`` otherwise; ``prior`` (with a note) when not one singular direction of the
-    sinograms rises above the stated noise (:meth:`Measurements.informative_fraction` = 0); without an SVD
+    stochastic and ``gamma_t = 1`` otherwise; ``prior`` (with a note) when no more singular directions of the
+    sinograms rise above the stated noise than pure noise would give (:meth:`Measurements.informative_fraction`
+    at most :data:`INFORMATIVE_MIN`); without an SVD
     (large geometries) ``noisy`` on a stochastic sampler, else ``noiseless`` with a note.
     ``noisy`` with a deterministic sampler is an :class:`InputError`.
     """
@@ -378,7 +396,7 @@ def resolve_nsmi(nsmi: str, noise_sigma: float, sampler, measurements: Optional[
             return "noiseless", notes
         has_svd = measurements is not None and measurements.operator.method == "svd"
         if has_svd:
-            if measurements.informative_fraction() == 0.0:
+            if measurements.informative_fraction() <= INFORMATIVE_MIN:
                 notes.append(f"--nsmi auto: at noise sigma {noise_sigma:g} per bin no direction of the sinograms "
                              "rises above the noise; the measurements are not used (MRI-only prior).")
                 return "prior", notes

@@ -140,9 +140,9 @@ def nsmi_noise_schedule(x0_coef, variance, sigma_n_image: float):
     the measurement part plus the extra part is exactly ``sigma_t^2``, ``gamma_t`` lies in ``[0, 1]`` (0
     only when ``sigma_t = 0``) and ``phi_t >= 0``. ``sigma_n_image = 0`` gives ``(1, sigma_t^2)`` (the
     noiseless block with the usual noise). ``sigma_n_image`` may be a ``[B]`` tensor (one value per batch row,
-    as the Wiener-filtered block has); the results then are ``[B]`` too. Accepts numbers (returned as float64 CPU tensors) or tensors
-    (returned on ``x0_coef``'s device, in float64 -- float32 on ``mps`` -- so that a sampling loop on a
-    GPU never waits for a host round-trip here).
+    as the Wiener-filtered block has); the results then are ``[B]`` too. Accepts numbers (returned as float64
+    CPU tensors) or tensors (returned on ``x0_coef``'s device, in float64 -- float32 on ``mps`` -- so that a
+    sampling loop on a GPU never waits for a host round-trip here).
     """
     c = torch.as_tensor(x0_coef).detach()
     dev = c.device

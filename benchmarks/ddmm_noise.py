@@ -61,9 +61,11 @@ def ray_scale(case, model, n_p: int) -> float:
     from MRtoCTSynthesisLib.pipeline.synthesis import square_grid_size
 
     size = square_grid_size(model, case.mr)
-    y = measurements_from_ct(case.mr, case.ct, size, n_p, 0.0).sinograms.double()
-    air = measurements_from_ct(case.mr, case.mr.with_array(np.full(case.ct.array.shape, -1024.0, np.float32)),
-                               size, n_p, 0.0).sinograms.double()
+    import torch
+
+    meas = measurements_from_ct(case.mr, case.ct, size, n_p, 0.0)
+    y = meas.sinograms.double()
+    air = meas.operator.forward(-torch.ones(1, 1, size, size)).double()  # -1 = -1024 HU everywhere
     body = (y - air).abs() > 1e-3  # rays whose line integral differs from pure air
     return float(y[body].pow(2).mean().sqrt())
 

@@ -6,9 +6,11 @@ interchangeable with it):
 * the image is ``H x W`` pixels of unit size; the rotation centre is the pixel ``(H // 2, W // 2)``;
   a pixel in row ``i`` and column ``j`` sits at ``X = j - W // 2``, ``Y = i - H // 2``;
 * ``N_p`` projection angles ``theta_a = 180 a / N_p`` degrees, ``a = 0 .. N_p - 1`` (uniform over
-  ``[0, 180)``, as in the DDMM-Synth experiments);
+  ``[0, 180)``, as in the DDMM-Synth experiments), or any list of angles in degrees (``angles_deg``);
 * ``n_det`` detector bins of pixel width (default ``ceil(sqrt(2) max(H, W))``, which covers the image
-  diagonal); bin ``k`` integrates along the line ``X cos(theta) - Y sin(theta) = k - n_det // 2``;
+  diagonal); bin ``k`` integrates along the line ``X cos(theta) - Y sin(theta) = k - n_det // 2``; with
+  ``det_spacing = d`` (bins ``d`` pixels apart, a measured scanner's geometry) along
+  ``X cos(theta) - Y sin(theta) = (k - n_det // 2) d``;
 * a sinogram is laid out ``[..., N_p, n_det]`` (angle-major; scikit-image returns the transpose).
 
 Discretisation: Joseph's method. A ray that runs mostly along the image rows' normal (``|cos| >= |sin|``)
@@ -124,6 +126,10 @@ SVD_MAX = 4096
 SVD_MAX_CUDA = 16_384
 #: singular values below this fraction of the largest are zero for the exact pseudo-inverse
 SVD_RCOND = 1e-5
+#: singular values between this fraction of the largest and SVD_RCOND are left out of the noise estimate
+WEAK_RCOND = 1e-9
+#: the same for the pixel-side Gram (A^T A), whose small eigenvectors give U = A V / s less accurately
+WEAK_RCOND_PIXELS = 1e-7
 #: singular values per band of the empirical Wiener filter (:meth:`RadonOperator.pinv_wiener`)
 WIENER_BAND = 64
 #: a Wiener band is used only when its power exceeds sigma^2 by this many standard errors of pure noise
@@ -166,15 +172,18 @@ def _image_size(image_size) -> tuple[int, int]:
     return h, w
 
 
-def system_matrix_coo(height: int, width: int, angles_deg: Sequence[float], n_det: int):
+def system_matrix_coo(height: int, width: int, angles_deg: Sequence[float], n_det: int, det_spacing: float = 1.0):
     """Joseph's system matrix as numpy COO arrays ``(rows, cols, values)`` (float64), rows ascending.
+
+    ``det_spacing``: the distance between neighbouring detector bins in pixels (1 = the default geometry);
+    bin ``k`` integrates along ``X cos(theta) - Y sin(theta) = (k - n_det // 2) det_spacing``.
 
     Row ``a * n_det + k`` is bin ``k`` of angle ``a``; column ``i * W + j`` is pixel ``(i, j)``. Vectorised
     over bins and samples; one iteration per angle.
     """
     H, W, n_det = int(height), int(width), int(n_det)
     ci, cj, ck = H // 2, W // 2, n_det // 2
-    s = np.arange(n_det, dtype=np.float64) - ck
+    s = (np.arange(n_det, dtype=np.float64) - ck) * float(det_spacing)
     rows_all, cols_all, vals_all = [], [], []
     for a, theta in enumerate(np.deg2rad(np.asarray(angles_deg, dtype=np.float64))):
         c, sn = math.cos(theta), math.sin(theta)
@@ -258,6 +267,9 @@ class RadonOperator:
     reg: Tikhonov weight of the pseudo-inverse relative to ``lambda_max(A A^T)``.
     dense_max_rows: Cholesky when the smaller Gram matrix has at most this many rows, else conjugate
         gradients (default :data:`DENSE_MAX_ROWS`, or :data:`DENSE_MAX_ROWS_CUDA` on CUDA).
+    angles_deg: the view angles in degrees (default: ``N_p`` uniform over ``[0, 180)``); when given, their
+        number must equal ``n_projections``.
+    det_spacing: distance between detector bins in pixels (default 1).
     pinv: ``"auto"`` (the exact SVD pseudo-inverse when the smaller Gram matrix has at most ``svd_max`` rows
         -- :data:`SVD_MAX`, :data:`SVD_MAX_CUDA` on CUDA -- and the device is not ``mps``; the Tikhonov one
         otherwise), ``"svd"`` (refused when it does not fit) or ``"tikhonov"``.
@@ -267,7 +279,8 @@ class RadonOperator:
 
     def __init__(self, image_size, n_projections: int, *, device="cpu", dtype: torch.dtype = torch.float32,
                  n_detectors: Optional[int] = None, reg: float = DEFAULT_REG, dense_max_rows: Optional[int] = None,
-                 pinv: str = "auto", svd_max: Optional[int] = None):
+                 pinv: str = "auto", svd_max: Optional[int] = None, angles_deg: Optional[Sequence[float]] = None,
+                 det_spacing: float = 1.0):
         self.height, self.width = _image_size(image_size)
         self.n_projections = _check_count(n_projections, "number of projections",
                                           "use e.g. --projections 23 (DDMM-Synth)")
@@ -285,13 +298,24 @@ class RadonOperator:
         if dense_max_rows is None:
             dense_max_rows = DENSE_MAX_ROWS_CUDA if self.device.type == "cuda" else DENSE_MAX_ROWS
         self.dense_max_rows = int(dense_max_rows)
-        self.angles_deg = projection_angles(self.n_projections)
+        if angles_deg is None:
+            self.angles_deg = projection_angles(self.n_projections)
+        else:
+            self.angles_deg = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
+            if self.angles_deg.size != self.n_projections or not np.isfinite(self.angles_deg).all():
+                raise InputError(f"{self.angles_deg.size} view angles were given for {self.n_projections} views "
+                                 "(or some are not finite).", "give one finite angle in degrees per view.")
+        if not (isinstance(det_spacing, numbers.Real) and math.isfinite(det_spacing) and 0.05 <= det_spacing <= 20):
+            raise InputError(f"the detector spacing must be between 0.05 and 20 model-grid pixels, got "
+                             f"{det_spacing!r}.",
+                             "give the spacing in mm with the model grid's pixel size (see `mrtoct info`).")
+        self.det_spacing = float(det_spacing)
         self.n_pixels = self.height * self.width
         self.n_rows = self.n_projections * self.n_det
         self._solve_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self._lock = threading.Lock()
 
-        rows, cols, vals = system_matrix_coo(self.height, self.width, self.angles_deg, self.n_det)
+        rows, cols, vals = system_matrix_coo(self.height, self.width, self.angles_deg, self.n_det, self.det_spacing)
         self.nnz = int(vals.size)
         crow, col, val = _coo_to_csr_arrays(rows, cols, vals, self.n_rows)
         self._A = _csr(crow, col, val, (self.n_rows, self.n_pixels), self.device, dtype)
@@ -324,6 +348,7 @@ class RadonOperator:
             self.gram_side = "rows"
         #: the thin SVD of the kept rows (``method == "svd"``): U [kept rows, r], s [r] descending, V [H W, r]
         self._svd: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self._u_weak: Optional[torch.Tensor] = None
         self.cg_iterations: list[int] = []
         self._noise_gain: dict[int, float] = {}
         self._cg_warned = False
@@ -496,6 +521,32 @@ class RadonOperator:
         return x.reshape(*lead, *self.image_shape).to(out_dtype), holder["noise"].reshape(lead)
 
 
+    def estimate_noise_sigma(self, y: torch.Tensor) -> tuple[float, int]:
+        """Per-bin noise std estimated from sinograms ``[..., N_p, n_det]`` alone, and its degrees of freedom.
+
+        The part of the data outside the range of ``A``, ``(I - U U^T) y``, cannot come from any image: for
+        ``y = A x + n`` it is the projection of the noise onto the ``m - r`` directions orthogonal to the
+        range (``m`` rays that cross the image, ``r`` = :attr:`rank`; the views' consistency conditions). For
+        white noise ``E ||(I - U U^T) y||^2 = sigma^2 (m - r)`` per sinogram (``U`` here also holds the weak
+        directions below the inverse's cut-off, down to :data:`WEAK_RCOND` of ``s_max`` --
+        :data:`WEAK_RCOND_PIXELS` on the pixel-side Gram --, which still carry signal), so
+        ``sigma^2 = sum ||(I - U U^T) y||^2 / (B (m - r))`` over the ``B`` sinograms (relative standard error
+        ``1 / sqrt(2 B (m - r))``). Whatever the operator does not model (scatter, beam hardening, a detector
+        offset) lands there too and counts as noise. SVD path only; ``(nan, 0)`` when ``m == r``.
+        """
+        self._require_svd("estimate_noise_sigma")
+        flat, _ = self._flat_sinograms(y)
+        self._ensure_solver()
+        U = self._svd[0].to(torch.float64)
+        if self._u_weak is not None and self._u_weak.shape[1]:
+            U = torch.cat([U, self._u_weak.to(torch.float64)], dim=1)
+        yk = flat.to(device=self.device, dtype=torch.float64).index_select(1, self._kept).t()  # [m, B]
+        resid = yk - U @ (U.t() @ yk)
+        dof = (self.n_kept_rows - U.shape[1]) * yk.shape[1]
+        if dof <= 0:
+            return math.nan, 0
+        return float(torch.sqrt(resid.pow(2).sum() / dof)), int(dof)
+
     def project_out_range(self, x: torch.Tensor) -> torch.Tensor:
         """``(I - A+ A) x``: the null-space part of ``x``."""
         return x - self.pinv(self.forward(x)).to(x.dtype)
@@ -535,8 +586,8 @@ class RadonOperator:
             ii = np.arange(self.height) - self.height // 2
             jj = np.arange(self.width) - self.width // 2
             th = np.deg2rad(self.angles_deg)
-            pos = (jj[None, None, :] * np.cos(th)[:, None, None] - ii[None, :, None] * np.sin(th)[:, None, None]
-                   + self.n_det // 2).reshape(self.n_projections, -1).T  # [H W, N_p]
+            pos = ((jj[None, None, :] * np.cos(th)[:, None, None] - ii[None, :, None] * np.sin(th)[:, None, None])
+                   / self.det_spacing + self.n_det // 2).reshape(self.n_projections, -1).T  # [H W, N_p]
             lo = np.floor(pos)
             frac = pos - lo
             lo = lo.astype(np.int64)
@@ -660,6 +711,10 @@ class RadonOperator:
         w, Q = w.flip(0), Q.flip(1)  # descending
         sv = w.clamp_min(0.0).sqrt()
         keep = sv > SVD_RCOND * sv[0]
+        # weak directions (below the cut-off but above the eigen-solver's resolution): not inverted, but they
+        # are not pure noise either, so the noise estimate leaves them out
+        weak = ~keep & (sv > (WEAK_RCOND if self.gram_side == "rows" else WEAK_RCOND_PIXELS) * sv[0])
+        q_weak, s_weak = Q[:, weak], sv[weak]
         sv, Q = sv[keep], Q[:, keep]
         r = int(sv.numel())
         z = torch.zeros(self.n_rows, r, device=self.device, dtype=torch.float64)
@@ -672,7 +727,12 @@ class RadonOperator:
             V = Q
             U = torch.sparse.mm(A64, V).index_select(0, self._kept) / sv
         self._svd = (U.contiguous(), sv, V.contiguous())
-
+        if self.gram_side == "rows":
+            self._u_weak = q_weak.contiguous()
+        elif q_weak.shape[1]:  # U = A V / s for the weak ones, orthonormalised against U and each other
+            u_weak = torch.sparse.mm(A64, q_weak).index_select(0, self._kept) / s_weak
+            u_weak = u_weak - U @ (U.t() @ u_weak)
+            self._u_weak = torch.linalg.qr(u_weak).Q.contiguous()
     def _solve_gram(self, b: torch.Tensor) -> torch.Tensor:
         """Solve ``(G + lambda I) z = b`` for ``[n, B]`` right-hand sides (solve dtype): kept rows for the
         row Gram, pixels for the pixel Gram."""
@@ -753,18 +813,22 @@ def _device_key(device) -> torch.device:
 
 
 def get_operator(image_size, n_projections: int, device="cpu", dtype: torch.dtype = torch.float32,
-                 n_detectors: Optional[int] = None, reg: float = DEFAULT_REG, pinv: str = "auto") -> RadonOperator:
+                 n_detectors: Optional[int] = None, reg: float = DEFAULT_REG, pinv: str = "auto",
+                 angles_deg: Optional[Sequence[float]] = None, det_spacing: float = 1.0) -> RadonOperator:
     """The :class:`RadonOperator` for this geometry, device and dtype, from an LRU cache of
     :data:`CACHE_SIZE` operators (so the pseudo-inverse is factored once per geometry)."""
     h, w = _image_size(image_size)
     dev = _device_key(device)
-    key = (h, w, int(n_projections), str(dev), dtype, n_detectors, float(reg), str(pinv))
+    angles_key = None if angles_deg is None else tuple(float(a) for a in np.asarray(angles_deg).reshape(-1))
+    key = (h, w, int(n_projections), str(dev), dtype, n_detectors, float(reg), str(pinv), angles_key,
+           float(det_spacing))
     with _CACHE_LOCK:
         op = _CACHE.get(key)
         if op is not None:
             _CACHE.move_to_end(key)
             return op
-    op = RadonOperator((h, w), n_projections, device=dev, dtype=dtype, n_detectors=n_detectors, reg=reg, pinv=pinv)
+    op = RadonOperator((h, w), n_projections, device=dev, dtype=dtype, n_detectors=n_detectors, reg=reg, pinv=pinv,
+                       angles_deg=angles_deg, det_spacing=det_spacing)
     with _CACHE_LOCK:
         _CACHE[key] = op
         _CACHE.move_to_end(key)

@@ -126,3 +126,23 @@ def test_evaluate_presets_say_what_produced_the_numbers():
     assert [s["index"] for s in s23["per_slice"]] == list(range(8))
     with pytest.raises(InputError):
         M.evaluate(pred, ref, mask, preset="brats")
+
+
+def test_cli_metrics_flag_writes_the_preset(tmp_path):
+    import json
+
+    from MRtoCTSynthesisLib.apps.cli import main
+    from MRtoCTSynthesisLib.io.volume import Volume, make_geometry, write_volume
+
+    pred, ref, mask = _pair((8, 32, 32))
+    geom = make_geometry((32, 32, 8))
+    for name, arr in (("p", pred), ("r", ref), ("m", mask.astype(np.uint8))):
+        write_volume(Volume(arr, geom), tmp_path / f"{name}.nii.gz")
+    for preset, expect in (("synthrad", "synthrad2023"), ("synthrad2025", "synthrad2025"), ("default", "default")):
+        out = tmp_path / f"{preset}.json"
+        assert main(["evaluate", "--pred", str(tmp_path / "p.nii.gz"), "--ref", str(tmp_path / "r.nii.gz"),
+                     "--mask", str(tmp_path / "m.nii.gz"), "--metrics", preset, "--json", str(out)]) == 0
+        doc = json.loads(out.read_text())
+        assert doc["preset"] == expect
+        direct = M.evaluate(pred, ref, mask, preset=preset)
+        assert doc["psnr_db"] == pytest.approx(direct["psnr_db"], abs=1e-6)

@@ -96,6 +96,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..io.intensity import HU_MAX, HU_MIN, HU_RANGE
 from ..io.volume import Volume, require_same_geometry
+from ..names import METRIC_PRESETS
 
 DATA_RANGE = HU_RANGE  # 4095 HU: the PSNR/SSIM data range is the fixed CT mapping's range
 K1 = 0.01
@@ -113,8 +114,6 @@ __all__ = [
     "synthrad_ms_ssim", "synthrad_psnr", "evaluate_synthrad", "check_preset",
 ]
 
-#: the metric definitions ``evaluate`` (``--metrics``) offers; ``synthrad`` is an alias of ``synthrad2023``
-METRIC_PRESETS = ("default", "synthrad2023", "synthrad2025", "synthrad")
 #: HU clipping range of each SynthRAD edition's evaluation code
 SYNTHRAD_RANGES = {"synthrad2023": (-1024.0, 3000.0), "synthrad2025": (-1024.0, 3071.0)}
 SYNTHRAD_WIN = 7

@@ -18,7 +18,8 @@ the data carry no information). At sigma 0 ``noisy`` and ``auto`` are the noisel
 again. The measurement noise is seeded with the synthesis seed (the same noise for every block).
 
 The JSON is rewritten after every run (``--reuse`` keeps finished rows); a Markdown table goes next to it and,
-with ``--write-readme``, between the ``ddmm_noise`` markers of ``benchmarks/README.md``.
+with ``--write-readme``, between the ``ddmm_noise`` markers of ``benchmarks/README.md`` (and an MAE-only table
+between the ``ddmm_noise_readme`` markers of the top-level ``README.md``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,34 @@ def table(doc: dict) -> str:
     return markdown_table(header, rows, ["---:", "---:", "---:", "---:"] + ["---:"] * len(blocks) + ["---"])
 
 
+def short_table(doc: dict) -> str:
+    """MAE only (HU): one row per N_p x sigma, for the top-level README."""
+    by_key = {(r["block"], r["n_projections"], r["sigma_label"]): r for r in doc["runs"]}
+    mri = by_key.get(("mri alone", None, None))
+    rows = []
+    for n_p in doc["settings"]["projections"]:
+        for label in doc["settings"]["sigmas"]:
+            base = by_key.get(("noiseless", n_p, label))
+            if base is None:
+                continue
+            cells = []
+            for b in ("noiseless", "noisy", "auto"):
+                r = by_key.get((b, n_p, label)) or (base if base["sigma"] == 0 else None)
+                cells.append("" if r is None else f"{r['mae_hu']:.1f}")
+            auto = by_key.get(("auto", n_p, label)) or base
+            rows.append([n_p, label, f"{base['sigma']:.3g}", f"{mri['mae_hu']:.1f}" if mri else "", *cells,
+                         auto["nsmi"]])
+    return markdown_table(["N_p", "per-bin sigma", "sigma (abs)", "MRI alone", "noiseless", "noisy", "auto",
+                           "auto chose"], rows, ["---:"] * 7 + ["---"])
+
+
+def _replace_between(path: Path, begin: str, end: str, text: str) -> None:
+    content = path.read_text()
+    if begin in content and end in content:
+        head, rest = content.split(begin, 1)
+        path.write_text(head + begin + "\n" + text + end + rest.split(end, 1)[1])
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model")
@@ -197,13 +226,9 @@ def main(argv=None) -> int:
     out.with_suffix(".md").write_text(md)
     print(md)
     if args.write_readme:
-        readme = HERE / "README.md"
-        text = readme.read_text()
-        begin, end = "<!-- ddmm_noise:begin -->", "<!-- ddmm_noise:end -->"
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            text = head + begin + "\n" + md + end + rest.split(end, 1)[1]
-            readme.write_text(text)
+        _replace_between(HERE / "README.md", "<!-- ddmm_noise:begin -->", "<!-- ddmm_noise:end -->", md)
+        _replace_between(HERE.parent / "README.md", "<!-- ddmm_noise_readme:begin -->",
+                         "<!-- ddmm_noise_readme:end -->", short_table(doc) + "\n")
     return 0
 
 

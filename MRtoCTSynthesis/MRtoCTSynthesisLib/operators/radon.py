@@ -29,7 +29,8 @@ Pseudo-inverse, exact (``pinv="svd"``, the default wherever it fits): DDMM-Synth
 ``A A+ A = A``, i.e. ``A+ A`` an orthogonal projector onto the row space. For geometries whose smaller
 Gram matrix (``A A^T`` over the rays that hit the image, or ``A^T A``) has at most ``svd_max`` rows
 (:data:`SVD_MAX` = 4096 on CPU -- every view count on the 64 x 64 demo grid --, :data:`SVD_MAX_CUDA` on
-CUDA) that Gram matrix is formed densely in float64 and diagonalised once, ``G = Q diag(s^2) Q^T``,
+CUDA), and whose dense ``V`` (pixels x that size) has at most :data:`SVD_MAX_ENTRIES` entries (256 MB),
+that Gram matrix is formed densely in float64 and diagonalised once, ``G = Q diag(s^2) Q^T``,
 giving the thin SVD ``A = U diag(s) V^T`` (``U = Q``, ``V = A^T U / s`` for the row Gram; ``V = Q``,
 ``U = A V / s`` for the pixel Gram). Singular values below ``SVD_RCOND s_max`` (1e-5) are treated as
 zero: the eigen-decomposition of ``G`` resolves ``s`` only down to about ``sqrt(eps) s_max`` (1.5e-8),
@@ -107,6 +108,7 @@ __all__ = [
     "DEFAULT_REG",
     "SVD_MAX",
     "SVD_MAX_CUDA",
+    "SVD_MAX_ENTRIES",
     "SVD_RCOND",
     "WIENER_BAND",
     "WIENER_GATE",
@@ -124,6 +126,10 @@ DEFAULT_REG = 1e-6
 #: view count, about 25 s once per geometry on one core) and on CUDA
 SVD_MAX = 4096
 SVD_MAX_CUDA = 16_384
+#: ... and the most entries of the dense float64 V (pixels x Gram size; U is at most as large): 256 MB on CPU
+#: (64 x 64 with 60 views needs 17 M), 1 GB on CUDA; e.g. 256 x 256 with 10 views (238 M) stays on Cholesky
+SVD_MAX_ENTRIES = 32 * 2 ** 20
+SVD_MAX_ENTRIES_CUDA = 128 * 2 ** 20
 #: singular values below this fraction of the largest are zero for the exact pseudo-inverse
 SVD_RCOND = 1e-5
 #: singular values between this fraction of the largest and SVD_RCOND are left out of the noise estimate
@@ -335,10 +341,13 @@ class RadonOperator:
         gram_size = min(self.n_kept_rows, self.n_pixels)
         if svd_max is None:
             svd_max = SVD_MAX_CUDA if self.device.type == "cuda" else SVD_MAX
-        svd_fits = gram_size <= int(svd_max) and self.device.type != "mps"
+        max_entries = SVD_MAX_ENTRIES_CUDA if self.device.type == "cuda" else SVD_MAX_ENTRIES
+        svd_fits = gram_size <= int(svd_max) and self.n_pixels * gram_size <= max_entries \
+            and self.device.type != "mps"
         if pinv == "svd" and not svd_fits:
-            raise InputError(f"the exact (SVD) pseudo-inverse needs a Gram matrix of {gram_size} rows here, more than "
-                             f"the {svd_max} allowed on {self.device.type}.",
+            raise InputError(f"the exact (SVD) pseudo-inverse needs a Gram matrix of {gram_size} rows and a "
+                             f"{self.n_pixels} x {gram_size} factor here, more than the {svd_max} rows / "
+                             f"{max_entries} entries allowed on {self.device.type}.",
                              "use a smaller grid or fewer views, or pinv='tikhonov'.")
         if pinv != "tikhonov" and svd_fits:
             self.method = "svd"

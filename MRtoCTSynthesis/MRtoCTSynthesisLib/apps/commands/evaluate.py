@@ -89,8 +89,8 @@ def add_batch_evaluation_arguments(p, required: bool = False) -> None:
                         "(a ddmm_synth checkpoint without this flag uses 23)")
     p.add_argument("--noise-sigma", type=non_negative_float("--noise-sigma"), nargs="+", metavar="SIGMA",
                    help="DDMM-Synth measurement noise per detector bin, one row per value (default 0; see `mrtoct "
-                        "synthesize --help`); sigma > 0 uses the noisy N-SMI block with ddim/ddpm, the noiseless "
-                        "one (with a warning) with dpmpp")
+                        "synthesize --help`); N-SMI runs as --nsmi auto: the exact noiseless block at 0, the "
+                        "Wiener-filtered noisy block above it (gamma_t = 1 with the deterministic dpmpp)")
     p.add_argument("--cases", type=positive_int("--cases"), default=None, metavar="N",
                    help="evaluate only the first N test cases (cases of --data sorted by name; with --split in the "
                         "order of its 'test' list)")

@@ -189,13 +189,14 @@ def main(argv=None) -> int:
         if {k: v for k, v in old.get("settings", {}).items() if k not in ("sigmas", "projections", "blocks")} == \
                 {k: v for k, v in settings.items() if k not in ("sigmas", "projections", "blocks")}:
             doc["runs"] = old["runs"]
+            doc["machine_of_runs"] = old.get("machine")
+            doc["command_of_runs"] = old.get("command")
     done = {(r["block"], r["n_projections"], r["sigma_label"]) for r in doc["runs"]}
-    t_start = time.perf_counter()
 
     def record(key, row):
         doc["runs"] = [r for r in doc["runs"] if (r["block"], r["n_projections"], r["sigma_label"]) != key]
         doc["runs"].append(row)
-        doc["seconds_total"] = time.perf_counter() - t_start
+        doc["seconds_total"] = sum(r["seconds"] for r in doc["runs"])
         write_json(out, doc)
         print(f"{key}: MAE {row['mae_hu']:.1f} HU, PSNR {row['psnr_db']:.2f} dB, SSIM {row['ssim']:.4f} "
               f"({row.get('nsmi')}, {row['seconds']:.1f} s)", flush=True)
@@ -219,9 +220,12 @@ def main(argv=None) -> int:
                     continue
                 record(key, {"block": block, "n_projections": n_p, "sigma_label": label, "sigma": absolute,
                              "ray_rms": scale, **run_one(case, model, block, n_p, absolute, args)})
-    md = (f"Machine: {machine_line(doc['machine'])}. Command: `{doc['command']}` "
-          f"({doc.get('seconds_total', 0):.0f} s in all). Case {case.name}, {args.slices} central slices, model "
-          f"{model_path.name}, {args.sampler} {args.steps} steps, 1 sample, seed {args.seed}; metrics preset "
+    machine = doc.get("machine_of_runs") or doc["machine"]
+    command = doc.get("command_of_runs") or doc["command"]
+    seconds = sum(r["seconds"] for r in doc["runs"])
+    md = (f"Machine: {machine_line(machine)}. Command: `{command}` ({seconds:.0f} s of synthesis in all). "
+          f"Case {case.name}, {args.slices} central slices, model {model_path.name}, {args.sampler} {args.steps} "
+          f"steps, 1 sample, seed {args.seed}; metrics preset "
           f"`default` inside the body mask (MAE HU / PSNR dB / SSIM).\n\n" + table(doc) + "\n")
     out.with_suffix(".md").write_text(md)
     print(md)

@@ -92,7 +92,7 @@ def test_adjoint_is_the_transpose(dtype, tol):
 
 
 def test_pinv_reproduces_the_range_and_is_symmetric():
-    op = RadonOperator(32, 23, dtype=torch.float64)
+    op = RadonOperator(32, 23, dtype=torch.float64, pinv="tikhonov")
     g = torch.Generator().manual_seed(1)
     x = torch.randn(4, 1, 32, 32, generator=g, dtype=torch.float64)
     ax = op.forward(x)
@@ -113,7 +113,7 @@ def test_pinv_is_the_minimum_norm_solution_of_dense_linear_algebra(n_p, side):
     """16 x 16 image; 5 views (115 rays, 12 miss the image: the row Gram A A^T is factored) or 40 views
     (more rays than pixels: the pixel Gram A^T A is). Compared with numpy's SVD and lstsq."""
     n = 16
-    op = RadonOperator(n, n_p, dtype=torch.float64)
+    op = RadonOperator(n, n_p, dtype=torch.float64, pinv="tikhonov")
     assert op.gram_side == side
     rows, cols, vals = system_matrix_coo(n, n, projection_angles(n_p), op.n_det)
     A = np.zeros((n_p * op.n_det, n * n))
@@ -143,7 +143,7 @@ def test_pinv_is_the_minimum_norm_solution_of_dense_linear_algebra(n_p, side):
 def test_pinv_noise_gain_is_the_rms_of_the_pseudo_inverse():
     """sqrt(trace(A+ A+^T) / (H W)) from the SVD (Tikhonov filter s / (s^2 + lambda)) vs the 64-probe estimate."""
     n, n_p = 16, 5
-    op = RadonOperator(n, n_p, dtype=torch.float64)
+    op = RadonOperator(n, n_p, dtype=torch.float64, pinv="tikhonov")
     rows, cols, vals = system_matrix_coo(n, n, projection_angles(n_p), op.n_det)
     A = np.zeros((n_p * op.n_det, n * n))
     np.add.at(A, (rows, cols), vals)
@@ -153,12 +153,106 @@ def test_pinv_noise_gain_is_the_rms_of_the_pseudo_inverse():
     assert op.pinv_noise_gain() == op.pinv_noise_gain(64)  # cached, deterministic
 
 
+def _dense_A(n, n_p, n_det):
+    rows, cols, vals = system_matrix_coo(n, n, projection_angles(n_p), n_det)
+    A = np.zeros((n_p * n_det, n * n))
+    np.add.at(A, (rows, cols), vals)
+    return A
+
+
+@pytest.mark.parametrize("n, n_p, side", [(16, 5, "rows"), (12, 23, "pixels")])
+def test_exact_pinv_matches_numpy_pinv(n, n_p, side):
+    """The SVD path against numpy.linalg.pinv with the same relative cut-off, on both Gram sides."""
+    op = RadonOperator(n, n_p, dtype=torch.float64)
+    assert (op.method, op.gram_side) == ("svd", side)
+    A = _dense_A(n, n_p, op.n_det)
+    ref = np.linalg.pinv(A, rcond=radon_module.SVD_RCOND)
+    sv = np.linalg.svd(A, compute_uv=False)
+    assert op.rank == int((sv > radon_module.SVD_RCOND * sv[0]).sum())
+    np.testing.assert_allclose(op.singular_values, sv[: op.rank], rtol=1e-8, atol=1e-10 * sv[0])
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=(3, A.shape[0]))
+    ours = op.pinv(torch.from_numpy(y.reshape(3, n_p, op.n_det))).numpy().reshape(3, -1)
+    np.testing.assert_allclose(ours, y @ ref.T, rtol=0, atol=1e-8 * np.abs(y @ ref.T).max())
+    # Penrose conditions: A A+ A = A, A+ A A+ = A+ (through the operator, on a basis-free random test)
+    x = rng.normal(size=(3, n * n))
+    p = op.pinv(op.forward(torch.from_numpy(x.reshape(3, n, n)))).numpy().reshape(3, -1)
+    np.testing.assert_allclose(A @ p.T, A @ x.T, atol=1e-9 * np.abs(A @ x.T).max())
+    assert op.regularization == 0.0
+
+
+def test_exact_pinv_is_idempotent_on_the_demo_grid():
+    """64 x 64 with 23 views (the demo geometry): A+ A is a projector to float precision (the Tikhonov inverse
+    it replaces was off by 4 %)."""
+    x = torch.randn(4, 1, 64, 64, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    exact = RadonOperator(64, 23, dtype=torch.float64)
+    p = exact.pinv(exact.forward(x))
+    assert _rel(exact.pinv(exact.forward(p)), p) < 1e-7  # measured 1.8e-9
+    tik = RadonOperator(64, 23, dtype=torch.float64, pinv="tikhonov")
+    pt = tik.pinv(tik.forward(x))
+    assert _rel(tik.pinv(tik.forward(pt)), pt) > 1e-2
+    f32 = RadonOperator(64, 23, dtype=torch.float32)
+    p32 = f32.pinv(f32.forward(x.float()))
+    assert _rel(f32.pinv(f32.forward(p32)), p32) < 1e-3  # float32 sinograms: round-off times 1 / s_min
+
+
+def test_tikhonov_inverse_and_noise_gain_match_the_closed_form():
+    n, n_p = 16, 7
+    op = RadonOperator(n, n_p, dtype=torch.float64)
+    A = _dense_A(n, n_p, op.n_det)
+    sv = np.linalg.svd(A, compute_uv=False)
+    rng = np.random.default_rng(4)
+    y = rng.normal(size=A.shape[0])
+    for lam in (0.0, 0.5, 20.0):
+        ref = A.T @ np.linalg.solve(A @ A.T + lam * np.eye(A.shape[0]), y) if lam > 0 else \
+            np.linalg.pinv(A, rcond=radon_module.SVD_RCOND) @ y
+        ours = op.pinv_tikhonov(torch.from_numpy(y.reshape(n_p, op.n_det)), lam).numpy().ravel()
+        assert _rel(ours, ref) < 1e-8
+        kept = sv[sv > radon_module.SVD_RCOND * sv[0]]
+        closed = math.sqrt(np.sum(kept ** 2 / (kept ** 2 + lam) ** 2) / (n * n))
+        assert op.tikhonov_noise_gain(lam) == pytest.approx(closed, rel=1e-8)
+        # Monte-Carlo check of the closed form: RMS of A+_lam n over 4000 white-noise draws (2 % accuracy)
+        noise = torch.from_numpy(rng.normal(size=(4000, n_p, op.n_det)))
+        mc = float(op.pinv_tikhonov(noise, lam).pow(2).mean().sqrt())
+        assert mc == pytest.approx(closed, rel=0.03)
+    assert op.tikhonov_noise_gain(20.0) < op.tikhonov_noise_gain(0.5) < op.tikhonov_noise_gain(0.0)
+    assert op.pinv_noise_gain() == op.tikhonov_noise_gain(0.0)
+
+
+def test_wiener_inverse_is_exact_without_noise_and_keeps_only_what_beats_the_noise():
+    n, n_p = 32, 23
+    op = RadonOperator(n, n_p, dtype=torch.float64)
+    x = torch.from_numpy(_smooth_phantom(n, n))[None, None]
+    y = op.forward(x)
+    exact, noise0 = op.pinv_wiener(y, 0.0)
+    torch.testing.assert_close(exact, op.pinv(y))
+    assert float(noise0) == 0.0
+    g = torch.Generator().manual_seed(7)
+    n_draw = torch.randn(y.shape, generator=g, dtype=torch.float64)
+    sigma = 0.3
+    est, noise = op.pinv_wiener(y + sigma * n_draw, sigma)
+    # the filtered estimate is far closer to the range-space truth than the exact inverse of the noisy data
+    truth = op.pinv(y)
+    assert _rel(est, truth) < 0.5 * _rel(op.pinv(y + sigma * n_draw), truth)
+    # reported noise: sigma * sqrt(sum g^2 / s^2 / (H W)), checked against the gains and singular values
+    gains = op.wiener_gains(y + sigma * n_draw, sigma)[0].numpy()
+    sv = op.singular_values
+    assert float(noise) == pytest.approx(sigma * math.sqrt(np.sum((gains / sv) ** 2) / (n * n)), rel=1e-10)
+    assert set(np.unique(gains)) - {0.0} and gains.min() >= 0 and gains.max() < 1
+    # pure noise: a band passes the 3-standard-error gate rarely (chi-square tail, < 1 % of bands), so over
+    # 300 draws the estimate keeps a few per cent of the exact inverse's noise energy at most
+    pure = sigma * torch.randn(300, n_p, op.n_det, generator=g, dtype=torch.float64)
+    assert float((op.wiener_gains(pure, sigma) > 0).double().mean()) < 0.02
+    est_noise, _ = op.pinv_wiener(pure, sigma)
+    assert float(est_noise.pow(2).sum()) < 0.05 * float(op.pinv(pure).pow(2).sum())
+
+
 def test_conjugate_gradient_fallback_matches_cholesky():
     """Forcing the large-geometry path: CG stops once A A+ y matches y to CG_RTOL (1e-4), well before
     CG_MAX_ITER; its image then differs from the exactly factored one by < 2 % (in the weakest directions)."""
     x = torch.from_numpy(_smooth_phantom(16, 16))[None]
-    dense = RadonOperator(16, 7, dtype=torch.float64)
-    cg = RadonOperator(16, 7, dtype=torch.float64, dense_max_rows=0)
+    dense = RadonOperator(16, 7, dtype=torch.float64, pinv="tikhonov")
+    cg = RadonOperator(16, 7, dtype=torch.float64, dense_max_rows=0, pinv="tikhonov")
     assert (dense.method, cg.method) == ("cholesky", "cg")
     y = dense.forward(x)
     p_cg, p_dense = cg.pinv(y), dense.pinv(y)
@@ -205,10 +299,13 @@ def test_gradients_flow_through_forward_adjoint_and_pinv():
     assert torch.autograd.gradcheck(op.forward, (x,))
     assert torch.autograd.gradcheck(op.adjoint, (y,))
     assert torch.autograd.gradcheck(op.pinv, (y,))
-    pixel_side = RadonOperator(6, 9, dtype=torch.float64)  # more rays than pixels: the A^T A solve
-    assert pixel_side.gram_side == "pixels"
-    assert torch.autograd.gradcheck(pixel_side.pinv, (torch.randn(1, 9, pixel_side.n_det, generator=g,
-                                                                   dtype=torch.float64, requires_grad=True),))
+    for kind in ("svd", "tikhonov"):
+        pixel_side = RadonOperator(6, 9, dtype=torch.float64, pinv=kind)  # more rays than pixels: the A^T A side
+        assert pixel_side.gram_side == "pixels" and pixel_side.method == ("svd" if kind == "svd" else "cholesky")
+        assert torch.autograd.gradcheck(pixel_side.pinv, (torch.randn(1, 9, pixel_side.n_det, generator=g,
+                                                                       dtype=torch.float64, requires_grad=True),))
+    tik = RadonOperator(8, 3, dtype=torch.float64, pinv="tikhonov")
+    assert torch.autograd.gradcheck(tik.pinv, (y,))
 
 
 def test_operator_cache_and_measurement_simulation():
@@ -230,6 +327,16 @@ def test_operator_cache_and_measurement_simulation():
     for bad in (-0.1, float("nan")):
         with pytest.raises(InputError):
             simulate_measurements(x, op, bad)
+
+
+def test_svd_path_is_refused_where_it_does_not_fit():
+    with pytest.raises(InputError):
+        RadonOperator(16, 5, pinv="svd", svd_max=10)
+    assert RadonOperator(16, 5, svd_max=10).method == "cholesky"
+    with pytest.raises(InputError):
+        RadonOperator(16, 5, pinv="tikhonov").pinv_wiener(torch.zeros(5, detector_count(16, 16)), 0.1)
+    with pytest.raises(InputError):
+        RadonOperator(16, 5, pinv="exact")
 
 
 def test_bad_arguments():
@@ -254,3 +361,39 @@ def test_cuda_matches_cpu():
     y = cpu.forward(x)
     torch.testing.assert_close(gpu.pinv(y.cuda()).cpu(), cpu.pinv(y), rtol=1e-3, atol=1e-4)
     torch.testing.assert_close(gpu.fbp(y.cuda()).cpu(), cpu.fbp(y), rtol=1e-3, atol=1e-3)
+
+
+def test_any_angles_and_detector_spacing():
+    """Non-uniform angles against scikit-image's radon at the same angles; a detector spacing d against the
+    closed-form disk projection 2 v sqrt(r^2 - s^2) sampled at s = (k - n_det // 2) d."""
+    img = _smooth_phantom(48, 48)
+    angles = [0.0, 11.0, 37.5, 90.0, 101.0, 163.2]
+    op = RadonOperator(48, len(angles), dtype=torch.float64, angles_deg=angles)
+    ref = radon(img, theta=angles, circle=False).T
+    assert _rel(op.forward(torch.from_numpy(img)).numpy(), ref) < 0.01
+    n, r, v, d = 64, 20.0, 0.7, 1.5
+    op = RadonOperator(n, 5, dtype=torch.float64, det_spacing=d, n_detectors=61)
+    sino = op.forward(torch.from_numpy(_disk(n, r, v))).numpy()
+    s = (np.arange(61) - 30) * d
+    point = 2 * v * np.sqrt(np.clip(r ** 2 - s ** 2, 0, None))
+    for a in range(5):
+        assert _rel(sino[a], point) < 0.03
+    with pytest.raises(InputError):
+        RadonOperator(16, 3, angles_deg=[0.0, 10.0])
+    with pytest.raises(InputError):
+        RadonOperator(16, 3, det_spacing=0.0)
+
+
+def test_noise_estimate_from_the_consistency_conditions():
+    """sigma from (I - U U^T) y: within 4 standard errors (1 / sqrt(2 dof)) of the true sigma, ~0 without noise."""
+    op = RadonOperator(32, 23, dtype=torch.float64)
+    g = torch.Generator().manual_seed(11)
+    x = torch.from_numpy(np.stack([_smooth_phantom(32, 32)] * 6))[:, None] * torch.rand(6, 1, 1, 1, generator=g)
+    y = op.forward(x)
+    est0, dof = op.estimate_noise_sigma(y)
+    # the directions outside the range, less the weak ones below the inverse's cut-off (they still carry signal)
+    assert dof == 6 * (op.n_kept_rows - op.rank - op._u_weak.shape[1]) and dof > 100
+    assert est0 < 1e-6
+    for sigma in (0.01, 0.3, 2.0):
+        est, _ = op.estimate_noise_sigma(y + sigma * torch.randn(y.shape, generator=g, dtype=torch.float64))
+        assert abs(est / sigma - 1) < 4 / math.sqrt(2 * dof), (sigma, est)

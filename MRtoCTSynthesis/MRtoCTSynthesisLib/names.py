@@ -10,7 +10,10 @@ method added to a registry but not here (or the other way round) fails the suite
 from __future__ import annotations
 
 __all__ = ["DIFFUSION_SAMPLERS", "METHOD_SAMPLERS", "SAMPLER_CHOICES", "SAMPLER_LABELS", "DEFAULT_SAMPLER",
-           "METHOD_INFO", "METHOD_NAMES", "METHOD_LABELS", "TRAIN_METHODS", "COMPILE_MODES"]
+           "METHOD_INFO", "METHOD_NAMES", "METHOD_LABELS", "TRAIN_METHODS", "COMPILE_MODES", "METRIC_PRESETS"]
+
+#: the metric definitions of :func:`.pipeline.metrics.evaluate` (``--metrics``); ``synthrad`` = ``synthrad2023``
+METRIC_PRESETS = ("default", "synthrad2023", "synthrad2025", "synthrad")
 
 #: the general-purpose samplers of :mod:`.models.samplers` (keys of ``SAMPLERS``, in that order)
 DIFFUSION_SAMPLERS = ("ddpm", "ddim", "em", "pc", "ode", "dpmpp")

@@ -468,6 +468,7 @@ class EvaluationSettings:
     seed: int = 0
     batch_size: Optional[int] = None
     precision: str = "auto"
+    metrics: str = "default"                                   # metric preset (pipeline.metrics.evaluate)
 
     def to_dict(self) -> dict:
         return {k: (str(v) if isinstance(v, Path) else [str(x) if isinstance(x, Path) else x for x in v]
@@ -681,7 +682,7 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
         fig_rows = []
         for spec in specs:
             result = _run_one(settings, spec, models[spec.model_path], case)
-            met = evaluate(result.sct, case.ct, case.mask)
+            met = evaluate(result.sct, case.ct, case.mask, preset=settings.metrics)
             sct_c = _canonical(result.sct).astype(np.float64)
             std_c = _canonical(result.std).astype(np.float64)
             inside = body_c if body_c is not None else np.ones(ref_c.shape, dtype=bool)
@@ -722,7 +723,8 @@ def run_evaluation(settings: EvaluationSettings, log: Callable[[str], None] = pr
     labels = [s.label for s in specs]
     rows = summarize_methods(per_case, labels)
     markdown = format_markdown_table(rows) + "\n" + format_uncertainty_table(per_case, labels,
-                                                                           {s.label: s.method for s in specs})
+                                                                           {s.label: s.method for s in specs}) + (
+        f"\nMetrics preset: `{settings.metrics}` (`mrtoct evaluate --metrics`; see pipeline/metrics.py).\n")
     calibration = {"fractions": DEFAULT_FRACTIONS.tolist(), "methods": {}, "skipped": {},
                    "definition": "inside the body mask; curve = MAE (HU) of the voxels left after removing the "
                                  "fraction f with the highest MC std; oracle = removing by highest |error|; "

@@ -6,9 +6,11 @@ interchangeable with it):
 * the image is ``H x W`` pixels of unit size; the rotation centre is the pixel ``(H // 2, W // 2)``;
   a pixel in row ``i`` and column ``j`` sits at ``X = j - W // 2``, ``Y = i - H // 2``;
 * ``N_p`` projection angles ``theta_a = 180 a / N_p`` degrees, ``a = 0 .. N_p - 1`` (uniform over
-  ``[0, 180)``, as in the DDMM-Synth experiments);
+  ``[0, 180)``, as in the DDMM-Synth experiments), or any list of angles in degrees (``angles_deg``);
 * ``n_det`` detector bins of pixel width (default ``ceil(sqrt(2) max(H, W))``, which covers the image
-  diagonal); bin ``k`` integrates along the line ``X cos(theta) - Y sin(theta) = k - n_det // 2``;
+  diagonal); bin ``k`` integrates along the line ``X cos(theta) - Y sin(theta) = k - n_det // 2``; with
+  ``det_spacing = d`` (bins ``d`` pixels apart, a measured scanner's geometry) along
+  ``X cos(theta) - Y sin(theta) = (k - n_det // 2) d``;
 * a sinogram is laid out ``[..., N_p, n_det]`` (angle-major; scikit-image returns the transpose).
 
 Discretisation: Joseph's method. A ray that runs mostly along the image rows' normal (``|cos| >= |sin|``)
@@ -23,10 +25,43 @@ vectorised with numpy (one loop over angles), stored as a torch CSR tensor toget
 and applied with ``torch.sparse.mm`` on CPU or CUDA. Gradients flow through :meth:`RadonOperator.forward`,
 :meth:`~RadonOperator.adjoint` and :meth:`~RadonOperator.pinv` (each backward pass is the adjoint map).
 
-Pseudo-inverse ``A+ = A^T (A A^T)^-1``: rays that miss the image (zero rows) are dropped; the Gram matrix
-``G = A A^T`` of the remaining rows is rank-deficient in practice (rays that graze a corner have tiny
-norms; the views share consistency conditions, e.g. every view sums to the same total), so it is
-regularised, ``A+ = A^T (G + lambda I)^-1`` with ``lambda = reg * lambda_max(G)`` (``reg = 1e-6``).
+Pseudo-inverse, exact (``pinv="svd"``, the default wherever it fits): DDMM-Synth Eq. 3 assumes ``A+`` with
+``A A+ A = A``, i.e. ``A+ A`` an orthogonal projector onto the row space. For geometries whose smaller
+Gram matrix (``A A^T`` over the rays that hit the image, or ``A^T A``) has at most ``svd_max`` rows
+(:data:`SVD_MAX` = 4096 on CPU -- every view count on the 64 x 64 demo grid --, :data:`SVD_MAX_CUDA` on
+CUDA), and whose dense ``V`` (pixels x that size) has at most :data:`SVD_MAX_ENTRIES` entries (256 MB),
+that Gram matrix is formed densely in float64 and diagonalised once, ``G = Q diag(s^2) Q^T``,
+giving the thin SVD ``A = U diag(s) V^T`` (``U = Q``, ``V = A^T U / s`` for the row Gram; ``V = Q``,
+``U = A V / s`` for the pixel Gram). Singular values below ``SVD_RCOND s_max`` (1e-5) are treated as
+zero: the eigen-decomposition of ``G`` resolves ``s`` only down to about ``sqrt(eps) s_max`` (1.5e-8),
+float32 sinograms carry round-off of about 1e-7 of a ray, and 1e-5 keeps the largest gain ``1 / s`` of
+the exact inverse below 1e5 / s_max (on the 64 x 64 grid with 23 views 36 of 1887 singular values are
+exact zeros -- the views' consistency conditions -- and 10 more lie between 1e-10 and 1e-5 s_max).
+Then ``A+ = V diag(1 / s) U^T`` and ``A+ A = V V^T`` is idempotent and symmetric to float64 precision.
+The singular values (:attr:`RadonOperator.singular_values`) also give the noise-aware inverses exactly:
+
+* :meth:`RadonOperator.pinv_tikhonov`: ``A+_lambda = A^T (A A^T + lambda I)^-1 = V diag(s / (s^2 + lambda)) U^T``.
+  Derivation: for ``y = A x + n`` with a Gaussian prior ``x ~ N(0, tau^2 I)`` (the image's spread about
+  the current estimate) and white bin noise ``n ~ N(0, sigma^2 I)``, the posterior mean of ``x`` is
+  ``tau^2 A^T (tau^2 A A^T + sigma^2 I)^-1 y``, i.e. Tikhonov with ``lambda = sigma^2 / tau^2``. Per
+  singular direction it keeps the fraction ``s^2 / (s^2 + lambda)`` (the Wiener gain) of ``u . y / s``.
+  Its image-domain noise for unit white bin noise has per-pixel RMS
+  ``sqrt(sum_k s_k^2 / (s_k^2 + lambda)^2 / (H W))`` (:meth:`RadonOperator.tikhonov_noise_gain`), which
+  falls from ``sqrt(sum 1 / s^2 / (H W))`` at ``lambda = 0`` to 0 as ``lambda`` grows.
+* :meth:`RadonOperator.pinv_wiener`: the same filter with the prior's scale estimated from the data, one
+  ``tau_k`` per band of similar singular values (empirical Bayes). In the ``U`` basis the data are
+  ``c_k = u_k . y = s_k (v_k . x) + n_k`` with ``E[c_k^2] = s_k^2 tau_k^2 + sigma^2``, so over a band of
+  ``m`` consecutive singular values (:data:`WIENER_BAND` = 64) the signal power is
+  ``S_b = mean_band(c_k^2) - sigma^2`` and the gain is ``S_b / (S_b + sigma^2) = 1 - sigma^2 /
+  mean_band(c_k^2)`` -- Tikhonov with a per-band ``lambda_k = sigma^2 s_k^2 / S_b``. A band whose power
+  does not exceed ``sigma^2`` by :data:`WIENER_GATE` = 3 standard errors of the estimate under pure noise
+  (``3 sqrt(2 / m) sigma^2``; a pure-noise band passes with probability below 1 %) gets gain 0: what the
+  data cannot tell apart from noise is left to the prior. ``sigma = 0`` gives gain 1 in every
+  band, the exact ``A+``.
+
+Larger geometries (or ``pinv="tikhonov"``) use the regularised ``A+ = A^T (G + lambda I)^-1`` with ``lambda = reg *
+lambda_max(G)`` (``reg = 1e-6``), which is *not* an exact pseudo-inverse (``A+ A`` is idempotent only up
+to the regularisation: 4.6 % on the 64 x 64 grid with 23 views) and has no noise-aware variant.
 The same matrix is ``(A^T A + lambda I)^-1 A^T``, so the smaller of the two Gram matrices is used: the
 row Gram ``A A^T`` (``N_p n_det`` rows, e.g. 7 507 for 23 views at 256 x 256) for sparse views, the
 pixel Gram ``A^T A`` (``H W``) for many views on a small grid. When that size is at most
@@ -71,6 +106,13 @@ __all__ = [
     "DENSE_MAX_ROWS",
     "DENSE_MAX_ROWS_CUDA",
     "DEFAULT_REG",
+    "SVD_MAX",
+    "SVD_MAX_CUDA",
+    "SVD_MAX_ENTRIES",
+    "SVD_RCOND",
+    "WIENER_BAND",
+    "WIENER_GATE",
+    "PINV_KINDS",
 ]
 
 #: the largest Gram matrix (rows or pixels, whichever is smaller) formed densely and Cholesky-factored
@@ -80,6 +122,26 @@ DENSE_MAX_ROWS = 10_000
 DENSE_MAX_ROWS_CUDA = 24_000
 #: Tikhonov regularisation of the Gram matrix, relative to its largest eigenvalue
 DEFAULT_REG = 1e-6
+#: the largest Gram matrix diagonalised for the exact (SVD) pseudo-inverse on CPU (4096: the 64 x 64 grid with any
+#: view count, about 25 s once per geometry on one core) and on CUDA
+SVD_MAX = 4096
+SVD_MAX_CUDA = 16_384
+#: ... and the most entries of the dense float64 V (pixels x Gram size; U is at most as large): 256 MB on CPU
+#: (64 x 64 with 60 views needs 17 M), 1 GB on CUDA; e.g. 256 x 256 with 10 views (238 M) stays on Cholesky
+SVD_MAX_ENTRIES = 32 * 2 ** 20
+SVD_MAX_ENTRIES_CUDA = 128 * 2 ** 20
+#: singular values below this fraction of the largest are zero for the exact pseudo-inverse
+SVD_RCOND = 1e-5
+#: singular values between this fraction of the largest and SVD_RCOND are left out of the noise estimate
+WEAK_RCOND = 1e-9
+#: the same for the pixel-side Gram (A^T A), whose small eigenvectors give U = A V / s less accurately
+WEAK_RCOND_PIXELS = 1e-7
+#: singular values per band of the empirical Wiener filter (:meth:`RadonOperator.pinv_wiener`)
+WIENER_BAND = 64
+#: a Wiener band is used only when its power exceeds sigma^2 by this many standard errors of pure noise
+WIENER_GATE = 3.0
+#: how the pseudo-inverse is computed: "auto" (svd where it fits, else tikhonov), "svd", "tikhonov"
+PINV_KINDS = ("auto", "svd", "tikhonov")
 #: conjugate-gradient settings of the large-geometry fallback
 CG_RTOL = 1e-4
 CG_MAX_ITER = 1000
@@ -116,15 +178,18 @@ def _image_size(image_size) -> tuple[int, int]:
     return h, w
 
 
-def system_matrix_coo(height: int, width: int, angles_deg: Sequence[float], n_det: int):
+def system_matrix_coo(height: int, width: int, angles_deg: Sequence[float], n_det: int, det_spacing: float = 1.0):
     """Joseph's system matrix as numpy COO arrays ``(rows, cols, values)`` (float64), rows ascending.
+
+    ``det_spacing``: the distance between neighbouring detector bins in pixels (1 = the default geometry);
+    bin ``k`` integrates along ``X cos(theta) - Y sin(theta) = (k - n_det // 2) det_spacing``.
 
     Row ``a * n_det + k`` is bin ``k`` of angle ``a``; column ``i * W + j`` is pixel ``(i, j)``. Vectorised
     over bins and samples; one iteration per angle.
     """
     H, W, n_det = int(height), int(width), int(n_det)
     ci, cj, ck = H // 2, W // 2, n_det // 2
-    s = np.arange(n_det, dtype=np.float64) - ck
+    s = (np.arange(n_det, dtype=np.float64) - ck) * float(det_spacing)
     rows_all, cols_all, vals_all = [], [], []
     for a, theta in enumerate(np.deg2rad(np.asarray(angles_deg, dtype=np.float64))):
         c, sn = math.cos(theta), math.sin(theta)
@@ -208,12 +273,20 @@ class RadonOperator:
     reg: Tikhonov weight of the pseudo-inverse relative to ``lambda_max(A A^T)``.
     dense_max_rows: Cholesky when the smaller Gram matrix has at most this many rows, else conjugate
         gradients (default :data:`DENSE_MAX_ROWS`, or :data:`DENSE_MAX_ROWS_CUDA` on CUDA).
+    angles_deg: the view angles in degrees (default: ``N_p`` uniform over ``[0, 180)``); when given, their
+        number must equal ``n_projections``.
+    det_spacing: distance between detector bins in pixels (default 1).
+    pinv: ``"auto"`` (the exact SVD pseudo-inverse when the smaller Gram matrix has at most ``svd_max`` rows
+        -- :data:`SVD_MAX`, :data:`SVD_MAX_CUDA` on CUDA -- and the device is not ``mps``; the Tikhonov one
+        otherwise), ``"svd"`` (refused when it does not fit) or ``"tikhonov"``.
 
     Images are ``[..., H, W]`` (typically ``[B, 1, H, W]``), sinograms ``[..., N_p, n_det]``.
     """
 
     def __init__(self, image_size, n_projections: int, *, device="cpu", dtype: torch.dtype = torch.float32,
-                 n_detectors: Optional[int] = None, reg: float = DEFAULT_REG, dense_max_rows: Optional[int] = None):
+                 n_detectors: Optional[int] = None, reg: float = DEFAULT_REG, dense_max_rows: Optional[int] = None,
+                 pinv: str = "auto", svd_max: Optional[int] = None, angles_deg: Optional[Sequence[float]] = None,
+                 det_spacing: float = 1.0):
         self.height, self.width = _image_size(image_size)
         self.n_projections = _check_count(n_projections, "number of projections",
                                           "use e.g. --projections 23 (DDMM-Synth)")
@@ -221,6 +294,8 @@ class RadonOperator:
             _check_count(n_detectors, "number of detector bins", "omit it for the default")
         if not dtype.is_floating_point:
             raise InputError(f"the operator dtype must be floating point, got {dtype}.", "use torch.float32")
+        if pinv not in PINV_KINDS:
+            raise InputError(f"unknown pseudo-inverse kind {pinv!r}.", f"use one of {', '.join(PINV_KINDS)}.")
         if not (isinstance(reg, numbers.Real) and 0.0 <= float(reg) < 1.0):
             raise InputError(f"reg must be in [0, 1), got {reg!r}.", f"use the default {DEFAULT_REG}")
         self.device = torch.device(device)
@@ -229,13 +304,24 @@ class RadonOperator:
         if dense_max_rows is None:
             dense_max_rows = DENSE_MAX_ROWS_CUDA if self.device.type == "cuda" else DENSE_MAX_ROWS
         self.dense_max_rows = int(dense_max_rows)
-        self.angles_deg = projection_angles(self.n_projections)
+        if angles_deg is None:
+            self.angles_deg = projection_angles(self.n_projections)
+        else:
+            self.angles_deg = np.asarray(angles_deg, dtype=np.float64).reshape(-1)
+            if self.angles_deg.size != self.n_projections or not np.isfinite(self.angles_deg).all():
+                raise InputError(f"{self.angles_deg.size} view angles were given for {self.n_projections} views "
+                                 "(or some are not finite).", "give one finite angle in degrees per view.")
+        if not (isinstance(det_spacing, numbers.Real) and math.isfinite(det_spacing) and 0.05 <= det_spacing <= 20):
+            raise InputError(f"the detector spacing must be between 0.05 and 20 model-grid pixels, got "
+                             f"{det_spacing!r}.",
+                             "give the spacing in mm with the model grid's pixel size (see `mrtoct info`).")
+        self.det_spacing = float(det_spacing)
         self.n_pixels = self.height * self.width
         self.n_rows = self.n_projections * self.n_det
         self._solve_dtype = torch.float32 if self.device.type == "mps" else torch.float64
         self._lock = threading.Lock()
 
-        rows, cols, vals = system_matrix_coo(self.height, self.width, self.angles_deg, self.n_det)
+        rows, cols, vals = system_matrix_coo(self.height, self.width, self.angles_deg, self.n_det, self.det_spacing)
         self.nnz = int(vals.size)
         crow, col, val = _coo_to_csr_arrays(rows, cols, vals, self.n_rows)
         self._A = _csr(crow, col, val, (self.n_rows, self.n_pixels), self.device, dtype)
@@ -253,9 +339,25 @@ class RadonOperator:
         #: which Gram matrix the pseudo-inverse factors: "rows" (A A^T) or "pixels" (A^T A)
         self.gram_side = "rows" if self.n_kept_rows <= self.n_pixels else "pixels"
         gram_size = min(self.n_kept_rows, self.n_pixels)
-        self.method = "cholesky" if gram_size <= self.dense_max_rows else "cg"
+        if svd_max is None:
+            svd_max = SVD_MAX_CUDA if self.device.type == "cuda" else SVD_MAX
+        max_entries = SVD_MAX_ENTRIES_CUDA if self.device.type == "cuda" else SVD_MAX_ENTRIES
+        svd_fits = gram_size <= int(svd_max) and self.n_pixels * gram_size <= max_entries \
+            and self.device.type != "mps"
+        if pinv == "svd" and not svd_fits:
+            raise InputError(f"the exact (SVD) pseudo-inverse needs a Gram matrix of {gram_size} rows and a "
+                             f"{self.n_pixels} x {gram_size} factor here, more than the {svd_max} rows / "
+                             f"{max_entries} entries allowed on {self.device.type}.",
+                             "use a smaller grid or fewer views, or pinv='tikhonov'.")
+        if pinv != "tikhonov" and svd_fits:
+            self.method = "svd"
+        else:
+            self.method = "cholesky" if gram_size <= self.dense_max_rows else "cg"
         if self.method == "cg":
             self.gram_side = "rows"
+        #: the thin SVD of the kept rows (``method == "svd"``): U [kept rows, r], s [r] descending, V [H W, r]
+        self._svd: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self._u_weak: Optional[torch.Tensor] = None
         self.cg_iterations: list[int] = []
         self._noise_gain: dict[int, float] = {}
         self._cg_warned = False
@@ -305,13 +407,17 @@ class RadonOperator:
         return self._apply(flat, self._At, self._A).reshape(*lead, *self.image_shape)
 
     def pinv(self, y: torch.Tensor) -> torch.Tensor:
-        """``A+ y = A^T (A A^T + lambda I)^-1 y`` (rows that miss the image are ignored).
+        """``A+ y``: ``V diag(1 / s) U^T y`` (exact, ``method == "svd"``) or ``A^T (A A^T + lambda I)^-1 y``
+        (rows that miss the image are ignored).
 
-        The minimum-norm least-squares image for ``y`` (up to the regularisation); differentiable.
+        The minimum-norm least-squares image for ``y`` (up to the truncation or regularisation); differentiable.
         """
         flat, lead = self._flat_sinograms(y)
         out_dtype = flat.dtype if flat.is_floating_point() else self.dtype
         self._ensure_solver()
+        if self.method == "svd":
+            return self._svd_apply(flat, lambda c, s: c / s[:, None])[0].reshape(*lead, *self.image_shape) \
+                .to(out_dtype)
         if self.gram_side == "pixels":  # (A^T A + lambda I)^-1 A^T y
             b = self._apply(flat.to(device=self.device, dtype=self.dtype), self._At, self._A)
             x = _GramSolve.apply(b.t().to(self._solve_dtype).contiguous(), self)
@@ -322,6 +428,133 @@ class RadonOperator:
         z = z.index_copy(0, self._kept, zk)
         x = _SparseApply.apply(z.to(self.dtype), self._At, self._A)
         return x.t().reshape(*lead, *self.image_shape).to(out_dtype)
+
+    # ---- the SVD path: exact and noise-aware inverses ----------------------------------------------
+    def _require_svd(self, what: str) -> None:
+        if self.method != "svd":
+            raise InputError(f"{what} needs the exact (SVD) pseudo-inverse, but this geometry uses {self.method} "
+                             f"({self!r}).", "use a grid and view count whose smaller Gram matrix has at most "
+                             f"{SVD_MAX} rows (e.g. the 64 x 64 model grid).")
+
+    def _svd_apply(self, flat: torch.Tensor, filt) -> tuple[torch.Tensor, torch.Tensor]:
+        """``V filt(U^T y_kept, s)`` for flat sinograms ``[B, n_rows]``: images ``[B, H W]`` (solve dtype) and
+        the per-row gains ``filt(1, s) * s`` (``[r, B]``) used."""
+        U, sv, V = self._svd
+        yk = flat.to(device=self.device, dtype=self._solve_dtype).index_select(1, self._kept)
+        c = U.t() @ yk.t()  # [r, B]
+        coef = filt(c, sv)
+        return (V @ coef).t(), coef
+
+    @property
+    def singular_values(self) -> np.ndarray:
+        """The non-zero singular values of ``A`` kept by the exact pseudo-inverse, descending (float64)."""
+        self._require_svd("singular_values")
+        self._ensure_solver()
+        return self._svd[1].double().cpu().numpy()
+
+    @property
+    def rank(self) -> int:
+        """Number of singular values the exact pseudo-inverse keeps (``s > SVD_RCOND s_max``)."""
+        return int(self.singular_values.size)
+
+    def pinv_tikhonov(self, y: torch.Tensor, lam: float) -> torch.Tensor:
+        """``A^T (A A^T + lam I)^-1 y = V diag(s / (s^2 + lam)) U^T y`` (absolute ``lam >= 0``; 0 = exact ``A+``).
+
+        The posterior mean for a ``N(0, tau^2 I)`` image prior and ``N(0, sigma^2 I)`` bin noise when
+        ``lam = sigma^2 / tau^2`` (module docstring). SVD path only.
+        """
+        self._require_svd("pinv_tikhonov")
+        lam = float(lam)
+        if not (lam >= 0 and math.isfinite(lam)):
+            raise InputError(f"the Tikhonov weight must be a finite number >= 0, got {lam!r}.", "use e.g. 0.1.")
+        flat, lead = self._flat_sinograms(y)
+        out_dtype = flat.dtype if flat.is_floating_point() else self.dtype
+        self._ensure_solver()
+        x, _ = self._svd_apply(flat, lambda c, s: c * (s / (s * s + lam))[:, None])
+        return x.reshape(*lead, *self.image_shape).to(out_dtype)
+
+    def tikhonov_noise_gain(self, lam: float = 0.0) -> float:
+        """Per-pixel RMS of ``A+_lam n`` for unit white bin noise: ``sqrt(sum_k s_k^2 / (s_k^2 + lam)^2 / (H W))``
+        (``lam = 0``: the exact ``A+``, ``sqrt(sum 1 / s_k^2 / (H W))``). Closed form, SVD path only."""
+        sv = self.singular_values
+        return float(np.sqrt(np.sum(sv ** 2 / (sv ** 2 + float(lam)) ** 2) / self.n_pixels))
+
+    def wiener_gains(self, y: torch.Tensor, sigma: float, band: int = WIENER_BAND) -> torch.Tensor:
+        """Per singular direction gains ``[B, r]`` of :meth:`pinv_wiener` for sinograms ``[..., N_p, n_det]``."""
+        self._require_svd("wiener_gains")
+        flat, _ = self._flat_sinograms(y)
+        self._ensure_solver()
+        U = self._svd[0]
+        c = U.t() @ flat.to(device=self.device, dtype=self._solve_dtype).index_select(1, self._kept).t()
+        return self._band_gains(c, float(sigma), int(band)).t()
+
+    def _band_gains(self, c: torch.Tensor, sigma: float, band: int) -> torch.Tensor:
+        """Empirical Wiener gains ``[r, B]`` for coefficients ``c = U^T y`` ``[r, B]`` (module docstring)."""
+        if sigma <= 0:
+            return torch.ones_like(c)
+        r, b = c.shape
+        n_bands = -(-r // band)
+        pad = n_bands * band - r
+        p = torch.nn.functional.pad(c * c, (0, 0, 0, pad))  # [n_bands * band, B]
+        counts = torch.full((n_bands,), float(band), dtype=c.dtype, device=c.device)
+        counts[-1] = band - pad
+        power = p.reshape(n_bands, band, b).sum(1) / counts[:, None]  # mean c^2 per band [n_bands, B]
+        var = sigma * sigma
+        threshold = var * (1.0 + WIENER_GATE * torch.sqrt(2.0 / counts))[:, None]
+        gain = torch.where(power > threshold, 1.0 - var / power.clamp_min(1e-300), torch.zeros_like(power))
+        return gain.repeat_interleave(band, dim=0)[:r]
+
+    def pinv_wiener(self, y: torch.Tensor, sigma: float, band: int = WIENER_BAND) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise-aware inverse ``V diag(g / s) U^T y`` with per-band empirical Wiener gains ``g`` for white bin
+        noise of std ``sigma`` (module docstring); ``sigma = 0`` is the exact ``A+``.
+
+        Returns the images ``[..., H, W]`` and, per sinogram (``[...]``), the per-pixel RMS of the noise the
+        filter lets through, ``sigma sqrt(sum_k g_k^2 / s_k^2 / (H W))`` -- the image-domain ``sigma_n`` of
+        DDMM-Synth Eqs. 8-13 for this filter. SVD path only.
+        """
+        self._require_svd("pinv_wiener")
+        sigma = float(sigma)
+        if not (sigma >= 0 and math.isfinite(sigma)):
+            raise InputError(f"the noise sigma must be a finite number >= 0, got {sigma!r}.", "use e.g. 0.1.")
+        flat, lead = self._flat_sinograms(y)
+        out_dtype = flat.dtype if flat.is_floating_point() else self.dtype
+        self._ensure_solver()
+        holder = {}
+
+        def filt(c, s):
+            g = self._band_gains(c, sigma, int(band))
+            holder["noise"] = sigma * torch.sqrt(((g / s[:, None]) ** 2).sum(0) / self.n_pixels)
+            return c * g / s[:, None]
+
+        x, _ = self._svd_apply(flat, filt)
+        return x.reshape(*lead, *self.image_shape).to(out_dtype), holder["noise"].reshape(lead)
+
+
+    def estimate_noise_sigma(self, y: torch.Tensor) -> tuple[float, int]:
+        """Per-bin noise std estimated from sinograms ``[..., N_p, n_det]`` alone, and its degrees of freedom.
+
+        The part of the data outside the range of ``A``, ``(I - U U^T) y``, cannot come from any image: for
+        ``y = A x + n`` it is the projection of the noise onto the ``m - r`` directions orthogonal to the
+        range (``m`` rays that cross the image, ``r`` = :attr:`rank`; the views' consistency conditions). For
+        white noise ``E ||(I - U U^T) y||^2 = sigma^2 (m - r)`` per sinogram (``U`` here also holds the weak
+        directions below the inverse's cut-off, down to :data:`WEAK_RCOND` of ``s_max`` --
+        :data:`WEAK_RCOND_PIXELS` on the pixel-side Gram --, which still carry signal), so
+        ``sigma^2 = sum ||(I - U U^T) y||^2 / (B (m - r))`` over the ``B`` sinograms (relative standard error
+        ``1 / sqrt(2 B (m - r))``). Whatever the operator does not model (scatter, beam hardening, a detector
+        offset) lands there too and counts as noise. SVD path only; ``(nan, 0)`` when ``m == r``.
+        """
+        self._require_svd("estimate_noise_sigma")
+        flat, _ = self._flat_sinograms(y)
+        self._ensure_solver()
+        U = self._svd[0].to(torch.float64)
+        if self._u_weak is not None and self._u_weak.shape[1]:
+            U = torch.cat([U, self._u_weak.to(torch.float64)], dim=1)
+        yk = flat.to(device=self.device, dtype=torch.float64).index_select(1, self._kept).t()  # [m, B]
+        resid = yk - U @ (U.t() @ yk)
+        dof = (self.n_kept_rows - U.shape[1]) * yk.shape[1]
+        if dof <= 0:
+            return math.nan, 0
+        return float(torch.sqrt(resid.pow(2).sum() / dof)), int(dof)
 
     def project_out_range(self, x: torch.Tensor) -> torch.Tensor:
         """``(I - A+ A) x``: the null-space part of ``x``."""
@@ -362,8 +595,8 @@ class RadonOperator:
             ii = np.arange(self.height) - self.height // 2
             jj = np.arange(self.width) - self.width // 2
             th = np.deg2rad(self.angles_deg)
-            pos = (jj[None, None, :] * np.cos(th)[:, None, None] - ii[None, :, None] * np.sin(th)[:, None, None]
-                   + self.n_det // 2).reshape(self.n_projections, -1).T  # [H W, N_p]
+            pos = ((jj[None, None, :] * np.cos(th)[:, None, None] - ii[None, :, None] * np.sin(th)[:, None, None])
+                   / self.det_spacing + self.n_det // 2).reshape(self.n_projections, -1).T  # [H W, N_p]
             lo = np.floor(pos)
             frac = pos - lo
             lo = lo.astype(np.int64)
@@ -382,8 +615,11 @@ class RadonOperator:
         ``sqrt(E ||A+ n||^2 / (H W)) = sqrt(trace(A+ A+^T) / (H W))``, estimated from ``probes`` seeded
         draws (deterministic; a few per cent accurate with the default 64) and cached. Multiplying a
         per-bin measurement noise sigma by it gives the image-domain noise level that DDMM-Synth Eqs. 8-13
-        call ``sigma_n`` (they model ``A+ n`` as ``N(0, sigma_n^2 I)``).
+        call ``sigma_n`` (they model ``A+ n`` as ``N(0, sigma_n^2 I)``). With the exact (SVD) inverse it is
+        the closed form :meth:`tikhonov_noise_gain` ``(0)`` instead.
         """
+        if self.method == "svd":
+            return self.tikhonov_noise_gain(0.0)
         key = int(probes)
         if key not in self._noise_gain:
             g = torch.Generator(device="cpu").manual_seed(20230417)
@@ -395,7 +631,7 @@ class RadonOperator:
     # ---- the Gram solve ------------------------------------------------------------------------
     @property
     def regularization(self) -> float:
-        """The absolute ``lambda`` added to ``A A^T`` (computed on first use)."""
+        """The absolute ``lambda`` added to ``A A^T`` (computed on first use; 0 for the exact SVD inverse)."""
         self._ensure_solver()
         return float(self._lam)
 
@@ -449,7 +685,10 @@ class RadonOperator:
         with self._lock:
             if self._lam is not None:
                 return
-            if self.method == "cholesky":
+            if self.method == "svd":
+                self._factor_svd()
+                lam = 0.0
+            elif self.method == "cholesky":
                 G = self._dense_gram().to(device=self.device, dtype=self._solve_dtype)
                 lam_max = float(torch.linalg.eigvalsh(G)[-1]) if G.shape[0] <= 512 else \
                     self._lambda_max_power(lambda v: G @ v, G.shape[0])
@@ -473,6 +712,36 @@ class RadonOperator:
             self._coo = None
             self._lam = float(lam)
 
+    def _factor_svd(self) -> None:
+        """Thin SVD of the kept rows from the eigen-decomposition of the smaller Gram matrix (float64)."""
+        G = self._dense_gram().to(device=self.device, dtype=torch.float64)
+        w, Q = torch.linalg.eigh(G)
+        del G
+        w, Q = w.flip(0), Q.flip(1)  # descending
+        sv = w.clamp_min(0.0).sqrt()
+        keep = sv > SVD_RCOND * sv[0]
+        # weak directions (below the cut-off but above the eigen-solver's resolution): not inverted, but they
+        # are not pure noise either, so the noise estimate leaves them out
+        weak = ~keep & (sv > (WEAK_RCOND if self.gram_side == "rows" else WEAK_RCOND_PIXELS) * sv[0])
+        q_weak, s_weak = Q[:, weak], sv[weak]
+        sv, Q = sv[keep], Q[:, keep]
+        r = int(sv.numel())
+        z = torch.zeros(self.n_rows, r, device=self.device, dtype=torch.float64)
+        At64 = self._At.to(torch.float64) if self.dtype != torch.float64 else self._At
+        A64 = self._A.to(torch.float64) if self.dtype != torch.float64 else self._A
+        if self.gram_side == "rows":
+            U = Q
+            V = torch.sparse.mm(At64, z.index_copy(0, self._kept, U)) / sv
+        else:
+            V = Q
+            U = torch.sparse.mm(A64, V).index_select(0, self._kept) / sv
+        self._svd = (U.contiguous(), sv, V.contiguous())
+        if self.gram_side == "rows":
+            self._u_weak = q_weak.contiguous()
+        elif q_weak.shape[1]:  # U = A V / s for the weak ones, orthonormalised against U and each other
+            u_weak = torch.sparse.mm(A64, q_weak).index_select(0, self._kept) / s_weak
+            u_weak = u_weak - U @ (U.t() @ u_weak)
+            self._u_weak = torch.linalg.qr(u_weak).Q.contiguous()
     def _solve_gram(self, b: torch.Tensor) -> torch.Tensor:
         """Solve ``(G + lambda I) z = b`` for ``[n, B]`` right-hand sides (solve dtype): kept rows for the
         row Gram, pixels for the pixel Gram."""
@@ -521,13 +790,15 @@ class RadonOperator:
 
     # ---- bookkeeping ---------------------------------------------------------------------------
     def memory_bytes(self) -> dict:
-        """Bytes held: the sparse ``A`` and ``A^T`` (``matrix``), the dense ``(G + lambda I)^-1``
-        (``factor``) and FBP's backprojector (``backprojector``, 0 until FBP is used)."""
+        """Bytes held: the sparse ``A`` and ``A^T`` (``matrix``), the dense ``(G + lambda I)^-1`` or the SVD's
+        ``U``, ``s``, ``V`` (``factor``) and FBP's backprojector (``backprojector``, 0 until FBP is used)."""
         def sparse_bytes(m):
             if m is None:
                 return 0
             return sum(t.numel() * t.element_size() for t in (m.crow_indices(), m.col_indices(), m.values()))
         factor = 0 if self._factor is None else self._factor.numel() * self._factor.element_size()
+        if self._svd is not None:
+            factor += sum(t.numel() * t.element_size() for t in self._svd)
         return {"matrix": sparse_bytes(self._A) + sparse_bytes(self._At), "factor": factor,
                 "backprojector": sparse_bytes(self._bp)}
 
@@ -551,18 +822,22 @@ def _device_key(device) -> torch.device:
 
 
 def get_operator(image_size, n_projections: int, device="cpu", dtype: torch.dtype = torch.float32,
-                 n_detectors: Optional[int] = None, reg: float = DEFAULT_REG) -> RadonOperator:
+                 n_detectors: Optional[int] = None, reg: float = DEFAULT_REG, pinv: str = "auto",
+                 angles_deg: Optional[Sequence[float]] = None, det_spacing: float = 1.0) -> RadonOperator:
     """The :class:`RadonOperator` for this geometry, device and dtype, from an LRU cache of
     :data:`CACHE_SIZE` operators (so the pseudo-inverse is factored once per geometry)."""
     h, w = _image_size(image_size)
     dev = _device_key(device)
-    key = (h, w, int(n_projections), str(dev), dtype, n_detectors, float(reg))
+    angles_key = None if angles_deg is None else tuple(float(a) for a in np.asarray(angles_deg).reshape(-1))
+    key = (h, w, int(n_projections), str(dev), dtype, n_detectors, float(reg), str(pinv), angles_key,
+           float(det_spacing))
     with _CACHE_LOCK:
         op = _CACHE.get(key)
         if op is not None:
             _CACHE.move_to_end(key)
             return op
-    op = RadonOperator((h, w), n_projections, device=dev, dtype=dtype, n_detectors=n_detectors, reg=reg)
+    op = RadonOperator((h, w), n_projections, device=dev, dtype=dtype, n_detectors=n_detectors, reg=reg, pinv=pinv,
+                       angles_deg=angles_deg, det_spacing=det_spacing)
     with _CACHE_LOCK:
         _CACHE[key] = op
         _CACHE.move_to_end(key)

@@ -44,6 +44,42 @@ Conventions
   a :class:`MetricWarning` says so; with one scale MS-SSIM therefore equals SSIM (when SSIM >= 0). When not
   even one scale fits the result is NaN and a :class:`MetricWarning` says why.
 
+Presets
+-------
+``evaluate(..., preset=...)`` (the ``--metrics`` option) chooses the definitions; every result dict says which
+one produced it (``"preset"``):
+
+* ``default``: the conventions above (range [-1024, 3071] HU, Gaussian 11-tap SSIM, 2D MS-SSIM). They
+  follow the model's CT mapping, *not* the SynthRAD challenges' code.
+* ``synthrad2023`` (alias ``synthrad``): the SynthRAD2023 image metrics as their evaluation code defines them
+  (``SynthRAD2023/metrics``, ``functions/image_metrics.py``, read on 2026-12-02). MAE in HU inside the mask on
+  the raw values; PSNR with both images clipped to ``[-1024, 3000]`` HU, the squared error averaged over the
+  mask voxels and ``data_range = 4024``; SSIM over the whole volume (3D when it has >= 7 slices) with
+  scikit-image's default window -- a 7 x 7 (x 7) *uniform* filter (``scipy.ndimage.uniform_filter``,
+  ``reflect`` borders), sample covariance (``N / (N - 1)``, ``N = 7^ndim``), ``K1 = 0.01``, ``K2 = 0.03``,
+  ``data_range = 4024`` -- after clipping both images to ``[-1024, 3000]``, setting every voxel outside the
+  mask to -1024 in both, and shifting by +1024 so all values are >= 0; the map is averaged over the mask
+  voxels that lie at least 3 voxels from every border (their ``crop(map, 3)[crop(mask, 3)]``). Their code has
+  no MS-SSIM. Their pipeline casts the images to float32 first (SimpleITK), so scikit-image computes
+  their SSIM in float32; here everything is float64 (differences of order 1e-6).
+* ``synthrad2025``: the SynthRAD2025 evaluation code (``SynthRAD2025/evaluation``, ``image_metrics.py``, last
+  changed 2025-05-12, when the range became ``[-1024, 3071]``). Both images are set to -1024 outside the mask
+  first; MAE as above; PSNR clipped to ``[-1024, 3071]`` with ``data_range = 4095`` over the mask voxels;
+  MS-SSIM in 3D: images clipped, outside-mask voxels set to -1024, shifted by +1024, every axis shorter than
+  97 voxels padded to 97 by repeating the edge values (image and mask, split evenly before and after), then
+  5 scales with weights ``w = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)``. At scale ``j`` the map is
+  ``L^w_j C^w_j S^w_j`` with ``L = max(0, (2 mu_x mu_y + C1) / (mu_x^2 + mu_y^2 + C1))``,
+  ``C = max(0, (2 s_x s_y + C2) / (v_x + v_y + C2))``, ``S = max(0, (v_xy + C3) / (s_x s_y + C3))``,
+  ``s = sqrt(max(v, 0))``, ``C3 = C2 / 2`` (the same uniform 7^3 window and sample covariance as above); its
+  mean over the mask voxels at least 3 voxels from the borders is ``m_j``; then the images are averaged over
+  2 x 2 x 2 blocks (their ``fftconvolve(..., ones(2,2,2)/8, mode="same")[::2, ::2, ::2]``, which pairs voxels
+  ``(2k - 1, 2k)`` along each axis with a zero before the first one) and the mask subsampled
+  (``mask[::2, ::2, ::2]``). ``MS-SSIM = prod_j clip(m_j, 0, 1)`` (the weights are exponents inside the
+  map, so the luminance term enters every scale). Their score uses only this masked MS-SSIM (no plain SSIM).
+
+For the synthrad presets, volumes with fewer than 7 slices (SSIM) get the mean of per-slice 2D values
+(``ssim_mode`` says so); MS-SSIM always runs in 3D, since the padding to 97 makes every volume fit.
+
 Large volumes are processed in blocks of slices (with a halo for the 3D Gaussian filter), so memory stays
 bounded and the results equal the whole-volume computation exactly.
 """
@@ -60,6 +96,7 @@ from scipy import ndimage
 from ..errors import InputError
 from ..io.intensity import HU_MAX, HU_MIN, HU_RANGE
 from ..io.volume import Volume, require_same_geometry
+from ..names import METRIC_PRESETS
 
 DATA_RANGE = HU_RANGE  # 4095 HU: the PSNR/SSIM data range is the fixed CT mapping's range
 K1 = 0.01
@@ -73,8 +110,22 @@ _BLOCK_VOXELS = 4_000_000
 __all__ = [
     "HU_MIN", "HU_MAX", "DATA_RANGE", "MS_SSIM_WEIGHTS", "MetricWarning",
     "mae", "me", "psnr", "ssim", "ms_ssim", "ms_ssim_scales", "ssim_window_size",
-    "evaluate", "format_table", "mean_std",
+    "evaluate", "format_table", "mean_std", "METRIC_PRESETS", "SYNTHRAD_RANGES", "synthrad_ssim",
+    "synthrad_ms_ssim", "synthrad_psnr", "evaluate_synthrad", "check_preset",
 ]
+
+#: HU clipping range of each SynthRAD edition's evaluation code
+SYNTHRAD_RANGES = {"synthrad2023": (-1024.0, 3000.0), "synthrad2025": (-1024.0, 3071.0)}
+SYNTHRAD_WIN = 7
+SYNTHRAD_PAD = 3
+SYNTHRAD_MS_SIZE = 97
+
+
+def check_preset(preset: str) -> str:
+    """The canonical preset name (``synthrad`` -> ``synthrad2023``); :class:`InputError` for unknown ones."""
+    if preset not in METRIC_PRESETS:
+        raise InputError(f"unknown metrics preset {preset!r}.", f"use one of {', '.join(METRIC_PRESETS)}.")
+    return "synthrad2023" if preset == "synthrad" else preset
 
 
 class MetricWarning(UserWarning):
@@ -423,12 +474,166 @@ def ms_ssim(pred, ref, mask=None, data_range: float = DATA_RANGE, gaussian_sigma
 
 
 # ----------------------------------------------------------------------------------------------------------
+# SynthRAD presets (see the module notes)
+# ----------------------------------------------------------------------------------------------------------
+
+def _synthrad_prepare(pred, ref, mask, edition: str, fill_outside: bool):
+    """float64 (pred, ref, mask) clipped to the edition's range, outside-mask set to its minimum, shifted to >= 0."""
+    lo, hi = SYNTHRAD_RANGES[edition]
+    p, r, m = _prepare(pred, ref, mask, ndims=(2, 3))
+    p = np.clip(p.astype(np.float64), lo, hi)
+    r = np.clip(r.astype(np.float64), lo, hi)
+    if fill_outside and m is not None:
+        p[~m] = lo
+        r[~m] = lo
+    return p - lo, r - lo, m, hi - lo
+
+
+def _uniform_moments(x, y, win: int = SYNTHRAD_WIN):
+    """Local means, sample variances and covariance over a ``win``^ndim uniform window (reflect borders)."""
+    def f(a):
+        return ndimage.uniform_filter(a, size=win)
+
+    n = win ** x.ndim
+    cov = n / (n - 1.0)
+    ux, uy = f(x), f(y)
+    vx = cov * (f(x * x) - ux * ux)
+    vy = cov * (f(y * y) - uy * uy)
+    vxy = cov * (f(x * y) - ux * uy)
+    return ux, uy, vx, vy, vxy
+
+
+def _crop_mean(vmap: np.ndarray, mask: np.ndarray | None, pad: int = SYNTHRAD_PAD) -> float:
+    inner = tuple(slice(pad, n - pad) for n in vmap.shape)
+    if mask is None:
+        return float(vmap[inner].mean(dtype=np.float64))
+    sel = mask[inner]
+    return float(vmap[inner][sel].mean(dtype=np.float64)) if sel.any() else math.nan
+
+
+def _require_synthrad_window(shape, what: str = "the image"):
+    if min(shape) < SYNTHRAD_WIN:
+        raise InputError(f"{what} of shape {tuple(shape)} is too small for the SynthRAD SSIM: every axis needs at "
+                         f"least {SYNTHRAD_WIN} voxels (their 7-voxel uniform window).",
+                         "evaluate() uses the mean of per-slice 2D values for volumes with fewer than 7 slices.")
+
+
+def synthrad_ssim(pred, ref, mask=None, edition: str = "synthrad2023") -> float:
+    """SSIM as the SynthRAD evaluation code computes it (module notes): 2D slice or 3D volume, every axis >= 7."""
+    edition = check_preset(edition)
+    p, r, m, rng = _synthrad_prepare(pred, ref, mask, edition, fill_outside=True)
+    _require_synthrad_window(p.shape)
+    ux, uy, vx, vy, vxy = _uniform_moments(p, r)
+    c1, c2 = (K1 * rng) ** 2, (K2 * rng) ** 2
+    smap = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return _crop_mean(smap, m)
+
+
+def synthrad_psnr(pred, ref, mask=None, edition: str = "synthrad2023") -> float:
+    """PSNR as the SynthRAD code computes it: both clipped to the edition's range, MSE over the mask voxels,
+    ``data_range`` = the range's width (4024 for 2023, 4095 for 2025)."""
+    edition = check_preset(edition)
+    p, r, m, rng = _synthrad_prepare(pred, ref, mask, edition, fill_outside=False)
+    d = (p - r) if m is None else (p - r)[m]
+    return _psnr_from_mse(float(np.mean(d * d)), rng)
+
+
+def _synthrad_downsample(a: np.ndarray) -> np.ndarray:
+    """Average voxel pairs ``(2k - 1, 2k)`` along every axis, a zero standing before the first voxel (what a
+    ``mode="same"`` convolution with a 2-box followed by ``[::2]`` gives)."""
+    for axis in range(a.ndim):
+        pad = [(0, 0)] * a.ndim
+        pad[axis] = (1, 0)
+        b = np.pad(a, pad)
+        k = (a.shape[axis] + 1) // 2  # ceil(n / 2) outputs, as [::2] keeps
+        even = np.take(b, np.arange(0, 2 * k, 2), axis=axis)
+        odd = np.take(b, np.arange(1, 2 * k, 2), axis=axis)
+        a = 0.5 * (even + odd)
+    return a
+
+
+def synthrad_ms_ssim(pred, ref, mask=None, edition: str = "synthrad2025",
+                     weights: Sequence[float] = MS_SSIM_WEIGHTS) -> float:
+    """Masked 3D MS-SSIM as the SynthRAD2025 evaluation code computes it (module notes); 2D inputs are
+    treated as one-slice volumes (padded to 97 slices like any short axis)."""
+    edition = check_preset(edition)
+    p, r, m, rng = _synthrad_prepare(pred, ref, mask, edition, fill_outside=True)
+    if p.ndim == 2:
+        p, r = p[None], r[None]
+        m = None if m is None else m[None]
+    m = np.ones(p.shape, dtype=bool) if m is None else m
+    pads = [(max(0, (SYNTHRAD_MS_SIZE - n) // 2), max(0, SYNTHRAD_MS_SIZE - n - (SYNTHRAD_MS_SIZE - n) // 2))
+            for n in p.shape]
+    p, r = np.pad(p, pads, mode="edge"), np.pad(r, pads, mode="edge")
+    m = np.pad(m, pads, mode="edge")
+    c1, c2 = (K1 * rng) ** 2, (K2 * rng) ** 2
+    c3 = c2 / 2.0
+    total = 1.0
+    for j, w in enumerate(weights):
+        ux, uy, vx, vy, vxy = _uniform_moments(p, r)
+        sx, sy = np.sqrt(np.clip(vx, 0, None)), np.sqrt(np.clip(vy, 0, None))
+        lum = np.clip((2 * ux * uy + c1) / (ux * ux + uy * uy + c1), 0, None)
+        con = np.clip((2 * sx * sy + c2) / (vx + vy + c2), 0, None)
+        struct = np.clip((vxy + c3) / (sx * sy + c3), 0, None)
+        vmap = lum ** w * con ** w * struct ** w
+        total *= float(np.clip(_crop_mean(vmap, m), 0.0, 1.0))
+        if j < len(weights) - 1:
+            p, r = _synthrad_downsample(p), _synthrad_downsample(r)
+            m = m[::2, ::2, ::2]
+    return total
+
+
+def evaluate_synthrad(pred, ref, mask=None, preset: str = "synthrad2023") -> dict:
+    """The SynthRAD preset's metrics for a volume ``(z, y, x)`` (module notes): ``mae_hu``, ``me_hu``,
+    ``psnr_db``, ``ssim`` (2023) / ``ms_ssim`` (2025; NaN for the other edition's code has none), plus
+    ``per_slice`` MAE/ME/PSNR and ``preset``."""
+    edition = check_preset(preset)
+    p, r, m = _prepare(pred, ref, mask, ndims=(3,))
+    if edition == "synthrad2025" and m is not None:  # their code sets the outside to -1024 before every metric
+        p = np.where(m, p, -1024.0)
+        r = np.where(m, r, -1024.0)
+    pf, rf = p.astype(np.float64), r.astype(np.float64)
+    d = pf - rf
+    mm = np.ones(p.shape, dtype=bool) if m is None else m
+    out = {"preset": edition, "hu_range": list(SYNTHRAD_RANGES[edition]),
+           "data_range": SYNTHRAD_RANGES[edition][1] - SYNTHRAD_RANGES[edition][0],
+           "mae_hu": float(np.abs(d)[mm].mean()), "me_hu": float(d[mm].mean()),
+           "psnr_db": synthrad_psnr(p, r, m, edition), "voxels": int(mm.sum())}
+    if edition == "synthrad2023":
+        if p.shape[0] >= SYNTHRAD_WIN and min(p.shape[1:]) >= SYNTHRAD_WIN:
+            out["ssim"], out["ssim_mode"] = synthrad_ssim(p, r, m, edition), "3d"
+        elif min(p.shape[1:]) >= SYNTHRAD_WIN:
+            vals = [synthrad_ssim(p[z], r[z], None if m is None else m[z], edition)
+                    for z in range(p.shape[0]) if mm[z].any()]
+            out["ssim"], out["ssim_mode"] = float(np.nanmean(vals)), "2d-slice-mean (fewer than 7 slices)"
+        else:
+            out["ssim"], out["ssim_mode"] = math.nan, "unavailable: slices smaller than 7 x 7"
+        out["ms_ssim"] = math.nan  # the 2023 code has none
+    else:
+        out["ssim"], out["ssim_mode"] = math.nan, "not part of the SynthRAD2025 image metrics"
+        out["ms_ssim"] = synthrad_ms_ssim(p, r, m, edition)
+    per_slice = []
+    lo, hi = SYNTHRAD_RANGES[edition]
+    for z in np.flatnonzero(mm.any(axis=(1, 2))):
+        dz = d[z][mm[z]]
+        dc = np.clip(pf[z], lo, hi)[mm[z]] - np.clip(rf[z], lo, hi)[mm[z]]
+        per_slice.append({"index": int(z), "mae_hu": float(np.abs(dz).mean()), "me_hu": float(dz.mean()),
+                          "psnr_db": _psnr_from_mse(float(np.mean(dc * dc)), hi - lo)})
+    out["slices"] = len(per_slice)
+    out["per_slice"] = per_slice
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------
 # whole-volume evaluation
 # ----------------------------------------------------------------------------------------------------------
 
 def evaluate(pred, ref, mask=None, *, data_range: float = DATA_RANGE, gaussian_sigma: float = 1.5,
-             shift: bool = True) -> dict:
+             shift: bool = True, preset: str = "default") -> dict:
     """All metrics for a 3D volume ``(z, y, x)``, plus per-slice values.
+
+    ``preset``: ``"default"`` (described here) or a SynthRAD preset (:func:`evaluate_synthrad`; the
+    other keyword arguments are then ignored). The dict's ``"preset"`` says which one produced the numbers.
 
     Returns a dict with ``mae_hu``, ``me_hu``, ``psnr_db``, ``ssim``, ``ms_ssim`` for the whole volume
     (inside ``mask``), ``ssim_mode`` (``"3d"`` when every axis, z included, is at least the SSIM window --
@@ -439,6 +644,9 @@ def evaluate(pred, ref, mask=None, *, data_range: float = DATA_RANGE, gaussian_s
     ``{index, mae_hu, me_hu, psnr_db, ssim, ms_ssim}`` (2D SSIM/MS-SSIM of that slice) for every slice whose
     mask is non-empty. ``ms_ssim`` of the volume is the mean of the per-slice values.
     """
+    preset = check_preset(preset)
+    if preset != "default":
+        return evaluate_synthrad(pred, ref, mask, preset)
     sigma = _check_sigma(gaussian_sigma)
     data_range = _check_data_range(data_range)
     p, r, m = _prepare(pred, ref, mask, ndims=(3,))
@@ -494,6 +702,7 @@ def evaluate(pred, ref, mask=None, *, data_range: float = DATA_RANGE, gaussian_s
         })
 
     return {
+        "preset": "default",
         "mae_hu": float(s_abs.sum() / voxels),
         "me_hu": float(s_err.sum() / voxels),
         "psnr_db": _psnr_from_mse(float(s_sq.sum() / voxels), data_range),

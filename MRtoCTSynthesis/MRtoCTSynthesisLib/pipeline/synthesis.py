@@ -113,7 +113,9 @@ class SynthesisOptions:
     channels_last: bool = False  # NHWC weights and inputs (GPU convolutions under autocast)
     compile: bool = False        # torch.compile each network's forward (lazy: compiled on the first batch)
     compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune
-    nsmi: str = "auto"           # with measurements: auto | noiseless (DDMM-Synth Eq. 5) | noisy (Eqs. 7-13)
+    # with measurements: auto (noiseless when sigma = 0; the Wiener-filtered noisy block, or the MRI-only prior when the
+    # data carry no information, when sigma > 0) | noiseless (DDMM-Synth Eq. 5) | noisy (Eqs. 7-13, exact A+)
+    nsmi: str = "auto"
     crop_to_body: bool = True    # physical-scale models: synthesise only the body's bounding box (+ margin)
     backend: str = "torch"       # torch | onnx: the diffusion denoiser through ONNX Runtime on the CPU (opt-in)
 
@@ -311,9 +313,10 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
 
     ``measurements`` (DDMM-Synth): a :class:`.measurements.MeasurementSpec` (reference CT or sinogram file;
     built here on the model's grid and device) or prebuilt ``Measurements``. The model must then be a
-    conditional DDPM (or ``ddmm_synth``) checkpoint; ``options.nsmi`` picks the block (``auto`` = noisy when
-    the measurements have noise and the sampler can run it, see :func:`..models.methods.ddmm_synth.
-    resolve_nsmi`); with the noisy block and ``ddim`` without an ``eta`` option, ``eta = 1``. Notes about
+    conditional DDPM (or ``ddmm_synth``) checkpoint; ``options.nsmi`` picks the block (``auto``: the exact noiseless
+    block without noise, the Wiener-filtered noisy block with noise, or the MRI-only prior when the sinograms do not
+    rise above the stated noise; see :func:`..models.methods.ddmm_synth.resolve_nsmi`); with a noisy block and
+    ``ddim`` without an ``eta`` option, ``eta = 1``. Notes about
     the choice are issued as warnings and kept in ``info["measurements"]["notes"]``.
 
     ``progress(fraction, message)`` is called after each batch; ``cancel()`` returning True stops the
@@ -343,16 +346,22 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
         raise InputError(f"there are {meas.n_slices} sinograms but the MRI has {n_slices} axial slices.",
                          "give one sinogram per axial slice of this MRI.")
     name = options.sampler or model.default_sampler
+    given_sampler_options = dict(options.sampler_options)
     mode_wanted = options.nsmi if options.nsmi != "auto" else ("noisy" if meas.noise_sigma > 0 else "noiseless")
     if mode_wanted == "noisy" and name == "ddim" and "eta" not in options.sampler_options:
         options.sampler_options["eta"] = 1.0
     sampler = model.make_sampler(options.sampler, model.steps_for(options.sampler, options.steps, options.samples),
                                  **options.sampler_options)
-    mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler)
+    mode, notes = resolve_nsmi(options.nsmi, meas.noise_sigma, sampler, meas)
     for note in notes:
         warnings.warn(note, stacklevel=2)
-    result = _sample_volume(mri, model, options, progress, cancel, meas.hook_for(mode), square_size=size)
-    result.info["method"] = "ddmm_synth_noise" if mode == "noisy" else "ddmm_synth"
+    if mode == "prior":  # exactly the MRI-only run (its grid and sampler options), measurements recorded as unused
+        options.sampler_options = given_sampler_options
+        result = _sample_volume(mri, model, options, progress, cancel, None)
+    else:
+        result = _sample_volume(mri, model, options, progress, cancel, meas.hook_for(mode), square_size=size)
+    result.info["method"] = {"noisy": "ddmm_synth_noise", "wiener": "ddmm_synth_noise_wiener",
+                             "prior": getattr(model, "source_method", "ddpm")}.get(mode, "ddmm_synth")
     result.info["sampler_options"] = dict(options.sampler_options)
     result.info["measurements"] = {
         "source": meas.source, "nsmi": mode, "nsmi_requested": options.nsmi,
@@ -360,6 +369,7 @@ def synthesize(mri: Volume, model, options: SynthesisOptions | None = None,
         "angles": "uniform over [0, 180) degrees", "grid": [op.height, op.width],
         "noise_sigma": meas.noise_sigma, "noise_sigma_units": "model units x pixel length, per detector bin",
         "sigma_n_image": meas.sigma_n_image, "pinv": op.method, "pinv_regularization": op.regularization,
+        "informative_fraction": meas.informative_fraction() if mode in ("wiener", "prior") else None,
         "checkpoint_method": getattr(model, "source_method", model.method), "notes": notes,
         **meas.details,
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import InputError
+from ...names import METRIC_PRESETS
 from ..args import (
     check_output_dir,
     check_output_file,
@@ -28,8 +29,10 @@ def add_parser(sub) -> None:
     ev = sub.add_parser(
         "evaluate",
         help="score sCTs: one sCT vs its CT (--pred/--ref), or trained models on test cases (--models/--data)",
-        description="Two modes. (1) --pred SCT --ref CT [--mask M]: MAE and ME in HU, PSNR over [-1024, 3071] HU, SSIM "
-                    "and MS-SSIM inside the body mask (whole volume when no mask is given), SynthRAD conventions. "
+        description="Two modes. (1) --pred SCT --ref CT [--mask M]: MAE and ME in HU, PSNR, SSIM and MS-SSIM inside "
+                    "the body mask (whole volume when no mask is given), with the definitions of --metrics (default: "
+                    "PSNR over [-1024, 3071] HU, Gaussian-window SSIM; synthrad2023/synthrad2025: exactly the "
+                    "SynthRAD challenges' evaluation code); the output says which preset produced the numbers. "
                     "(2) --models A.safetensors [B ...] --data DIR: synthesise every test case with every model x "
                     "sampler (and, for conditional DDPM checkpoints, every DDMM-Synth --projections x --noise-sigma "
                     "setting, measurements simulated from the case's own CT), score each sCT with the same metrics, "
@@ -50,6 +53,11 @@ def add_parser(sub) -> None:
                      help="for a DICOM folder holding several series: read the series with this SeriesInstanceUID "
                           "(repeat the flag for several folders)")
     add_batch_evaluation_arguments(ev.add_argument_group("mode 2: trained models on test cases"))
+    ev.add_argument("--metrics", choices=METRIC_PRESETS, default="default",
+                    help="metric definitions (both modes): default = this project's ([-1024, 3071] HU, 11-tap "
+                         "Gaussian SSIM, 2D MS-SSIM); synthrad2023 (= synthrad) = the SynthRAD2023 code ([-1024, "
+                         "3000] HU, PSNR range 4024, 7x7x7 uniform SSIM with sample covariance, outside-mask filled "
+                         "with -1024); synthrad2025 = the SynthRAD2025 code ([-1024, 3071], masked 3D MS-SSIM)")
     ev.set_defaults(func=run)
 
 
@@ -81,8 +89,8 @@ def add_batch_evaluation_arguments(p, required: bool = False) -> None:
                         "(a ddmm_synth checkpoint without this flag uses 23)")
     p.add_argument("--noise-sigma", type=non_negative_float("--noise-sigma"), nargs="+", metavar="SIGMA",
                    help="DDMM-Synth measurement noise per detector bin, one row per value (default 0; see `mrtoct "
-                        "synthesize --help`); sigma > 0 uses the noisy N-SMI block with ddim/ddpm, the noiseless "
-                        "one (with a warning) with dpmpp")
+                        "synthesize --help`); N-SMI runs as --nsmi auto: the exact noiseless block at 0, the "
+                        "Wiener-filtered noisy block above it (gamma_t = 1 with the deterministic dpmpp)")
     p.add_argument("--cases", type=positive_int("--cases"), default=None, metavar="N",
                    help="evaluate only the first N test cases (cases of --data sorted by name; with --split in the "
                         "order of its 'test' list)")
@@ -131,7 +139,7 @@ def run(args) -> int:
     ref = read_volume(args.ref, "reference CT", series_uid=uid)
     check_ct_in_hu(ref.array, "reference CT")
     mask = read_volume(args.mask, "mask", series_uid=uid) if args.mask else None
-    res = evaluate(pred, ref, None if mask is None else mask)
+    res = evaluate(pred, ref, None if mask is None else mask, preset=getattr(args, "metrics", "default"))
     row = {"case": Path(args.pred).name, **{k: v for k, v in res.items() if k not in ("per_slice",)}}
     print(format_table([row]))
     if args.per_slice:
@@ -170,7 +178,7 @@ def run_batch_evaluation(args) -> int:
         projections=list(args.projections or []), noise_sigmas=list(args.noise_sigma or []),
         cases=args.cases, figure_cases=args.figures, device=args.device or "auto",
         seed=args.seed if args.seed is not None else 0, batch_size=args.batch_size,
-        precision=args.precision or "auto")
+        precision=args.precision or "auto", metrics=getattr(args, "metrics", None) or "default")
     sigterm_as_interrupt()
     res = run_evaluation(settings)
     print()

@@ -9,6 +9,7 @@ exact geometry) atomically, only after the whole volume is done.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -81,8 +82,16 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
                    help="use these measurements instead of simulating them: a NIfTI/NRRD volume of shape "
                         "(slices, views, bins) in numpy order (x = detector bin, y = view, z = slice), one sinogram "
                         "per axial slice of the MRI in canonical order (inferior to superior) on the model grid, "
-                        "views 180*a/N_p degrees, ceil(sqrt(2)*image_size) bins, values = line integrals of the CT "
-                        "in model units [-1, 1] x pixel lengths (what --out-sinogram writes)")
+                        "views 180*a/N_p degrees unless --angles says otherwise, bins one model-grid pixel apart "
+                        "unless --detector-spacing says otherwise (any number of bins, centre bin n_det//2 through "
+                        "the grid centre), values = line integrals of the CT in model units [-1, 1] x model-grid "
+                        "pixel lengths (what --out-sinogram writes)")
+    g.add_argument("--angles", metavar="DEGREES",
+                   help="with --sinogram: the view angles in degrees, comma-separated in the file's view order, or "
+                        "a text file with one angle per line (default: uniform over [0, 180))")
+    g.add_argument("--detector-spacing", type=float, default=None, metavar="MM",
+                   help="with --sinogram: distance between neighbouring detector bins in mm (default: one pixel of "
+                        "the model grid, whose size the run info reports as model_pixel_mm)")
     g.add_argument("--projections", type=int, default=None, metavar="N_p",
                    help="number of views, uniform over [0, 180) degrees (default 23 with --ct; read from the file "
                         "with --sinogram)")
@@ -90,12 +99,17 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
                    help="measurement noise: standard deviation per detector bin, in the sinogram's units (model "
                         "units x pixel lengths; a ray across a 64-pixel grid of water measures about -32). With --ct "
                         "Gaussian noise of this size is added (seeded by --seed); with --sinogram it states the "
-                        "noise already in the file. Default 0. The image-domain sigma_n of DDMM-Synth Eqs. 8-13 is "
-                        "this times the pseudo-inverse's noise gain (about 1.9 for 23 views at 64x64) and is "
+                        "noise already in the file; without it the noise is estimated from the file (the part of "
+                        "the data no image can produce: the views' consistency conditions) and reported. Default 0 "
+                        "with --ct. The image-domain sigma_n of DDMM-Synth Eqs. 8-13 is "
+                        "this times the exact pseudo-inverse's noise gain (about 55 for 23 views at 64x64) and is "
                         "reported in the run info")
     g.add_argument("--nsmi", choices=["auto", "noiseless", "noisy"], default=None,
-                   help="N-SMI block: noiseless (DDMM-Synth Eq. 5), noisy (DDMM-Synth-noise, Eqs. 7-13; needs "
-                        "--sampler ddim or ddpm) or auto = noisy when --noise-sigma > 0 (default auto)")
+                   help="N-SMI block: noiseless (DDMM-Synth Eq. 5, exact pseudo-inverse), noisy (DDMM-Synth-noise, "
+                        "Eqs. 7-13 as the paper writes them; needs --sampler ddim or ddpm) or auto (default): "
+                        "noiseless when --noise-sigma is 0, otherwise the noisy block with a Wiener-filtered "
+                        "pseudo-inverse that keeps only what rises above the stated noise, or the MRI alone "
+                        "when nothing does")
     g.add_argument("--out-sinogram", metavar="FILE",
                    help="also write the simulated measurements (with --ct) in the --sinogram layout")
 
@@ -104,7 +118,8 @@ def add_measurement_arguments(p: argparse.ArgumentParser) -> None:
 RUN_FLAGS = (("--sampler", "sampler"), ("--steps", "steps"), ("--samples", "samples"), ("--seed", "seed"),
              ("--device", "device"), ("--batch-size", "batch_size"), ("--precision", "precision"),
              ("--channels-last", "channels_last"), ("--compile", "compile"), ("--projections", "projections"),
-             ("--noise-sigma", "noise_sigma"), ("--nsmi", "nsmi"), ("--backend", "backend"))
+             ("--noise-sigma", "noise_sigma"), ("--nsmi", "nsmi"), ("--angles", "angles"),
+             ("--detector-spacing", "detector_spacing"), ("--backend", "backend"))
 #: version of the run record ``--info-json`` writes (``--from-record`` reads it)
 RECORD_FORMAT = "mrtoct-synthesis-run/1"
 
@@ -175,7 +190,10 @@ def check_measurement_args(args) -> bool:
     given = [flag for flag, value in (("--projections", getattr(args, "projections", None)),
                                       ("--noise-sigma", getattr(args, "noise_sigma", None)),
                                       ("--nsmi", getattr(args, "nsmi", None)),
-                                      ("--out-sinogram", getattr(args, "out_sinogram", None))) if value is not None]
+                                      ("--out-sinogram", getattr(args, "out_sinogram", None)),
+                                      ("--angles", getattr(args, "angles", None)),
+                                      ("--detector-spacing", getattr(args, "detector_spacing", None)))
+             if value is not None]
     if not (ct or sino):
         if given:
             raise InputError(f"{', '.join(given)} only make(s) sense with CT measurements (DDMM-Synth).",
@@ -189,7 +207,31 @@ def check_measurement_args(args) -> bool:
     if sino and args.out_sinogram is not None:
         raise InputError("--out-sinogram writes simulated measurements; with --sinogram there are none.",
                          "drop --out-sinogram (your --sinogram file is already the measurements).")
+    if ct and (getattr(args, "angles", None) is not None or getattr(args, "detector_spacing", None) is not None):
+        raise InputError("--angles and --detector-spacing describe a measured sinogram (--sinogram); with --ct the "
+                         "views are simulated uniformly over 180 degrees.", "drop them, or use --sinogram.")
     return True
+
+
+def parse_angles(text):
+    """``--angles``: comma-separated degrees, or a text file with one angle per line; None stays None."""
+    if text is None:
+        return None
+    source = text
+    path = Path(text)
+    if "," not in text and path.is_file():
+        if path.stat().st_size > 1_000_000:
+            raise InputError(f"the --angles file {text} is larger than 1 MB.", "give one angle per line.")
+        source = ",".join(line.strip() for line in path.read_text().splitlines() if line.strip())
+    try:
+        angles = [float(v) for v in source.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--angles {text!r} is not a list of numbers (or a file of them).",
+                         "give degrees like 0,7.8,15.6 or a text file with one angle per line.") from None
+    if not angles or len(angles) > 1800 or not all(math.isfinite(a) for a in angles):
+        raise InputError(f"--angles must give 1 to 1800 finite angles, got {len(angles)}.",
+                         "give one angle in degrees per view of the sinogram file.")
+    return angles
 
 
 def measurement_spec_from_args(args):
@@ -197,12 +239,14 @@ def measurement_spec_from_args(args):
     from ...io.volume import read_volume
     from ...pipeline.measurements import MeasurementSpec
 
-    sigma = 0.0 if args.noise_sigma is None else float(args.noise_sigma)
     if args.ct:
+        sigma = 0.0 if args.noise_sigma is None else float(args.noise_sigma)
         return MeasurementSpec(ct=read_volume(args.ct, "reference CT", series_uid=getattr(args, "series_uid", None)),
                                projections=args.projections, noise_sigma=sigma)
+    sigma = None if args.noise_sigma is None else float(args.noise_sigma)  # None: estimated from the file
     return MeasurementSpec(sinogram=read_volume(args.sinogram, "sinogram"), projections=args.projections,
-                           noise_sigma=sigma)
+                           noise_sigma=sigma, angles_deg=parse_angles(getattr(args, "angles", None)),
+                           detector_spacing_mm=getattr(args, "detector_spacing", None))
 
 
 def check_distinct_outputs(args) -> None:
@@ -275,7 +319,8 @@ def run_record(args, info: dict) -> dict:
     record = {"format": RECORD_FORMAT, "engine_version": __version__, **info, "inputs": inputs}
     if inputs.get("ct") or inputs.get("sinogram"):
         record["measurement_options"] = {"projections": args.projections, "noise_sigma": args.noise_sigma,
-                                         "nsmi": args.nsmi}
+                                         "nsmi": args.nsmi, "angles": getattr(args, "angles", None),
+                                         "detector_spacing": getattr(args, "detector_spacing", None)}
     return record
 
 
@@ -316,6 +361,7 @@ def options_from_record(args, record: dict):
             setattr(args, name, entry["path"])
     meas = record.get("measurement_options") or {}
     args.projections, args.noise_sigma, args.nsmi = meas.get("projections"), meas.get("noise_sigma"), meas.get("nsmi")
+    args.angles, args.detector_spacing = meas.get("angles"), meas.get("detector_spacing")
     cfg, opts = record["sampler_config"], record["options"]
     try:
         return SynthesisOptions(

@@ -48,24 +48,37 @@ DDNM+'s ``gamma_t`` (the letters are swapped). This module implements DDMM-Synth
 not implemented. On the last step the posterior adds no noise (``sigma_t = 0``), so ``gamma_t = 0``:
 the final sample is not forced onto the noisy measurements.
 
-Why the noisy block matters here: ``A+`` amplifies measurement noise along the weakest directions of
-``A A^T`` (rays grazing a corner, near-dependent views; ``lambda = 1e-6 lambda_max`` barely damps
-them), so the noiseless block copies that amplified noise into every step's ``x0``; scaling the
-correction by ``gamma_t < 1`` in the late steps lets the prior average it out.
+The pseudo-inverse is exact (:mod:`..operators.radon`, ``pinv="svd"`` on every grid whose smaller Gram
+matrix has at most 4096 rows): ``A+ A`` is a projector, as Eq. 3 assumes, so the noiseless block is exact
+at ``sigma = 0``. The price is noise amplification: the exact ``A+`` divides by every non-zero singular
+value, down to 1e-5 of the largest, so its image-domain noise gain ``g`` (below) is about 55 per unit bin
+noise for 23 views on a 64 x 64 grid (the Tikhonov inverse used before, ``lambda = 1e-6 lambda_max``, had
+1.9 but was not a projector). With noisy data both blocks as the paper writes them then fail: the
+noiseless block copies the amplified noise into every ``x0``, and the noisy block's ``gamma_t`` rule
+assumes ``A+ n`` is white (``N(0, sigma_n^2 I)``) while it is concentrated in the weakest singular
+directions, so the prior cannot average it out (``benchmarks/README.md``, DDMM-Synth under noise).
 
-``sigma_n`` here is image-domain; the user gives the per-bin ``sigma_meas``. They are linked through the
-operator: ``sigma_n = g sigma_meas`` with ``g`` the per-pixel RMS of ``A+ n`` for unit white bin noise
-(:meth:`~..operators.radon.RadonOperator.pinv_noise_gain`; about 1.9 for 23 views on a 64 x 64 grid).
-This moment-matches the paper's isotropic model to the real, correlated ``A+ n``. The paper's
-``sigma_n = 0.1 - 0.3`` (image noise in its normalised scale) therefore corresponds to
-``--noise-sigma`` of about ``0.05 - 0.15`` for 23 views at 64 x 64 (see the ``sigma_n_image`` entry of
-the run info).
+Noise-aware block (``--nsmi auto`` with ``sigma > 0``, :class:`WienerNullSpaceProjection`)
+------------------------------------------------------------------------------------------
+The range-space correction is estimated rather than copied: in the SVD basis the residual
+``A x0 - y = A (x0 - x) - n`` has components ``c_k = s_k e_k - n_k`` with ``e_k`` the prior's error along
+``v_k``; the posterior-mean (Wiener) estimate of ``e_k`` is ``g_k c_k / s_k`` with gain
+``g_k = s_k^2 tau_k^2 / (s_k^2 tau_k^2 + sigma^2)``, i.e. Tikhonov with ``lambda_k = sigma^2 / tau_k^2`` set
+from the stated per-bin ``sigma`` and the prior's error scale ``tau_k``, which is estimated at every step
+from the residual's power per band of 64 singular values (``E c_k^2 = s_k^2 tau_k^2 + sigma^2``; see
+:meth:`~..operators.radon.RadonOperator.pinv_wiener`). Bands that do not rise above the noise get gain 0,
+so whatever the data cannot resolve is left to the MRI-guided prior, and at ``sigma = 0`` every gain is 1
+(the exact block). The filtered correction then goes through Eqs. 7-13 with ``sigma_n`` = the RMS of the
+noise the filter lets through (per batch row), so ``gamma_t < 1`` only where that small residual noise
+would exceed the step's own noise. ``--nsmi auto`` falls back to the MRI-only prior (no embedding, with a
+note) when no more bands of the sinograms rise above the stated noise than pure noise would give.
 
 Samplers: ``ddpm`` and ``ddim`` (``eta > 0``; DDMM-Synth uses 100 DDIM steps, and for the noisy block
 ``eta`` defaults to 1, where DDIM's step is the DDPM posterior) support the noisy block. ``dpmpp`` and
 ``ddim`` with ``eta = 0`` are deterministic and have no noise to trade: the rule would give
-``gamma_t = 0`` (no measurement information at all), so ``--nsmi noisy`` is refused with them and
-``--nsmi auto`` falls back to the noiseless block with a warning.
+``gamma_t = 0`` (no measurement information at all), so ``--nsmi noisy`` is refused with them; ``--nsmi
+auto`` then runs the Wiener-filtered correction with ``gamma_t = 1`` (or, on a geometry without an SVD,
+the noiseless block with a warning).
 
 Batches: :func:`...pipeline.synthesis.synthesize` asks :meth:`Measurements.hook_for` for each batch's
 hook with the canonical slice index of every batch row (Monte-Carlo samples of a slice repeat its
@@ -95,6 +108,7 @@ __all__ = [
     "Measurements",
     "NullSpaceProjection",
     "NoisyNullSpaceProjection",
+    "WienerNullSpaceProjection",
     "nsmi_noise_schedule",
     "resolve_nsmi",
     "sampler_supports_noisy_nsmi",
@@ -102,6 +116,7 @@ __all__ = [
     "DEFAULT_PROJECTIONS",
     "MAX_PROJECTIONS",
     "MEASUREMENT_SEED_OFFSET",
+    "INFORMATIVE_MIN",
 ]
 
 NSMI_MODES = ("auto", "noiseless", "noisy")
@@ -109,6 +124,9 @@ NSMI_MODES = ("auto", "noiseless", "noisy")
 DEFAULT_PROJECTIONS = 23
 #: more views than this is refused (10 per degree; the operator's memory grows linearly with it)
 MAX_PROJECTIONS = 1800
+#: --nsmi auto uses the measurements only when more than this fraction of their singular directions rises above the
+#: stated noise (pure noise passes the Wiener gate in under 1 % of the bands, see ..operators.radon.WIENER_GATE)
+INFORMATIVE_MIN = 0.02
 #: the measurement noise uses its own generator, seeded with ``seed + MEASUREMENT_SEED_OFFSET``
 MEASUREMENT_SEED_OFFSET = 1_000_003
 
@@ -121,16 +139,18 @@ def nsmi_noise_schedule(x0_coef, variance, sigma_n_image: float):
     ``gamma_t = min(1, sigma_t / (c_t sigma_n))`` and ``phi_t = sigma_t^2 - (gamma_t c_t sigma_n)^2``, so
     the measurement part plus the extra part is exactly ``sigma_t^2``, ``gamma_t`` lies in ``[0, 1]`` (0
     only when ``sigma_t = 0``) and ``phi_t >= 0``. ``sigma_n_image = 0`` gives ``(1, sigma_t^2)`` (the
-    noiseless block with the usual noise). Accepts numbers (returned as float64 CPU tensors) or tensors
-    (returned on ``x0_coef``'s device, in float64 -- float32 on ``mps`` -- so that a sampling loop on a
-    GPU never waits for a host round-trip here).
+    noiseless block with the usual noise). ``sigma_n_image`` may be a ``[B]`` tensor (one value per batch row,
+    as the Wiener-filtered block has); the results then are ``[B]`` too. Accepts numbers (returned as float64
+    CPU tensors) or tensors (returned on ``x0_coef``'s device, in float64 -- float32 on ``mps`` -- so that a
+    sampling loop on a GPU never waits for a host round-trip here).
     """
     c = torch.as_tensor(x0_coef).detach()
     dev = c.device
     wd = work_dtype(dev)
     c = c.to(dev, wd).abs()
     var = torch.as_tensor(variance).detach().to(dev, wd).clamp_min(0.0)
-    meas = c * float(sigma_n_image)  # std that gamma = 1 would bring
+    sig_n = sigma_n_image.detach().to(dev, wd) if isinstance(sigma_n_image, torch.Tensor) else float(sigma_n_image)
+    meas = c * sig_n  # std that gamma = 1 would bring
     sig = var.sqrt()
     full = sig >= meas
     gamma = torch.where(full, torch.ones_like(sig), sig / torch.where(meas > 0, meas, torch.ones_like(meas)))
@@ -190,6 +210,47 @@ class NoisyNullSpaceProjection(NullSpaceProjection):
         return x0_hat, phi.to(device=x0.device, dtype=x0.dtype)
 
 
+class WienerNullSpaceProjection(NoisyNullSpaceProjection):
+    """The noise-aware N-SMI block of ``--nsmi auto`` with noisy measurements: DDMM-Synth Eqs. 7-13 with the
+    exact ``A+`` replaced by the per-band empirical Wiener inverse of
+    :meth:`~...operators.radon.RadonOperator.pinv_wiener` (per-bin noise ``noise_sigma``).
+
+    ``x0_hat = x0 - gamma_t W (A x0 - y)``: ``W`` keeps, band by band of singular values, only the part of the
+    residual that rises above the measurement noise (the prior's error along those directions, estimated
+    from the residual itself), so a direction the data cannot resolve is left to the MRI-guided prior. The
+    image-domain ``sigma_n`` of Eqs. 8-13 is the per-row RMS of the noise ``W`` lets through (reported by
+    ``pinv_wiener``), so ``gamma_t`` and ``phi_t`` follow Eq. 13 per batch row. With a sampler that does not
+    describe its steps (deterministic ones) the hook applies ``W`` with ``gamma_t = 1``.
+    """
+
+    mode = "wiener"
+
+    def __init__(self, operator: RadonOperator, y: torch.Tensor, noise_sigma: float, record: bool = False):
+        super().__init__(operator, y, 0.0, record)
+        self.noise_sigma = float(noise_sigma)
+
+    def filtered(self, x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(W (A x0 - y), sigma_n per row)`` (full precision, autocast off)."""
+        op = self.operator
+        if x0.shape[0] != self.y.shape[0]:
+            raise ValueError(f"the N-SMI hook has {self.y.shape[0]} sinograms but the batch has {x0.shape[0]} images")
+        with torch.autocast(device_type=x0.device.type, enabled=False):
+            corr, noise = op.pinv_wiener(op.forward(x0.to(op.dtype)) - self.y, self.noise_sigma)
+        return corr, noise.reshape(-1)
+
+    def correction(self, x0: torch.Tensor) -> torch.Tensor:
+        return self.filtered(x0)[0]
+
+    def compose_noise(self, x0: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, step: StepNoise):
+        corr, sigma_n = self.filtered(x0)
+        gamma, phi = nsmi_noise_schedule(step.x0_coef, step.variance, sigma_n)
+        if self.history is not None:
+            self.history.append((float(step.t), float(step.x0_coef), float(step.variance),
+                                 float(gamma.mean()), float(phi.mean())))
+        x0_hat = x0 - per_sample(gamma, x0) * corr.to(x0.dtype)
+        return x0_hat, phi.to(device=x0.device, dtype=x0.dtype)
+
+
 # ==================================================================================== measurements
 @dataclass
 class Measurements:
@@ -221,18 +282,31 @@ class Measurements:
 
     def hook_for(self, mode: str) -> Callable[[np.ndarray], NullSpaceProjection]:
         """the per-batch hook factory of :func:`...pipeline.synthesis.synthesize`: slice indices -> a hook for that
-        batch."""
-        if mode not in ("noiseless", "noisy"):
-            raise ValueError(f"mode must be 'noiseless' or 'noisy', got {mode!r}")
+        batch (``mode``: ``noiseless``, ``noisy`` or ``wiener``)."""
+        if mode not in ("noiseless", "noisy", "wiener"):
+            raise ValueError(f"mode must be 'noiseless', 'noisy' or 'wiener', got {mode!r}")
         sigma = self.sigma_n_image if mode == "noisy" else 0.0
 
         def factory(indices):
             idx = torch.as_tensor(np.asarray(indices), dtype=torch.long, device=self.sinograms.device)
             y = self.sinograms.index_select(0, idx)
+            if mode == "wiener":
+                return WienerNullSpaceProjection(self.operator, y, self.noise_sigma)
             return NoisyNullSpaceProjection(self.operator, y, sigma) if mode == "noisy" \
                 else NullSpaceProjection(self.operator, y)
 
         return factory
+
+    def informative_fraction(self) -> float:
+        """Fraction of the measurements' singular directions (over all slices) in which the sinograms rise above
+        the stated noise (non-zero gain of :meth:`~...operators.radon.RadonOperator.wiener_gains`): 1 without
+        noise, 0 when the data cannot be told apart from noise. NaN when the operator has no SVD."""
+        if self.noise_sigma <= 0:
+            return 1.0
+        if self.operator.method != "svd":
+            return math.nan
+        gains = self.operator.wiener_gains(self.sinograms, self.noise_sigma)
+        return float((gains > 0).double().mean())
 
     def to_volume_array(self) -> np.ndarray:
         """The sinograms as a ``(n_slices, N_p, n_det)`` float32 array (the ``--sinogram`` file layout)."""
@@ -292,10 +366,19 @@ def sampler_supports_noisy_nsmi(sampler) -> bool:
     return sampler.step_noise(0, n, grid[0], grid[1]) is not None
 
 
-def resolve_nsmi(nsmi: str, noise_sigma: float, sampler) -> tuple[str, list[str]]:
-    """The N-SMI block to run (``"noiseless"``/``"noisy"``) and notes for the user.
+def resolve_nsmi(nsmi: str, noise_sigma: float, sampler, measurements: Optional["Measurements"] = None
+                 ) -> tuple[str, list[str]]:
+    """The N-SMI block to run and notes for the user: ``"noiseless"`` (Eq. 5, exact ``A+``), ``"noisy"``
+    (Eqs. 7-13 with the exact ``A+``, as the paper writes it), ``"wiener"`` (:class:`WienerNullSpaceProjection`)
+    or ``"prior"`` (no measurement embedding: the MRI-only prior).
 
-    ``auto``: noisy when ``noise_sigma > 0`` and the sampler supports it, else noiseless (with a note).
+    ``auto`` decides by the numbers: ``noise_sigma == 0`` -> ``noiseless`` (the exact block is exact);
+    ``noise_sigma > 0`` -> ``wiener`` when the operator has its SVD (every geometry up to
+    :data:`~...operators.radon.SVD_MAX` rows), with Eq. 13's ``gamma_t``/``phi_t`` when the sampler is
+    stochastic and ``gamma_t = 1`` otherwise; ``prior`` (with a note) when no more singular directions of the
+    sinograms rise above the stated noise than pure noise would give (:meth:`Measurements.informative_fraction`
+    at most :data:`INFORMATIVE_MIN`); without an SVD
+    (large geometries) ``noisy`` on a stochastic sampler, else ``noiseless`` with a note.
     ``noisy`` with a deterministic sampler is an :class:`InputError`.
     """
     if nsmi not in NSMI_MODES:
@@ -309,11 +392,20 @@ def resolve_nsmi(nsmi: str, noise_sigma: float, sampler) -> tuple[str, list[str]
             "deterministic (it would ignore the measurements entirely).",
             "use --sampler ddim (eta defaults to 1 for the noisy block) or --sampler ddpm, or --nsmi noiseless.")
     if nsmi == "auto":
-        if noise_sigma > 0 and not ok:
+        if noise_sigma <= 0:
+            return "noiseless", notes
+        has_svd = measurements is not None and measurements.operator.method == "svd"
+        if has_svd:
+            if measurements.informative_fraction() <= INFORMATIVE_MIN:
+                notes.append(f"--nsmi auto: at noise sigma {noise_sigma:g} per bin no direction of the sinograms "
+                             "rises above the noise; the measurements are not used (MRI-only prior).")
+                return "prior", notes
+            return "wiener", notes
+        if not ok:
             notes.append(f"--nsmi auto: {label} cannot run the noisy block, using the noiseless one; "
                          "use --sampler ddim or ddpm for DDMM-Synth-noise.")
             return "noiseless", notes
-        return ("noisy" if noise_sigma > 0 else "noiseless"), notes
+        return "noisy", notes
     if nsmi == "noisy" and noise_sigma == 0:
         notes.append("--nsmi noisy with --noise-sigma 0 is the noiseless block (gamma_t = 1).")
     return nsmi, notes

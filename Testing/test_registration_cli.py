@@ -62,3 +62,26 @@ def test_register_json_folder_is_checked_before_the_work(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "--json" in err and "Fix:" in err
     assert not (tmp_path / "r.nii.gz").exists()
+
+
+def test_panel_summary_carries_the_engine_numbers_and_warnings(tmp_path, capsys):
+    """The Slicer panel's registration lines (slicer.bridge.registration_summary) come from the same JSON the
+    engine wrote, through the argv the panel builds: the numbers as written, each warning on its own line."""
+    from MRtoCTSynthesisLib.slicer import bridge
+
+    ct, mr = _pair(tmp_path)
+    js = tmp_path / "q.json"
+    argv = bridge.build_register_command("python", ct, mr, tmp_path / "r.nii.gz", json_out=js)
+    assert main(argv[3:]) == 0  # drop "python -m MRtoCTSynthesisLib..."
+    q = json.loads(js.read_text())["quality"]
+    lines = bridge.registration_summary(js)
+    assert lines[0].startswith("Registration (rigid)")  # the panel's default mode is rigid
+    assert f"{q['metric_start']:.3f} -> {q['metric_final']:.3f}" in lines[0]
+    assert f"{q['gradient_correlation_after']:.3f}" in lines[0] and "%" in lines[0]
+    assert not any(line.startswith("Registration warning") for line in lines)
+    # an unconverged run: its warnings are lines of their own
+    assert main(bridge.build_register_command("python", ct, mr, tmp_path / "r2.nii.gz", json_out=js)[3:]
+                + ["--iterations", "0"]) == 0
+    warned = [line for line in bridge.registration_summary(js) if line.startswith("Registration warning")]
+    assert warned and len(warned) == len(json.loads(js.read_text())["warnings"])
+    assert "not available" in bridge.registration_summary(tmp_path / "missing.json")[0]

@@ -67,7 +67,9 @@ EXIT_INPUT_ERROR = 2
 EXIT_CANCELLED = 130
 
 NSMI_CHOICES = ("auto", "noiseless", "noisy")
-REGISTRATION_MODES = ("rigid+affine", "rigid", "affine")
+#: the registration modes the panel offers, its default first (rigid: one subject's MRI and CT; see
+#: pipeline.registration for the use of each; the deformable ones are for preparing training data, CLI only)
+REGISTRATION_MODES = ("rigid", "affine", "rigid+affine")
 
 #: methods that also embed sparse-view CT measurements of a reference CT (DDMM-Synth)
 MEASUREMENT_METHODS = frozenset({"ddmm_synth"})
@@ -152,15 +154,42 @@ def build_synthesize_command(python_exe, mri_path, model_path, out_ct, out_std=N
     return argv
 
 
-def build_register_command(python_exe, fixed_ct, moving_mri, out, *, transform=None, mode: str = "rigid+affine",
-                           seed: int = 0, module: str = ENGINE_MODULE) -> list[str]:
-    """argv for ``mrtoct register``: resample the moving MRI onto the grid of the fixed CT."""
+def build_register_command(python_exe, fixed_ct, moving_mri, out, *, transform=None, mode: str = "rigid",
+                           seed: int = 0, json_out=None, module: str = ENGINE_MODULE) -> list[str]:
+    """argv for ``mrtoct register``: resample the moving MRI onto the grid of the fixed CT (``json_out`` gets
+    the quality numbers and warnings, see :func:`registration_summary`)."""
     if mode not in REGISTRATION_MODES:
         raise ValueError(f"registration mode must be one of {REGISTRATION_MODES}, got {mode!r}")
     argv = [str(python_exe), "-m", module, "register", "--fixed", str(fixed_ct), "--moving", str(moving_mri),
             "--out", str(out), "--mode", mode, "--seed", str(int(seed))]
     _add(argv, "--transform", transform)
+    _add(argv, "--json", json_out)
     return argv
+
+
+def registration_summary(path) -> list[str]:
+    """Lines for the panel from ``mrtoct register --json``'s file: the ground-truth-free quality checks
+    (Mattes MI at the start and at the end, lower is better; gradient correlation of the edges before and
+    after; the CT's overlap with the MRI) and every warning. An unreadable or missing file gives one line
+    saying so (the registered MRI itself was still loaded)."""
+    try:
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        q = doc["quality"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return [f"Registration quality: not available ({Path(path).name} could not be read)."]
+
+    def num(key, fmt="{:.3f}"):
+        v = q.get(key)
+        return "n/a" if v is None else fmt.format(v)
+
+    lines = [f"Registration ({doc.get('mode', '?')}): Mattes MI {num('metric_start')} -> {num('metric_final')} "
+             f"(lower is better), edge correlation {num('gradient_correlation_before')} -> "
+             f"{num('gradient_correlation_after')}, overlap {num('overlap_fraction', '{:.0%}')}."]
+    lines += [f"Registration warning: {w}" for w in doc.get("warnings") or []]
+    if not doc.get("warnings"):
+        lines.append("Check it in the slice views: the reference CT is shown over the registered MRI at 50 % "
+                     "opacity (drag the foreground opacity slider to compare).")
+    return lines
 
 
 def build_evaluate_command(python_exe, pred, ref, *, mask=None, json_out=None, per_slice: bool = False,

@@ -12,9 +12,11 @@ What is real and what is a double:
   widget classes on first use, so that a connector's ``canRepresent`` can name them.
 
 :func:`slicer_environment` puts all of this into ``sys.modules`` for the duration of a ``with`` block and
-restores what was there before. The ``.ui`` loader (``qt.QUiLoader``) builds the widget tree from the real
-``.ui`` file with those classes, sets its properties (``SlicerParameterName`` included) and makes its
-signal/slot connections.
+restores what was there before; the module file and the Lib modules that import ``slicer``/``qt`` (the logic and
+self-test bodies) are imported afresh in each block, and the panels built in it are torn down (``exit``,
+``cleanup``) when it ends, as Slicer does when it quits. The ``.ui`` loader (``qt.QUiLoader``) builds the widget
+tree from the real ``.ui`` file with those classes, sets its properties (``SlicerParameterName`` included) and
+makes its signal/slot connections.
 """
 
 from __future__ import annotations

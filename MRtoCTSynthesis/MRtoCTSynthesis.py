@@ -14,6 +14,7 @@ parsing, geometry conversion) and ``MRtoCTSynthesisLib.slicer.mrml`` (arrays and
 nodes), both tested with pytest outside Slicer.
 """
 
+import importlib
 import logging
 import os
 import pathlib
@@ -323,6 +324,13 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.addLocalModelButton.connect("clicked(bool)", self.onAddLocalModelButton)
 
         self.initializeParameterNode()
+
+    def onReload(self) -> None:
+        """Developer mode's Reload: Slicer re-reads this file only, so the logic and self-test bodies in the Lib
+        package are reloaded first (the classes here then subclass the new ones, as when they lived here)."""
+        importlib.reload(engine_logic)
+        importlib.reload(module_selftest)
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def cleanup(self) -> None:
         if self.logic is not None and self.logic.isRunning():
@@ -735,7 +743,6 @@ class MRtoCTSynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._queue = []
         if status in ("input_error", "failed"):
             slicer.util.errorDisplay(message, windowTitle="MR to CT Synthesis")
-
 
 
 #

@@ -465,3 +465,24 @@ def test_the_lib_side_of_the_module_is_bound_to_this_release(slicer_release):
     found = list(cases(unittest.TestLoader().loadTestsFromModule(module)))
     assert {type(case) for case in found} == {module.MRtoCTSynthesisTest}
     assert {"test_registration", "test_synthesis_with_metrics", "test_cancel"} <= {c._testMethodName for c in found}
+
+
+def test_reload_rereads_the_logic_and_self_test_bodies(slicer_release, monkeypatch):
+    """Developer mode's Reload (slicer.util.reloadScriptedModule) re-reads the module file only; the widget reloads
+    the Lib bodies first, so that the reloaded Logic/Test classes subclass the new code, as before the split."""
+    slicer = slicer_release
+    module, widget = _panel()
+    old_logic, old_test = module.engine_logic.EngineLogic, module.module_selftest.SelfTest
+    reloaded = []
+
+    def reload_module_file(name):  # what reloadScriptedModule does with the file (the panel rebuild is left out)
+        reloaded.append((name, harness.import_module_file()))
+
+    monkeypatch.setattr(slicer.util, "reloadScriptedModule", reload_module_file)
+    widget.onReload()
+    assert [name for name, _ in reloaded] == ["MRtoCTSynthesis"]
+    new = reloaded[0][1]
+    assert new.engine_logic.EngineLogic is not old_logic and new.module_selftest.SelfTest is not old_test
+    assert new.MRtoCTSynthesisLogic.__bases__ == (new.engine_logic.EngineLogic,)
+    assert new.MRtoCTSynthesisTest.__bases__ == (new.module_selftest.SelfTest,)
+    assert new.engine_logic.slicer is slicer

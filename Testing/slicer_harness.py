@@ -12,9 +12,11 @@ What is real and what is a double:
   widget classes on first use, so that a connector's ``canRepresent`` can name them.
 
 :func:`slicer_environment` puts all of this into ``sys.modules`` for the duration of a ``with`` block and
-restores what was there before. The ``.ui`` loader (``qt.QUiLoader``) builds the widget tree from the real
-``.ui`` file with those classes, sets its properties (``SlicerParameterName`` included) and makes its
-signal/slot connections.
+restores what was there before; the module file and the Lib modules that import ``slicer``/``qt`` (the logic and
+self-test bodies) are imported afresh in each block, and the panels built in it are torn down (``exit``,
+``cleanup``) when it ends, as Slicer does when it quits. The ``.ui`` loader (``qt.QUiLoader``) builds the widget
+tree from the real ``.ui`` file with those classes, sets its properties (``SlicerParameterName`` included) and
+makes its signal/slot connections.
 """
 
 from __future__ import annotations
@@ -1000,7 +1002,39 @@ def _load(name: str, path: Path, package: bool = False):
     return module
 
 
-_MANAGED = ("qt", "ctk", "slicer", "MRtoCTSynthesis")
+#: modules bound to one release's ``slicer``/``qt``/``ctk``: dropped from ``sys.modules`` on entry and exit, so
+#: that each release imports them afresh. The module file and the Lib modules that import Slicer's modules (the
+#: logic and self-test bodies) are here; ``bridge``, ``mrml`` and ``downloads`` are pure Python and stay.
+_MANAGED = ("qt", "ctk", "slicer", "MRtoCTSynthesis", "MRtoCTSynthesisLib.slicer.logic",
+            "MRtoCTSynthesisLib.slicer.selftest")
+
+#: panels built by :func:`make_module_widget` in the current environment; torn down when it ends
+_WIDGETS: list = []
+
+
+def _tear_down_widgets():
+    """What Slicer does to a module panel when it quits: ``exit()`` if the panel is shown, then ``cleanup()``,
+    which cancels a run and removes the panel's scene observers. Without it, observers of panels from
+    earlier tests stay on their scenes and fire on half-collected widgets when the interpreter exits."""
+    while _WIDGETS:
+        widget = _WIDGETS.pop()
+        parent = getattr(widget, "parent", None)
+        if getattr(parent, "isEntered", False):
+            widget.exit()
+            parent.isEntered = False
+        widget.cleanup()
+
+
+def _purge():
+    """Drop the :data:`_MANAGED` modules (and ``slicer.*``) from ``sys.modules`` and from their package's
+    attributes: ``from MRtoCTSynthesisLib.slicer import logic`` takes the package attribute when there is one,
+    so leaving it would hand the next release the module bound to the previous release's ``slicer``."""
+    for k in list(sys.modules):
+        if k in _MANAGED or k.startswith("slicer."):
+            del sys.modules[k]
+            parent, _, child = k.rpartition(".")
+            if k in _MANAGED and parent in sys.modules and hasattr(sys.modules[parent], child):
+                delattr(sys.modules[parent], child)
 
 
 @contextlib.contextmanager
@@ -1013,11 +1047,10 @@ def slicer_environment(release: str, temp_dir: str | None = None):
     import slicer_core  # the real MRML library (the slicer-core wheel)
 
     saved = {k: v for k, v in sys.modules.items() if k in _MANAGED or k.startswith(("slicer.", "slicer_harness_"))}
-    for k in list(sys.modules):
-        if k in _MANAGED or k.startswith("slicer."):
-            del sys.modules[k]
+    _purge()
     saved_settings = dict(QSettings.store)
     QTimer._active.clear()
+    _WIDGETS.clear()
     tmp = tempfile.TemporaryDirectory(prefix=f"slicer-{release}-") if temp_dir is None else None
     try:
         qt = _module_with_auto_classes("qt", QT_CLASSES, QWidget, ("Q",))
@@ -1040,15 +1073,20 @@ def slicer_environment(release: str, temp_dir: str | None = None):
         slicer.ScriptedLoadableModule = _load("slicer.ScriptedLoadableModule", sources / "ScriptedLoadableModule.py")
         yield slicer
     finally:
-        QTimer._active.clear()
-        QSettings.store.clear()
-        QSettings.store.update(saved_settings)
-        for k in list(sys.modules):
-            if k in _MANAGED or k.startswith("slicer."):
-                del sys.modules[k]
-        sys.modules.update(saved)
-        if tmp is not None:
-            tmp.cleanup()
+        try:
+            _tear_down_widgets()
+        finally:
+            QTimer._active.clear()
+            QSettings.store.clear()
+            QSettings.store.update(saved_settings)
+            _purge()
+            sys.modules.update(saved)
+            for k, module in saved.items():  # the package attribute too, as an import would have set it
+                parent, _, child = k.rpartition(".")
+                if k in _MANAGED and parent in sys.modules:
+                    setattr(sys.modules[parent], child, module)
+            if tmp is not None:
+                tmp.cleanup()
 
 
 #: the answers of ``mrtoct info/devices --json``, kept for the whole test session like Slicer keeps them for its
@@ -1077,6 +1115,7 @@ def make_module_widget(module):
     description = types.SimpleNamespace(path=str(MODULE_PY))
     module.MRtoCTSynthesis(description)
     widget = module.MRtoCTSynthesisWidget(parent)
+    _WIDGETS.append(widget)  # torn down (exit, cleanup) when the environment ends, as Slicer does on quit
     widget.setup()
     parent.isEntered = True
     widget.enter()

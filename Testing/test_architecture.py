@@ -127,3 +127,36 @@ def test_light_entry_points_do_not_import_torch(module):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=PKG_DIR.parent)
     assert out.stdout.strip() == "False", out.stderr
+
+
+#: Slicer's own Python modules, there only inside Slicer (the test harness swaps them per release); ``vtk`` is not
+#: one of them: it is the VTK library, which mrml.py also uses outside Slicer (the slicer-core wheel brings it)
+SLICER_APP_MODULES = {"slicer", "qt", "ctk"}
+
+
+def _slicer_app_imports(path: Path) -> set:
+    """Slicer's own modules that ``path`` imports (absolute imports only: ``from . import ...`` is the package)."""
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out |= {a.name.split(".")[0] for a in node.names} & SLICER_APP_MODULES
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            out |= {node.module.split(".")[0]} & SLICER_APP_MODULES
+    return out
+
+
+def test_only_the_slicer_apps_own_modules_import_slicer_and_qt():
+    """The logic and self-test bodies import Slicer's ``slicer``/``qt``; nothing else in the package does (bridge,
+    mrml and downloads stay pure Python, tested outside Slicer), none of them is imported by another package
+    module, and the test harness re-imports each of them per Slicer release (its purge list names them)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    try:
+        import slicer_harness
+    finally:
+        sys.path.pop(0)
+    app_side = {m for m, p in MODULES.items() if _slicer_app_imports(p)}
+    assert app_side == {f"{PKG}.slicer.logic", f"{PKG}.slicer.selftest"}
+    assert app_side <= set(slicer_harness._MANAGED)
+    importers = [f"{mod} imports {target}" for mod, path in MODULES.items() for target, _, _ in _imports(mod, path)
+                 if target in app_side and target != mod]
+    assert not importers, importers

@@ -115,6 +115,7 @@ def test_widgets_and_parameter_node_follow_each_other(slicer_release):
         assert p.sampler in offered
     # disconnecting (leaving the module) stops the binding
     widget.exit()
+    widget.parent.isEntered = False  # as Slicer's module panel does on leaving
     ui.samplesSpinBox.value = 3
     assert p.samples == 7
 
@@ -438,3 +439,50 @@ def test_the_modules_self_test_runs_here_where_it_can(slicer_release):
     test._loadDemoCase = lambda: tuple(_load_demo_case(slicer))
     test.setUp()
     test.test_method_and_model_must_agree()
+
+
+def test_the_lib_side_of_the_module_is_bound_to_this_release(slicer_release):
+    """The logic and self-test bodies (MRtoCTSynthesisLib.slicer.logic/selftest) import Slicer's modules, so each
+    release imports them afresh; the module file's thin classes keep Slicer's names, and unittest (Reload & Test,
+    slicer_add_python_unittest) finds exactly one TestCase class in the module file."""
+    import unittest
+
+    slicer = slicer_release
+    module = harness.import_module_file()
+    for lib in (module.engine_logic, module.module_selftest):
+        assert lib.slicer is slicer, f"{lib.__name__} still holds another release's slicer"
+        assert sys.modules[lib.__name__] is lib
+    assert issubclass(module.MRtoCTSynthesisLogic, slicer.ScriptedLoadableModule.ScriptedLoadableModuleLogic)
+    assert issubclass(module.MRtoCTSynthesisTest, slicer.ScriptedLoadableModule.ScriptedLoadableModuleTest)
+    logic = module.MRtoCTSynthesisLogic()
+    assert logic.moduleName == "MRtoCTSynthesis"  # the parameter node's tag comes from the class name
+    assert isinstance(logic.getParameterNode(), module.MRtoCTSynthesisParameterNode)
+
+    def cases(suite):
+        for item in suite:
+            yield from cases(item) if isinstance(item, unittest.TestSuite) else [item]
+
+    found = list(cases(unittest.TestLoader().loadTestsFromModule(module)))
+    assert {type(case) for case in found} == {module.MRtoCTSynthesisTest}
+    assert {"test_registration", "test_synthesis_with_metrics", "test_cancel"} <= {c._testMethodName for c in found}
+
+
+def test_reload_rereads_the_logic_and_self_test_bodies(slicer_release, monkeypatch):
+    """Developer mode's Reload (slicer.util.reloadScriptedModule) re-reads the module file only; the widget reloads
+    the Lib bodies first, so that the reloaded Logic/Test classes subclass the new code, as before the split."""
+    slicer = slicer_release
+    module, widget = _panel()
+    old_logic, old_test = module.engine_logic.EngineLogic, module.module_selftest.SelfTest
+    reloaded = []
+
+    def reload_module_file(name):  # what reloadScriptedModule does with the file (the panel rebuild is left out)
+        reloaded.append((name, harness.import_module_file()))
+
+    monkeypatch.setattr(slicer.util, "reloadScriptedModule", reload_module_file)
+    widget.onReload()
+    assert [name for name, _ in reloaded] == ["MRtoCTSynthesis"]
+    new = reloaded[0][1]
+    assert new.engine_logic.EngineLogic is not old_logic and new.module_selftest.SelfTest is not old_test
+    assert new.MRtoCTSynthesisLogic.__bases__ == (new.engine_logic.EngineLogic,)
+    assert new.MRtoCTSynthesisTest.__bases__ == (new.module_selftest.SelfTest,)
+    assert new.engine_logic.slicer is slicer

@@ -1,4 +1,5 @@
-"""Static checks of the Slicer module (MRtoCTSynthesis.py), its .ui file and its resources, without Slicer.
+"""Static checks of the Slicer module (MRtoCTSynthesis.py, with the logic and self-test bodies in
+MRtoCTSynthesisLib/slicer/logic.py and selftest.py), its .ui file and its resources, without Slicer.
 
 The module cannot be imported here (it needs Slicer's ``qt``, ``ctk`` and ``slicer``), so it is read with
 ``ast``. The checks make sure that every ``self.ui.<name>`` exists in the .ui file, that each
@@ -16,18 +17,35 @@ from pathlib import Path
 import pytest
 
 from MRtoCTSynthesisLib.slicer import bridge as slicer_bridge
+from MRtoCTSynthesisLib.slicer import downloads as model_downloads
 from MRtoCTSynthesisLib.slicer import mrml as mrml_glue
 
 REPO = Path(__file__).resolve().parents[1]
 MODULE_DIR = REPO / "MRtoCTSynthesis"
 MODULE_PY = MODULE_DIR / "MRtoCTSynthesis.py"
+LOGIC_PY = MODULE_DIR / "MRtoCTSynthesisLib" / "slicer" / "logic.py"
+SELFTEST_PY = MODULE_DIR / "MRtoCTSynthesisLib" / "slicer" / "selftest.py"
 UI_FILE = MODULE_DIR / "Resources" / "UI" / "MRtoCTSynthesis.ui"
 
 
 # ------------------------------------------------------------------------------------------ parsing
+def _parse(path):
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
 @pytest.fixture(scope="module")
 def tree():
-    return ast.parse(MODULE_PY.read_text(encoding="utf-8"), filename=str(MODULE_PY))
+    return _parse(MODULE_PY)
+
+
+@pytest.fixture(scope="module")
+def logic_tree():
+    return _parse(LOGIC_PY)
+
+
+@pytest.fixture(scope="module")
+def selftest_tree():
+    return _parse(SELFTEST_PY)
 
 
 @pytest.fixture(scope="module")
@@ -87,13 +105,41 @@ def _attribute_uses(tree, base: str):
 
 
 # ---------------------------------------------------------------------------------------- the tests
-def test_module_parses_and_defines_the_four_classes(tree):
-    classes = _classes(tree)
-    bases = {name: [ast.unparse(b) for b in c.bases] for name, c in classes.items()}
+def _bases(tree):
+    return {name: [ast.unparse(b) for b in c.bases] for name, c in _classes(tree).items()}
+
+
+def _class_attributes(cls):
+    """{name: value source} of the plain assignments in a class body."""
+    return {ast.unparse(t): ast.unparse(stmt.value) for stmt in cls.body if isinstance(stmt, ast.Assign)
+            for t in stmt.targets}
+
+
+def test_module_parses_and_defines_the_four_classes(tree, logic_tree, selftest_tree):
+    bases = _bases(tree)
     assert "ScriptedLoadableModule" in bases["MRtoCTSynthesis"]
     assert "ScriptedLoadableModuleWidget" in bases["MRtoCTSynthesisWidget"]
-    assert "ScriptedLoadableModuleLogic" in bases["MRtoCTSynthesisLogic"]
-    assert "ScriptedLoadableModuleTest" in bases["MRtoCTSynthesisTest"]
+    # Logic and Test keep their names in the module file (Slicer looks them up by name) and subclass the bodies
+    # in the Lib package, which derive from Slicer's classes; the Lib modules are imported as modules, so that
+    # unittest does not collect the self-test base as a TestCase of the module file
+    imported = {(node.module, a.name, a.asname) for node in tree.body if isinstance(node, ast.ImportFrom)
+                for a in node.names}
+    assert ("MRtoCTSynthesisLib.slicer", "logic", "engine_logic") in imported
+    assert ("MRtoCTSynthesisLib.slicer", "selftest", "module_selftest") in imported
+    assert bases["MRtoCTSynthesisLogic"] == ["engine_logic.EngineLogic"]
+    assert "ScriptedLoadableModuleLogic" in _bases(logic_tree)["EngineLogic"]
+    assert bases["MRtoCTSynthesisTest"] == ["module_selftest.SelfTest"]
+    assert "ScriptedLoadableModuleTest" in _bases(selftest_tree)["SelfTest"]
+    # what the Lib bases leave to the module file
+    assert _class_attributes(_classes(tree)["MRtoCTSynthesisLogic"]) == {
+        "parameterNodeClass": "MRtoCTSynthesisParameterNode"}
+    assert _class_attributes(_classes(tree)["MRtoCTSynthesisTest"]) == {
+        "logicClass": "MRtoCTSynthesisLogic", "registerSampleData": "staticmethod(registerSampleData)"}
+    # the Lib side needs nothing from the module file
+    for lib in (logic_tree, selftest_tree):
+        modules = {n.module for n in ast.walk(lib) if isinstance(n, ast.ImportFrom)}
+        modules |= {a.name for n in ast.walk(lib) if isinstance(n, ast.Import) for a in n.names}
+        assert "MRtoCTSynthesis" not in modules and not _attribute_uses(lib, "self.ui")
 
 
 def test_module_description(tree):
@@ -215,13 +261,17 @@ def test_node_selectors_get_the_scene(ui):
     assert {c for c in used if c.startswith(("ctk", "qMRML"))} <= custom
 
 
-def test_names_used_from_the_bridge_glue_and_logic_exist(tree):
-    for module, name in ((slicer_bridge, "slicer_bridge"), (mrml_glue, "mrml_glue")):
-        missing = sorted(a for a in _attribute_uses(tree, name) if not hasattr(module, a))
-        assert not missing, f"{name} has no {missing}"
-    logic_methods = {f.name for f in _classes(tree)["MRtoCTSynthesisLogic"].body if isinstance(f, ast.FunctionDef)}
+def test_names_used_from_the_bridge_glue_and_logic_exist(tree, logic_tree, selftest_tree):
+    for source in (tree, logic_tree, selftest_tree):
+        for module, name in ((slicer_bridge, "slicer_bridge"), (mrml_glue, "mrml_glue"),
+                             (model_downloads, "model_downloads")):
+            missing = sorted(a for a in _attribute_uses(source, name) if not hasattr(module, a))
+            assert not missing, f"{name} has no {missing}"
+    logic_methods = {f.name for cls in (_classes(tree)["MRtoCTSynthesisLogic"], _classes(logic_tree)["EngineLogic"])
+                     for f in cls.body if isinstance(f, ast.FunctionDef)}
     logic_methods |= {"getParameterNode", "ctWindow"}  # ctWindow: an attribute set in __init__
-    used = _attribute_uses(tree, "self.logic") | _attribute_uses(tree, "logic")
+    used = (_attribute_uses(tree, "self.logic") | _attribute_uses(tree, "logic")
+            | _attribute_uses(selftest_tree, "logic"))
     assert not sorted(used - logic_methods), f"logic methods used but not defined: {sorted(used - logic_methods)}"
     widget_methods = {f.name for f in _classes(tree)["MRtoCTSynthesisWidget"].body if isinstance(f, ast.FunctionDef)}
     widget_self = {n.attr for n in ast.walk(_classes(tree)["MRtoCTSynthesisWidget"])
@@ -230,8 +280,8 @@ def test_names_used_from_the_bridge_glue_and_logic_exist(tree):
     assert widget_self <= widget_methods | {"_updatingWidgets"}, sorted(widget_self - widget_methods)
 
 
-def test_the_test_class_really_tests(tree):
-    test_class = _classes(tree)["MRtoCTSynthesisTest"]
+def test_the_test_class_really_tests(selftest_tree):
+    test_class = _classes(selftest_tree)["SelfTest"]
     methods = {f.name: f for f in test_class.body if isinstance(f, ast.FunctionDef)}
     run_calls = {n.func.attr for n in ast.walk(methods["runTest"])
                  if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}

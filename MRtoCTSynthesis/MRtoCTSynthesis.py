@@ -143,7 +143,8 @@ class MRtoCTSynthesisParameterNode:
     inputMRI: vtkMRMLScalarVolumeNode
     referenceCT: vtkMRMLScalarVolumeNode
     bodyMask: Optional[Union[vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode]]  # a label map or a segmentation
-    registrationMode: Annotated[str, Choice(list(slicer_bridge.REGISTRATION_MODES))] = "rigid+affine"
+    # the first mode is the default (rigid)
+    registrationMode: Annotated[str, Choice(list(slicer_bridge.REGISTRATION_MODES))] = "rigid"
     registeredMRI: vtkMRMLScalarVolumeNode
     modelPath: pathlib.Path = slicer_bridge.DEMO_MODEL
     method: str = "ddpm"

@@ -201,6 +201,33 @@ def test_apply_runs_the_engine_and_loads_the_outputs(slicer_release):
     assert sum(first[:3]) < 0.1 < 2.5 < sum(last[:3])  # dark for small std, bright for large
 
 
+@pytest.mark.slow
+def test_register_button_registers_rigidly_and_reports_the_quality(slicer_release):
+    """Register MRI to CT from the panel (issue 18): rigid is the default mode, the registered MRI becomes the
+    input MRI, and the status shows the engine's quality numbers (from its --json) and any warning."""
+    slicer = slicer_release
+    _, widget = _panel()
+    p, ui = widget._parameterNode, widget.ui
+    mri, ct, _ = _load_demo_case(slicer)
+    assert p.registrationMode == "rigid" and ui.registrationModeComboBox.currentText == "rigid"
+    ui.inputMRISelector.setCurrentNode(mri)
+    ui.referenceCTSelector.setCurrentNode(ct)
+    assert ui.registerButton.enabled
+    ui.registerButton.click()
+    _wait(slicer, widget.logic)
+    status, message = widget.logic._lastResult
+    assert status == "ok", message + "\n" + ui.logTextEdit.plainText
+    registered = p.registeredMRI
+    assert registered is not None and p.inputMRI == registered and registered != mri
+    # the registered MRI is on the CT's grid (the engine resamples onto the fixed image)
+    reg_array, reg_matrix = glue.array_and_matrix_from_node(registered)
+    ct_array, ct_matrix = glue.array_and_matrix_from_node(ct)
+    assert reg_array.shape == ct_array.shape
+    np.testing.assert_allclose(reg_matrix, ct_matrix, atol=1e-4)
+    assert "Registration (rigid): Mattes MI" in message and "edge correlation" in message
+    assert "Registration quality: not available" not in message
+
+
 def test_slicers_process_never_imports_torch():
     """Import the module, build the panel (which asks the engine for its methods and devices) and read the lists:
     torch loads only in the engine's own process, never in Slicer's (here: a fresh interpreter)."""

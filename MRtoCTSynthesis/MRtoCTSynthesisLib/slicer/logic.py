@@ -525,7 +525,8 @@ class EngineLogic(ScriptedLoadableModuleLogic):
             raise
         argv = slicer_bridge.build_register_command(self.pythonExecutable, d / "ct.nii.gz", d / "mri.nii.gz",
                                                     d / "mri_registered.nii.gz", transform=d / "ct_to_mri.tfm",
-                                                    mode=s["registrationMode"], seed=s["seed"])
+                                                    mode=s["registrationMode"], seed=s["seed"],
+                                                    json_out=d / "registration.json")
 
         def loadRegistration():
             p = s["_parameterNode"]
@@ -541,6 +542,8 @@ class EngineLogic(ScriptedLoadableModuleLogic):
             p.inputMRI = registered
             slicer.util.setSliceViewerLayers(background=registered, foreground=ct, foregroundOpacity=0.5, fit=True)
             job.notes.append(f"The registered MRI '{registered.GetName()}' is now the input MRI.")
+            # the engine's ground-truth-free quality checks and its warnings (a blend of CT over MRI is shown above)
+            job.notes.extend(slicer_bridge.registration_summary(d / "registration.json"))
 
         job.stages.append((f"Registering {mri.GetName()} to {ct.GetName()} ({s['registrationMode']})...", argv,
                            loadRegistration))

@@ -44,14 +44,13 @@ with the numbers, instead of being passed off as success. ``RegistrationResult.q
 ground-truth-free checks (:mod:`.quality`): metric as given / at the start / final (every overlap voxel),
 MI gain, gradient correlation and edge alignment before and after, overlap fraction.
 
-Measured (``benchmarks/registration.py`` and its cases, one thread, a shared 2-core x86-64 CPU; see
-benchmarks/README.md): on generated thick oblique cases (MRI 0.93 x 0.93 x 3 mm tilted 7 deg, CT
-0.93 x 0.93 x 3 mm tilted 7 deg about another axis; head and pelvis, T1 and T2; motions of 6-12 deg and
-8-15 mm, a partial field of view) the rigid default's mean target registration error was 0.11-0.19 mm
-(through-plane at most 0.12 mm), where the previous default (rigid+affine, smoothed metric gradients)
-left 2.9-7.2 mm through-plane. On the benchmark's head case in one run: 0.11 mm in 54 s against ANTs
-Rigid 0.08 mm in 125 s (0.43x its time) and elastix 0.15 mm in 28 s, at a load average of 9-17 from
-other work; unloaded, the engine takes about 10-15 s on such a case.
+Measured (``benchmarks/registration.py`` and its 11 cases, one thread, a shared 2-core x86-64 CPU at load
+average 4-10; see benchmarks/README.md): on generated thick oblique cases (MRI 0.93 x 0.93 x 3 mm tilted 7 deg,
+CT 0.93 x 0.93 x 3 mm tilted 7 deg about another axis; head and pelvis, T1 and T2; motions up to 15 deg and
+20 mm, partial fields of view, a 1 mm case and a real 1 mm T1 MRI) the rigid default's mean target registration
+error was 0.04-0.28 mm on every case, in 0.28-0.94x the time of ANTs Rigid run alongside (313 s against 517 s
+in all; ANTs failed on three pelvis cases); elastix's default rigid map was faster at a similar error. The
+previous default (rigid+affine, smoothed metric gradients) left 2.9-7.2 mm through-plane on such geometry.
 """
 
 from __future__ import annotations

@@ -86,29 +86,44 @@ def fetch_totalsegmentator_sdist(fetch: bool = True, cache: Path | None = None) 
 
     Raises :class:`InputError` when it is not cached and cannot be fetched (offline), or the checksum differs.
     """
+    return fetch_pinned_sdist("TotalSegmentator", TOTALSEG_VERSION, TOTALSEG_SDIST, TOTALSEG_SHA256, fetch=fetch,
+                              cache=cache, what="real-CT source", fetch_command="scripts/fetch_real_data.py")
+
+
+def fetch_pinned_sdist(package: str, version: str, filename: str, sha256: str, *, fetch: bool = True,
+                       cache: Path | None = None, what: str = "source", fetch_command: str = "",
+                       no_binary: str = ":all:") -> Path:
+    """``filename`` (the sdist of ``package==version``) in ``cache``, downloaded with pip when missing (and
+    ``fetch``), and checked against the pinned ``sha256``. ``no_binary``: pip's ``--no-binary`` value (``":all:"``,
+    or the package alone so that its build requirements may come as wheels for pip's metadata step).
+    pip's output is decoded as UTF-8 whatever the locale (its progress bar is not ASCII).
+
+    Raises :class:`InputError` when it is not cached and cannot be fetched (offline), or the checksum differs;
+    ``fetch_command`` is the script the fix names."""
     cache = Path(cache or cache_dir())
-    path = cache / TOTALSEG_SDIST
+    path = cache / filename
+    again = f"run `python {fetch_command}` once with network access to PyPI" if fetch_command else \
+        "run again with network access to PyPI"
     if not path.exists():
         if not fetch:
-            raise InputError(f"the real-CT source {TOTALSEG_SDIST} is not in the cache {cache}.",
-                             "run `python scripts/fetch_real_data.py` once with network access to PyPI.")
+            raise InputError(f"the {what} {filename} is not in the cache {cache}.", f"{again}.")
         cache.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               f"TotalSegmentator=={TOTALSEG_VERSION}", "-d", str(cache)]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", no_binary,
+               f"{package}=={version}", "-d", str(cache)]
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8",
                                   errors="replace", timeout=600)
         except (OSError, subprocess.TimeoutExpired) as e:
-            raise InputError(f"pip could not download TotalSegmentator {TOTALSEG_VERSION} ({e}).",
-                             "check the network access to PyPI, then run scripts/fetch_real_data.py again.") from e
+            raise InputError(f"pip could not download {package} {version} ({e}).",
+                             f"check the network access to PyPI, then {again}.") from e
         if proc.returncode != 0 or not path.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise InputError(f"pip could not download TotalSegmentator {TOTALSEG_VERSION}: {tail[0]}",
-                             "check the network access to PyPI, then run scripts/fetch_real_data.py again.")
+            raise InputError(f"pip could not download {package} {version}: {tail[0]}",
+                             f"check the network access to PyPI, then {again}.")
     digest = file_sha256(path)
-    if digest != TOTALSEG_SHA256:
-        raise InputError(f"{path} has SHA-256 {digest}, not the pinned {TOTALSEG_SHA256}.",
-                         "delete the file and fetch it again (scripts/fetch_real_data.py).")
+    if digest != sha256:
+        raise InputError(f"{path} has SHA-256 {digest}, not the pinned {sha256}.",
+                         f"delete the file and fetch it again ({fetch_command or 'run again'}).")
     return path
 
 

@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 from ..errors import InputError
-from .real_ct import TOTALSEG_SDIST, cache_dir, fetch_totalsegmentator_sdist, file_sha256
+from .real_ct import TOTALSEG_SDIST, cache_dir, fetch_pinned_sdist, fetch_totalsegmentator_sdist
 
 ANTSPYX_VERSION = "0.6.3"
 ANTSPYX_SDIST = f"antspyx-{ANTSPYX_VERSION}.tar.gz"
@@ -38,30 +36,10 @@ REAL_MR_SOURCES: dict[str, tuple[str, str, str]] = {
 
 def fetch_antspyx_sdist(fetch: bool = True, cache: Path | None = None) -> Path:
     """The antspyx sdist in the cache, downloaded by pip when missing (and ``fetch``), sha256-checked."""
-    cache = Path(cache or cache_dir())
-    path = cache / ANTSPYX_SDIST
-    if not path.exists():
-        if not fetch:
-            raise InputError(f"the real-MRI source {ANTSPYX_SDIST} is not in the cache {cache}.",
-                             "run `python scripts/fetch_real_data.py --mr` once with network access to PyPI.")
-        cache.mkdir(parents=True, exist_ok=True)
-        # only antspyx itself as source: its build requirements (for pip's metadata step) come as wheels
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "antspyx",
-               f"antspyx=={ANTSPYX_VERSION}", "-d", str(cache)]
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        except (OSError, subprocess.TimeoutExpired) as e:
-            raise InputError(f"pip could not download antspyx {ANTSPYX_VERSION} ({e}).",
-                             "check the network access to PyPI, then run scripts/fetch_real_data.py --mr.") from e
-        if proc.returncode != 0 or not path.exists():
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise InputError(f"pip could not download antspyx {ANTSPYX_VERSION}: {tail[0]}",
-                             "check the network access to PyPI, then run scripts/fetch_real_data.py --mr.")
-    digest = file_sha256(path)
-    if digest != ANTSPYX_SHA256:
-        raise InputError(f"{path} has SHA-256 {digest}, not the pinned {ANTSPYX_SHA256}.",
-                         "delete the file and fetch it again (scripts/fetch_real_data.py --mr).")
-    return path
+    # only antspyx itself as source: its build requirements (for pip's metadata step) come as wheels
+    return fetch_pinned_sdist("antspyx", ANTSPYX_VERSION, ANTSPYX_SDIST, ANTSPYX_SHA256, fetch=fetch, cache=cache,
+                              what="real-MRI source", fetch_command="scripts/fetch_real_data.py --mr",
+                              no_binary="antspyx")
 
 
 def real_mr_path(name: str, fetch: bool = True, cache: Path | None = None) -> Path:

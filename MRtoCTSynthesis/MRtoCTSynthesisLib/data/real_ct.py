@@ -33,7 +33,6 @@ everything outside the (slightly dilated) body set to -1000 HU: the couch and bl
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -47,6 +46,7 @@ import numpy as np
 from scipy import ndimage
 
 from ..errors import InputError
+from ..io.atomic import file_sha256
 from ..io.volume import Volume, make_geometry, read_volume
 from .phantom.families import FAMILIES, FamilyCase, draw_acquisition, mr_table, pick_weighted, write_family_case
 from .phantom.generate import bias_field, physical_grid, rician
@@ -71,14 +71,6 @@ HU_ANCHORS = ((-1000.0, AIR), (-100.0, FAT), (10.0, FLUID), (45.0, MUSCLE), (300
 def cache_dir() -> Path:
     """``$MRTOCT_CACHE/real_ct`` (default ``~/.cache/mrtoct/real_ct``)."""
     return Path(os.environ.get("MRTOCT_CACHE", Path.home() / ".cache" / "mrtoct")) / "real_ct"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def fetch_totalsegmentator_sdist(fetch: bool = True, cache: Path | None = None) -> Path:

@@ -231,6 +231,12 @@ def _final_mode(path: Path) -> int:
         return 0o666 & ~_UMASK  # what open() would give a new file
 
 
+def file_sha256(path) -> str:
+    """SHA-256 (hex) of the file at ``path``, read in 1 MiB blocks: the one file checksum of the engine (model
+    catalog, pinned downloads, run records)."""
+    return _sha256_of_file(Path(path))[0]
+
+
 def _sha256_of_file(path: Path) -> tuple[str, int]:
     h, n = hashlib.sha256(), 0
     with open(path, "rb") as f:

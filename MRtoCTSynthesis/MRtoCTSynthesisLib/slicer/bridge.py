@@ -53,6 +53,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..assets import ASSETS_DIR, DEMO_CASE, DEMO_MODEL  # noqa: F401 (re-exported for the module)
+from ..io.atomic import file_sha256
 from ..names import METHOD_INFO
 from ..names import SAMPLER_LABELS as SAMPLER_LABEL_NAMES
 
@@ -911,16 +912,6 @@ COMPARE_VIEWS = (
 
 
 # ============================================================================ resources, dependencies
-def sha256_file(path, chunk: int = 1 << 20) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 DEMO_CASE_FILES = (("mr.nii.gz", "MRtoCT phantom MRI"), ("ct.nii.gz", "MRtoCT phantom CT"),
                    ("mask.nii.gz", "MRtoCT phantom body mask"))
 
@@ -941,7 +932,7 @@ def sample_data_sources(case_dir=DEMO_CASE_DIR, thumbnail=None) -> list[dict]:
         "uris": [p.resolve().as_uri() for p in paths],
         "fileNames": [f"MRtoCTSynthesis-phantom-{name}" for name, _ in DEMO_CASE_FILES],
         "nodeNames": [node for _, node in DEMO_CASE_FILES],
-        "checksums": [f"SHA256:{sha256_file(p)}" for p in paths],
+        "checksums": [f"SHA256:{file_sha256(p)}" for p in paths],
         "loadFileTypes": ["VolumeFile"] * len(paths),
         "thumbnailFileName": None if thumbnail is None else str(thumbnail),
     }]

@@ -19,7 +19,6 @@ runs it against a local ``http.server``. The Slicer module shows the progress wi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import sys
@@ -30,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable, Mapping
 
-from ..io.atomic import atomic_write, fsync_dir
+from ..io.atomic import atomic_write, file_sha256, fsync_dir
 
 USER_AGENT = "MRtoCTSynthesis-model-manager"
 CHUNK = 1 << 16
@@ -76,14 +75,6 @@ def model_file(entry: Mapping, module_dir, cache_dir) -> Path | None:
     return path if path.is_file() else None
 
 
-def sha256_of(path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _offline(url: str, reason) -> DownloadError:
     return DownloadError(
         f"could not reach {urllib.parse.urlsplit(url).netloc or url} ({reason}). This computer seems to be offline, "
@@ -105,7 +96,7 @@ def download_model(entry: Mapping, cache_dir, progress: Callable[[int, int], Non
         raise DownloadError(f"the model {entry['name']!r} has no download address ({why}).\nFix: choose another "
                             "model, or a local file with 'Add local file'.")
     final = cached_model_path(entry, cache_dir)
-    if final.is_file() and final.stat().st_size == size and sha256_of(final) == digest:
+    if final.is_file() and final.stat().st_size == size and file_sha256(final) == digest:
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     part = final.with_name(final.name + ".part")
@@ -162,7 +153,7 @@ def download_model(entry: Mapping, cache_dir, progress: Callable[[int, int], Non
     if got < size:
         raise DownloadError(f"the download of {entry['name']} is incomplete: {got} of {size} bytes arrived.\n"
                             "Fix: press Download again; it resumes where it stopped.")
-    actual = sha256_of(part)
+    actual = file_sha256(part)
     if actual != digest:
         part.unlink()
         raise DownloadError(f"the downloaded {entry['name']} does not have the catalog's SHA-256 (got "
@@ -182,7 +173,7 @@ def add_local_model(path, catalog: list[Mapping], cache_dir) -> tuple[Path, Mapp
     path = Path(path)
     if not path.is_file():
         raise DownloadError(f"{path} is not a file.\nFix: choose a .safetensors model file.")
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     for entry in catalog:
         if entry.get("sha256") == digest and not entry.get("bundled"):
             target = cached_model_path(entry, cache_dir)
@@ -190,7 +181,7 @@ def add_local_model(path, catalog: list[Mapping], cache_dir) -> tuple[Path, Mapp
                 target.parent.mkdir(parents=True, exist_ok=True)
 
                 def verify(tmp, digest=digest):
-                    if sha256_of(tmp) != digest:
+                    if file_sha256(tmp) != digest:
                         raise DownloadError(f"copying {path} into the model cache gave a different file")
 
                 with atomic_write(target, verify=verify, what=f"model {entry['name']}") as tmp:

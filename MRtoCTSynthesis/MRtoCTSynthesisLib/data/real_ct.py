@@ -129,6 +129,12 @@ def real_ct_path(name: str, fetch: bool = True, cache: Path | None = None) -> Pa
         return out
     sdist = fetch_totalsegmentator_sdist(fetch, cache)
     member = REAL_CT_SOURCES[name][0]
+    return extract_member(sdist, member, out)
+
+
+def extract_member(sdist: Path, member: str, out: Path) -> Path:
+    """Copy ``member`` of the tar.gz ``sdist`` to ``out`` (through a temporary file of this process, renamed when
+    complete, so a killed run leaves no half file under the final name); returns ``out``."""
     with tarfile.open(sdist, "r:gz") as tar:
         try:
             src = tar.extractfile(member)
@@ -136,7 +142,7 @@ def real_ct_path(name: str, fetch: bool = True, cache: Path | None = None) -> Pa
             src = None
         if src is None:
             raise InputError(f"{sdist.name} has no member {member}.", "delete the cached file and fetch it again.")
-        tmp = out.with_suffix(".part")
+        tmp = out.with_suffix(f".part{os.getpid()}")
         with open(tmp, "wb") as f:
             shutil.copyfileobj(src, f)
         os.replace(tmp, out)

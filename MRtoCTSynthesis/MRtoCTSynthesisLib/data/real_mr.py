@@ -14,13 +14,10 @@ then skip with that reason.
 
 from __future__ import annotations
 
-import os
-import shutil
-import tarfile
 from pathlib import Path
 
 from ..errors import InputError
-from .real_ct import TOTALSEG_SDIST, cache_dir, fetch_pinned_sdist, fetch_totalsegmentator_sdist
+from .real_ct import TOTALSEG_SDIST, cache_dir, extract_member, fetch_pinned_sdist, fetch_totalsegmentator_sdist
 
 ANTSPYX_VERSION = "0.6.3"
 ANTSPYX_SDIST = f"antspyx-{ANTSPYX_VERSION}.tar.gz"
@@ -53,15 +50,4 @@ def real_mr_path(name: str, fetch: bool = True, cache: Path | None = None) -> Pa
     sdist_name, member, _ = REAL_MR_SOURCES[name]
     sdist = fetch_antspyx_sdist(fetch, cache) if sdist_name == ANTSPYX_SDIST else \
         fetch_totalsegmentator_sdist(fetch, cache)
-    with tarfile.open(sdist, "r:gz") as tar:
-        try:
-            src = tar.extractfile(member)
-        except KeyError:
-            src = None
-        if src is None:
-            raise InputError(f"{sdist.name} has no member {member}.", "delete the cached file and fetch it again.")
-        tmp = out.with_suffix(f".part{os.getpid()}")
-        with open(tmp, "wb") as f:
-            shutil.copyfileobj(src, f)
-        os.replace(tmp, out)
-    return out
+    return extract_member(sdist, member, out)

@@ -167,13 +167,20 @@ def _check_args(mode, init, seed, bins, iterations, sampling) -> tuple[str, str]
     return mode_l, init_l
 
 
-def _initial_rigid(f_img: sitk.Image, m_img: sitk.Image, init: str) -> sitk.Euler3DTransform:
+def _body_mask(img: sitk.Image) -> sitk.Image:
+    """The Otsu foreground of ``img`` (1 = body): the moments of the intensities themselves would weight bright
+    fat / dark bone differently in MR and CT."""
+    return sitk.OtsuThreshold(img, 0, 1)
+
+
+def _initial_rigid(f_img: sitk.Image, m_img: sitk.Image, init: str, f_body: sitk.Image | None = None,
+                   m_body: sitk.Image | None = None) -> sitk.Euler3DTransform:
+    """The starting transform for ``init``; ``f_body``/``m_body``: the images' :func:`_body_mask`, when the caller
+    has them already."""
     if init == "geometry":
         return sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
             f_img, m_img, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.GEOMETRY))
-    # body masks: Otsu foreground of each image (the moments of the intensities themselves would
-    # weight bright fat / dark bone differently in MR and CT)
-    f_mask = sitk.Cast(sitk.OtsuThreshold(f_img, 0, 1), sitk.sitkFloat32)
+    f_mask = sitk.Cast(f_body if f_body is not None else _body_mask(f_img), sitk.sitkFloat32)
     if init == "none":  # keep the given alignment; rotate about the CT body's centre of mass
         stats = sitk.LabelShapeStatisticsImageFilter()
         stats.Execute(sitk.Cast(f_mask, sitk.sitkUInt8))
@@ -182,7 +189,7 @@ def _initial_rigid(f_img: sitk.Image, m_img: sitk.Image, init: str) -> sitk.Eule
         t = sitk.Euler3DTransform()
         t.SetCenter(centre)
         return t
-    m_mask = sitk.Cast(sitk.OtsuThreshold(m_img, 0, 1), sitk.sitkFloat32)
+    m_mask = sitk.Cast(m_body if m_body is not None else _body_mask(m_img), sitk.sitkFloat32)
     return sitk.Euler3DTransform(sitk.CenteredTransformInitializer(
         f_mask, m_mask, sitk.Euler3DTransform(), sitk.CenteredTransformInitializerFilter.MOMENTS))
 
@@ -210,15 +217,14 @@ def _candidate_starts(f_img: sitk.Image, m_img: sitk.Image, init: str) -> list[t
     the positions as given, the image centres and, when the MRI covers only a slab of the CT's body (a
     partial field of view, where matching whole-body centres of mass puts the slab in the middle of the
     body), the slab slid along the body in steps of half its extent. :func:`_rank_starts` picks by metric."""
-    starts = [(init, _initial_rigid(f_img, m_img, init))]
     if init != "moments":
-        return starts  # the user chose a start: keep it
-    starts += [("none", _initial_rigid(f_img, m_img, "none")), ("geometry", _initial_rigid(f_img, m_img, "geometry"))]
-    f_pts = _mask_points(sitk.OtsuThreshold(f_img, 0, 1))
-    m_pts = _mask_points(sitk.OtsuThreshold(m_img, 0, 1))
+        return [(init, _initial_rigid(f_img, m_img, init))]  # the user chose a start: keep it
+    f_body, m_body = _body_mask(f_img), _body_mask(m_img)  # once, for every start below
+    starts = [(name, _initial_rigid(f_img, m_img, name, f_body, m_body)) for name in ("moments", "none", "geometry")]
+    f_pts, m_pts = _mask_points(f_body), _mask_points(m_body)
     if len(f_pts) < 10 or len(m_pts) < 10:
         return starts
-    c_m = m_pts.mean(0)
+    c_m, c_f = m_pts.mean(0), f_pts.mean(0)
     dirs = np.asarray(m_img.GetDirection(), float).reshape(3, 3).T  # rows: the MRI's axis directions
     for axis, d in enumerate(dirs):
         m_proj, f_proj = m_pts @ d, f_pts @ d
@@ -226,7 +232,6 @@ def _candidate_starts(f_img: sitk.Image, m_img: sitk.Image, init: str) -> list[t
         lo, hi = float(f_proj.min()), float(f_proj.max())
         if m_ext >= PARTIAL_FOV * (hi - lo):
             continue
-        c_f = f_pts.mean(0)
         step = max(m_ext / 2.0, 10.0)
         positions = np.arange(lo + m_ext / 2.0, hi - m_ext / 2.0 + 1e-6, step)
         if len(positions) > MAX_SLIDES:

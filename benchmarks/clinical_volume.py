@@ -2,12 +2,14 @@
 """Whole-volume synthesis of a clinical-size case per bundled model (issue 23), run on demand.
 
     OMP_NUM_THREADS=1 python benchmarks/clinical_volume.py [--slices N] [--threads 1] [--backend torch|onnx]
-        [--models A.safetensors ...] [--samples 8] [--out benchmarks/results/clinical_volume_cpu.json]
+        [--precision auto|bf16] [--models A.safetensors ...] [--samples 8]
+        [--out benchmarks/results/clinical_volume_cpu.json]
 
 The case is the clinical-size phantom of ``heldout_eval.py`` (the original generator, seed 43, T2 MRI,
 256 x 256 x 90 voxels at 1.5 x 1.5 x 1.5 mm; generated once under ``$MRTOCT_CACHE/heldout_families``). Every
 bundled model (``assets/*.safetensors``: the 64 x 64 demo DDPM, the 2 mm preview DDPM, the demo SynDiff) runs
-with its sampler default (DPM-Solver++ 5 steps for the DDPMs, SynDiff's 4 steps) and ``--samples`` Monte-Carlo
+with its sampler default (DPM-Solver++ for the DDPMs: 5 steps for one sample, 20 for several; SynDiff's 4 steps)
+and ``--samples`` Monte-Carlo
 samples (default 8), each row in a fresh worker process of ``run.py`` (so the peak RSS is that row's own).
 Per row: wall seconds of the ``synthesize`` call, seconds per slice (all K samples), seconds per volume, peak RSS,
 and PSNR / MAE of the sCT (mean of the K samples) against the phantom's CT inside the body mask.
@@ -15,7 +17,8 @@ and PSNR / MAE of the sCT (mean of the K samples) against the phantom's CT insid
 ``--slices N`` runs only the N central slices and **extrapolates** the volume time linearly (the table marks it
 "(extrap.)"); central slices hold the widest anatomy, so for models that synthesise the body's bounding box at
 their own pixel size (the 2 mm preview) the extrapolation over-estimates. ``--backend onnx`` runs the DDPM
-denoisers through ONNX Runtime (``models/onnx_backend.py``; SynDiff stays on torch).
+denoisers through ONNX Runtime (``models/onnx_backend.py``; SynDiff stays on torch); ``--precision bf16`` runs
+the networks under CPU bf16 autocast (``devices.autocast``).
 Writes the JSON and Markdown of ``run.py`` (``--out``, ``.md`` beside it).
 """
 
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     ap.add_argument("--batch-size", type=int, default=None)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     ap.add_argument("--data", default=str(Path(os.environ.get("MRTOCT_CACHE", Path.home() / ".cache" / "mrtoct"))
                                           / "heldout_families"))
     ap.add_argument("--out", default=None)
@@ -62,6 +66,8 @@ def main(argv=None) -> int:
                 "--out", out]
     if args.slices:
         argv_run += ["--slices", str(args.slices)]
+    if args.precision != "auto":
+        argv_run += ["--precision", args.precision]
     if args.batch_size:
         argv_run += ["--batch-size", str(args.batch_size)]
     return run.main(argv_run)

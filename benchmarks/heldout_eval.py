@@ -78,14 +78,15 @@ def central(vol, n):
 
 
 def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: int, n_slices: int = 0,
-        steps: int | None = None) -> dict:
+        steps: int | None = None, precision: str = "auto") -> dict:
     mri, ref = central(read_volume(folder / "mr.nii.gz"), n_slices), central(read_volume(folder / "ct.nii.gz"),
                                                                              n_slices)
     mask = central(read_volume(folder / "mask.nii.gz"), n_slices)
     labels = central(labels, n_slices)
     model = load_model(model_path)
     t0 = time.perf_counter()
-    res = synthesize(mri, model, SynthesisOptions(samples=samples, seed=seed, device="cpu", steps=steps))
+    res = synthesize(mri, model, SynthesisOptions(samples=samples, seed=seed, device="cpu", steps=steps,
+                                                  precision=precision))
     wall = time.perf_counter() - t0
     m = evaluate(res.sct, ref, mask)
     body = mask.array > 0
@@ -100,7 +101,8 @@ def run(model_path: str, name: str, folder: Path, labels, samples: int, seed: in
             "coverage95": float((np.abs(err) <= 1.96 * std1).mean()) if std1 is not None else None,
             "wall_s": wall, "s_per_slice": res.info["seconds_per_slice"], "slices": res.info["slices"],
             "model_grid": res.info.get("model_grid"), "shape": list(mri.array.shape),
-            "spacing": list(mri.geometry.spacing), "sampler": f"{res.info['sampler']} {res.info['steps']} steps"}
+            "spacing": list(mri.geometry.spacing), "sampler": f"{res.info['sampler']} {res.info['steps']} steps",
+            "precision": precision}
 
 
 def table(paths) -> str:
@@ -128,6 +130,8 @@ def main(argv=None) -> int:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the engine's for --samples)")
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="the engine's --precision (auto = fp32 on the CPU; bf16 = bf16 autocast)")
     ap.add_argument("--only", nargs="*", help="substrings of case names to run (default: all)")
     ap.add_argument("--slices", type=int, default=0,
                     help="run only the N central slices of each case (timing on a shared machine; 0 = all)")
@@ -140,7 +144,8 @@ def main(argv=None) -> int:
         if args.only and not any(s in name for s in args.only):
             continue
         for mp in args.models:
-            r = run(mp, name, Path(folder), labels, args.samples, args.seed, args.slices, args.steps)
+            r = run(mp, name, Path(folder), labels, args.samples, args.seed, args.slices, args.steps,
+                    args.precision)
             rows.append(r)
             print(f"{r['model']:28s} {name:40s} MAE {r['mae_hu']:6.1f} PSNR {r['psnr_db']:5.2f} SSIM {r['ssim']:.3f} "
                   f"cort {r['cortical_sct_hu'] or float('nan'):7.1f} (ref {r['cortical_ref_hu'] or float('nan'):6.1f}) "

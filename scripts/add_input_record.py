@@ -12,9 +12,9 @@ sha256 and size. The cases are regenerated from their seeds into ``--cache`` (de
   (training/configs/demo_ddpm.yaml), so the record is those 12 cases; the demo DDPM's std is recalibrated on 4
   held-out cases of the same generator, seeds 300-303 (never used for training, and not the demo case, seed 42,
   nor the held-out families the calibration is judged on, benchmarks/input_check_eval.py);
-* ``default_ddpm`` (2 mm preview): trained on the ``wide`` family from seed 1000 and the real-CT cases; the record
-  uses 12 of its ``wide`` training cases (seeds 1000-1011), features only (its MC std level and calibration cost
-  ~2 min per slice on the shared CPU and were left out; the check then uses the image features alone).
+* ``default_ddpm`` (2 mm): trained on the ``wide`` family (seeds 1000-1399) and the real-CT cases; the record uses
+  12 of its ``wide`` training cases (seeds 1000-1011) with the MC std level (K = 4), and its std is recalibrated on 4
+  ``wide`` cases never used for training (seeds 5000-5003; the held-out families it is judged on are never used).
 """
 
 from __future__ import annotations
@@ -53,10 +53,14 @@ def wide_training_cases(cache: Path) -> list[Path]:
     return generate_family_dataset(cache / "wide_train", "wide", 12, 1000)
 
 
+def wide_calibration_cases(cache: Path) -> list[Path]:
+    return generate_family_dataset(cache / "wide_calibration", "wide", 4, 5000)
+
+
 PLANS = {  # name -> (record cases, record MC samples, calibration cases or None)
     "demo_ddpm": (demo_training_cases, 4, demo_calibration_cases),
     "demo_syndiff": (demo_training_cases, 1, None),
-    "default_ddpm": (wide_training_cases, 1, None),
+    "default_ddpm": (wide_training_cases, 4, wide_calibration_cases),
 }
 
 

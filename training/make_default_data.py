@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Build the training data of the bundled default model (deterministic: seeds and settings are fixed here).
 
-    python training/make_default_data.py --out data/default_train      # ~10 min on one CPU thread
+    python training/make_default_data.py --out data/default_train      # ~3 min on an idle CPU
 
 Writes SynthRAD-layout case folders (``mr``, ``ct``, ``mask``, ``labels``, ``meta.json``):
 
@@ -31,7 +31,7 @@ FIRST_SEED = 1000
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output folder (created)")
-    ap.add_argument("--phantoms", type=int, default=160, help="cases of the 'wide' phantom family (default 160)")
+    ap.add_argument("--phantoms", type=int, default=400, help="cases of the 'wide' phantom family (default 400)")
     ap.add_argument("--real-variants", type=int, default=12,
                     help="MR simulations per real CT volume (default 12; 0 = phantoms only)")
     ap.add_argument("--no-fetch", action="store_true", help="use only an already fetched real-CT cache")

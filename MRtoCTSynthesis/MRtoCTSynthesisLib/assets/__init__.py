@@ -6,5 +6,5 @@ ASSETS_DIR = Path(__file__).resolve().parent
 DEMO_CASE = ASSETS_DIR / "demo_case"
 DEMO_MODEL = ASSETS_DIR / "demo_ddpm.safetensors"
 DEMO_SYNDIFF = ASSETS_DIR / "demo_syndiff.safetensors"
-#: the 2 mm physical-scale DDPM (records conditioning.pixel_spacing_mm; a preview, not the default yet: README)
+#: the 2 mm physical-scale DDPM (records conditioning.pixel_spacing_mm; README "The model at 2 mm pixels")
 DEFAULT_MODEL = ASSETS_DIR / "default_ddpm.safetensors"

@@ -146,7 +146,7 @@ class MRtoCTSynthesisParameterNode:
     # the first mode is the default (rigid)
     registrationMode: Annotated[str, Choice(list(slicer_bridge.REGISTRATION_MODES))] = "rigid"
     registeredMRI: vtkMRMLScalarVolumeNode
-    modelPath: pathlib.Path = slicer_bridge.DEMO_MODEL
+    modelPath: pathlib.Path = slicer_bridge.DEFAULT_MODEL  # the 2 mm DDPM (README "The model at 2 mm pixels")
     method: str = "ddpm"
     sampler: str = "dpmpp"
     steps: Annotated[int, WithinRange(0, 100000)] = 0

@@ -259,7 +259,7 @@ def test_the_method_picked_is_the_method_run(slicer_release):
     assert ui.applyButton.enabled and not ui.applyReasonLabel.text
     models = [ui.modelComboBox.itemData(i) for i in range(ui.modelComboBox.count)]
     assert models == ["demo_ddpm", "default_ddpm", ""]  # the ddpm models of the catalog, then 'Other file'
-    assert ui.modelComboBox.currentData == "demo_ddpm"
+    assert ui.modelComboBox.currentData == "default_ddpm"  # the default model
     # SynDiff with the DDPM demo model: Apply is disabled and the reason names both methods
     ui.methodComboBox.currentIndex = ui.methodComboBox.findData("syndiff")
     assert [ui.modelComboBox.itemData(i) for i in range(ui.modelComboBox.count)] == ["demo_syndiff", ""]
@@ -361,7 +361,7 @@ def test_choices_are_remembered_across_sessions(slicer_release):
     slicer.mrmlScene.Clear(1)
     _, third = _panel()
     assert third._parameterNode.samples == 5 and third._parameterNode.steps == 7
-    assert third._parameterNode.modelPath == sb.DEMO_MODEL
+    assert third._parameterNode.modelPath == sb.DEFAULT_MODEL  # the default model
 
 
 def test_engine_output_is_read_as_utf8(slicer_release):

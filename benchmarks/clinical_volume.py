@@ -7,7 +7,7 @@
 
 The case is the clinical-size phantom of ``heldout_eval.py`` (the original generator, seed 43, T2 MRI,
 256 x 256 x 90 voxels at 1.5 x 1.5 x 1.5 mm; generated once under ``$MRTOCT_CACHE/heldout_families``). Every
-bundled model (``assets/*.safetensors``: the 64 x 64 demo DDPM, the 2 mm preview DDPM, the demo SynDiff) runs
+bundled model (``assets/*.safetensors``: the 64 x 64 demo DDPM, the 2 mm DDPM, the demo SynDiff) runs
 with its sampler default (DPM-Solver++ for the DDPMs: 5 steps for one sample, 20 for several; SynDiff's 4 steps)
 and ``--samples`` Monte-Carlo
 samples (default 8), each row in a fresh worker process of ``run.py`` (so the peak RSS is that row's own).
@@ -16,7 +16,7 @@ and PSNR / MAE of the sCT (mean of the K samples) against the phantom's CT insid
 
 ``--slices N`` runs only the N central slices and **extrapolates** the volume time linearly (the table marks it
 "(extrap.)"); central slices hold the widest anatomy, so for models that synthesise the body's bounding box at
-their own pixel size (the 2 mm preview) the extrapolation over-estimates. ``--backend onnx`` runs the DDPM
+their own pixel size (the 2 mm DDPM) the extrapolation over-estimates. ``--backend onnx`` runs the DDPM
 denoisers through ONNX Runtime (``models/onnx_backend.py``; SynDiff stays on torch); ``--precision bf16`` runs
 the networks under CPU bf16 autocast (``devices.autocast``).
 Writes the JSON and Markdown of ``run.py`` (``--out``, ``.md`` beside it).

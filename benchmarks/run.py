@@ -180,7 +180,7 @@ def worker(spec: dict) -> dict:
         batch, sampler_label, steps_eff = 1, sampler.name, sampler.steps
     prec = spec["precision"] if spec["engine"] == "batched" else "fp32"
     if not cuda:
-        prec = "fp32"  # the engine autocasts on CUDA only
+        prec = "bf16" if prec == "bf16" else "fp32"  # on the CPU the engine autocasts only for an explicit bf16
     elif prec == "auto":
         prec = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     out = {"wall_s": wall, "warmup_s": warm_s, "precision_effective": prec, "nfe": float(nfe), "batch_size": batch,

@@ -52,7 +52,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from ..assets import ASSETS_DIR, DEMO_CASE, DEMO_MODEL  # noqa: F401 (re-exported for the module)
+from ..assets import ASSETS_DIR, DEFAULT_MODEL, DEMO_CASE, DEMO_MODEL  # noqa: F401 (re-exported for the module)
 from ..io.atomic import file_sha256
 from ..names import METHOD_INFO
 from ..names import SAMPLER_LABELS as SAMPLER_LABEL_NAMES

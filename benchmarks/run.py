@@ -129,6 +129,7 @@ def worker(spec: dict) -> dict:
     set_threads(spec["threads"])
     import torch
 
+    from MRtoCTSynthesisLib.devices import effective_precision
     from MRtoCTSynthesisLib.pipeline.metrics import mae, psnr
     from MRtoCTSynthesisLib.pipeline.synthesis import SynthesisOptions, resolve_device, synthesize
 
@@ -178,11 +179,7 @@ def worker(spec: dict) -> dict:
         sync()
         wall = time.perf_counter() - t0
         batch, sampler_label, steps_eff = 1, sampler.name, sampler.steps
-    prec = spec["precision"] if spec["engine"] == "batched" else "fp32"
-    if not cuda:
-        prec = "bf16" if prec == "bf16" else "fp32"  # on the CPU the engine autocasts only for an explicit bf16
-    elif prec == "auto":
-        prec = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    prec = effective_precision(device, spec["precision"]) if spec["engine"] == "batched" else "fp32"
     out = {"wall_s": wall, "warmup_s": warm_s, "precision_effective": prec, "nfe": float(nfe), "batch_size": batch,
            "sampler": sampler_label,
            "steps": steps_eff, "slices_run": int(n_run), "slices_full": int(case.n_slices_full),

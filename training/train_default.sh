@@ -3,7 +3,7 @@
 #   bash training/train_default.sh [WORK_DIR]        (default WORK_DIR: ./default_ddpm_work)
 # 1. the real CTs (pip download of TotalSegmentator 2.18.0's sdist, sha256-pinned; skipped offline),
 # 2. the training data (400 'wide' phantom cases + 2 x 12 MR simulations of the real CTs, seeded),
-# 3. training on two CPU threads (~1 h 25 min on an idle 2-core CPU) (training/configs/default_ddpm.yaml),
+# 3. training on two CPU threads (~1 h 35 min on an idle 2-core CPU) (training/configs/default_ddpm.yaml),
 # 4. the inference-only export (EMA weights) that is bundled.
 set -euo pipefail
 WORK="${1:-default_ddpm_work}"

@@ -46,22 +46,27 @@ def resolve_device(name: str | None = "auto", local_rank: int | None = None) -> 
     return dev
 
 
-def autocast(device: torch.device, precision: str = "auto"):
-    """The autocast context for ``precision`` on ``device``.
+def effective_precision(device: torch.device, precision: str = "auto") -> str:
+    """What ``precision`` means on ``device``: ``"bf16"``, ``"fp16"`` or ``"fp32"`` (the rules of :func:`autocast`).
 
-    CUDA: bf16 (or fp16 where bf16 is missing) for ``auto``/``bf16``, fp16 for ``fp16``. CPU: bf16 autocast only
-    when ``bf16`` is asked for explicitly (convolutions and matrix products in bf16, everything else in fp32; about
-    2x faster per network call on CPUs with native bf16 such as AVX512-BF16 or AMX, and slower on CPUs without,
-    benchmarks/README.md); ``auto``, ``fp32`` and ``fp16`` run in full precision there. Other devices: full
-    precision."""
+    CUDA: bf16 (or fp16 where bf16 is missing) for ``auto``/``bf16``, fp16 for ``fp16``. CPU: bf16 only when
+    ``bf16`` is asked for explicitly (convolutions and matrix products in bf16, everything else in fp32; about 2x
+    faster per network call on CPUs with native bf16 such as AVX512-BF16 or AMX, and slower on CPUs without,
+    benchmarks/README.md); ``auto``, ``fp32`` and ``fp16`` run in full precision there. Other devices: fp32."""
     if precision not in PRECISIONS:
         raise InputError(f"unknown precision {precision!r}.", f"use one of {', '.join(PRECISIONS)}.")
-    if device.type == "cpu" and precision == "bf16":
-        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if device.type == "cpu":
+        return "bf16" if precision == "bf16" else "fp32"
     if device.type != "cuda" or precision == "fp32":
+        return "fp32"
+    if precision == "fp16" or not torch.cuda.is_bf16_supported():
+        return "fp16"
+    return "bf16"
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """The autocast context for ``precision`` on ``device`` (see :func:`effective_precision`)."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(effective_precision(device, precision))
+    if dtype is None:
         return torch.autocast(device_type=device.type, enabled=False)
-    if precision == "fp16":
-        return torch.autocast("cuda", dtype=torch.float16)
-    if torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cuda", dtype=torch.float16)
+    return torch.autocast(device.type, dtype=dtype)
